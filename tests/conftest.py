@@ -1,0 +1,258 @@
+"""Fixtures every test layer shares: real node processes, raw zmq sockets, waiting with a deadline.
+
+* `cluster_factory(n=3, **cluster_settings)` starts N real `wiber node` processes on free
+  127.0.0.1 ports with a temporary data dir; on a failing test each node's log tail is printed;
+  whatever was started is killed at teardown, always.
+* `zmq_ctx` / `zmq_socket(kind)` track raw sockets, close them with linger 0, and fail a test whose
+  context will not terminate (pyzmq's conftest).
+* `wait_for(condition, timeout, what)` polls a condition until a deadline: the only way tests wait.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import msgpack
+import pytest
+import yaml
+import zmq
+
+from wiber.client import Client, Timeouts
+from wiber.config import Config, load_config
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+
+_used_ports: set[int] = set()
+
+
+def free_port() -> int:
+    """Returns: a TCP port on 127.0.0.1 that was free a moment ago and not handed out before."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _used_ports:
+            _used_ports.add(port)
+            return port
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition",
+             interval: float = 0.02) -> T:
+    """Poll `condition` until it returns something truthy. Returns: that value.
+
+    Raises:
+        AssertionError: the deadline passed first (names `what` and the last exception seen).
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # a condition may fail while the system settles
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            extra = f" (last error: {last_exc!r})" if last_exc else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+class NodeProcess:
+    """One real node process started by a test."""
+
+    def __init__(self, node_id: str, log_path: Path) -> None:
+        self.id = node_id
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class ClusterHarness:
+    """N node processes of one cluster: start, kill, signal, restart, and clients to talk to them."""
+
+    def __init__(self, root: Path, n: int, cluster_settings: dict[str, Any]) -> None:
+        self.root = root
+        self.config_path = root / "cluster.yaml"
+        nodes = []
+        for i in range(1, n + 1):
+            nodes.append({
+                "id": f"n{i}", "host": "127.0.0.1",
+                "port": free_port(), "raft_port": free_port(), "pub_port": free_port(),
+            })
+        doc = {"cluster": {"data_dir": str(root / "data"), **cluster_settings}, "nodes": nodes}
+        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.config: Config = load_config(str(self.config_path))
+        self.nodes = {n.id: NodeProcess(n.id, root / f"{n.id}.log") for n in self.config.nodes}
+        self._clients: list[Client] = []
+
+    # ------------------------------------------------------------ processes
+
+    def start(self, node_id: str | None = None, env: dict[str, str] | None = None) -> None:
+        """Start one node, or every node that is not running."""
+        ids = [node_id] if node_id else [i for i, p in self.nodes.items() if not p.running()]
+        for nid in ids:
+            node = self.nodes[nid]
+            assert not node.running(), f"{nid} is already running"
+            proc_env = {**os.environ, **(env or {})}
+            with open(node.log_path, "ab") as logf:
+                node.proc = subprocess.Popen(
+                    [sys.executable, "-m", "wiber", "node", "--config", str(self.config_path),
+                     "--id", nid, "--log-level", "info"],
+                    stdout=logf, stderr=subprocess.STDOUT, env=proc_env, cwd=str(REPO),
+                )
+
+    def signal(self, node_id: str, sig: int) -> None:
+        """Send a signal to a node this harness started."""
+        node = self.nodes[node_id]
+        assert node.proc is not None and node.running(), f"{node_id} is not running"
+        os.kill(node.pid, sig)
+
+    def kill(self, node_id: str) -> None:
+        """kill -9 one node and reap it."""
+        node = self.nodes[node_id]
+        if node.proc is not None and node.running():
+            node.proc.kill()  # SIGKILL ends a SIGSTOPped process too
+            node.proc.wait(timeout=10)
+
+    def stop(self, node_id: str, timeout: float = 5.0) -> int:
+        """SIGTERM one node. Returns: its exit status."""
+        node = self.nodes[node_id]
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGTERM)
+        return node.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        """Kill every process this harness started and close its clients."""
+        for client in self._clients:
+            client.close()
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.kill()  # SIGKILL ends a SIGSTOPped process too
+                node.proc.wait(timeout=10)
+
+    def log_tails(self) -> str:
+        return "\n".join(f"----- {nid} ({n.log_path}) -----\n{n.log_tail()}" for nid, n in self.nodes.items())
+
+    # ------------------------------------------------------------ talking to it
+
+    def addr(self, node_id: str) -> str:
+        return self.config.node(node_id).client_addr
+
+    def addrs(self) -> list[str]:
+        return [n.client_addr for n in self.config.nodes]
+
+    def client(self, node_ids: list[str] | None = None, per_try_s: float = 0.5, total_s: float = 10.0) -> Client:
+        """Returns: a Client on some or all nodes, closed at teardown."""
+        addrs = [self.addr(i) for i in node_ids] if node_ids else self.addrs()
+        client = Client(addrs, Timeouts(per_try_s=per_try_s, total_s=total_s))
+        self._clients.append(client)
+        return client
+
+    def ping(self, node_id: str, timeout: float = 0.5) -> dict[str, Any] | None:
+        """Returns: the node's PONG, or None when it does not answer in time."""
+        try:
+            return self.client([node_id], per_try_s=timeout, total_s=timeout).request_to(self.addr(node_id), "PING")
+        except Exception:
+            return None
+
+    def wait_up(self, timeout: float = 15.0) -> None:
+        """Wait until every running node answers PING."""
+        for nid, node in self.nodes.items():
+            if node.running():
+                wait_for(lambda nid=nid: self.ping(nid), timeout, f"{nid} to answer PING")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Remember each phase's report on the item, so fixtures can tell a failing test at teardown."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., ClusterHarness]]:
+    """Returns: a function that starts a cluster of real node processes; all of them die at teardown."""
+    made: list[ClusterHarness] = []
+
+    def make(n: int = 3, start: bool = True, **cluster_settings: Any) -> ClusterHarness:
+        root = tmp_path / f"cluster{len(made)}"
+        root.mkdir()
+        harness = ClusterHarness(root, n, cluster_settings)
+        made.append(harness)
+        if start:
+            harness.start()
+            harness.wait_up()
+        return harness
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for harness in made:
+        if failed is not None and failed.failed:
+            sys.stderr.write("\n" + harness.log_tails() + "\n")
+        harness.close()
+
+
+@pytest.fixture
+def zmq_ctx() -> Iterator[zmq.Context]:
+    """A fresh context; the test fails if it cannot terminate (a socket left open)."""
+    ctx = zmq.Context()
+    yield ctx
+    done = threading.Event()
+
+    def term() -> None:
+        ctx.term()
+        done.set()
+
+    threading.Thread(target=term, daemon=True).start()
+    if not done.wait(5.0):
+        pytest.fail("zmq context did not terminate within 5 s: a socket was left open")
+
+
+@pytest.fixture
+def zmq_socket(zmq_ctx: zmq.Context) -> Iterator[Callable[[int], zmq.Socket]]:
+    """Returns: a factory of raw sockets, each closed with linger 0 at teardown."""
+    made: list[zmq.Socket] = []
+
+    def make(kind: int) -> zmq.Socket:
+        sock = zmq_ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        made.append(sock)
+        return sock
+
+    yield make
+    for sock in made:
+        sock.close(linger=0)
+
+
+def raw_request(sock: zmq.Socket, body: bytes, timeout: float = 2.0) -> dict[str, Any]:
+    """Send one frame on a REQ socket and return the decoded reply (raw zmq + msgpack only)."""
+    sock.send(body)
+    assert sock.poll(int(timeout * 1000)), "no reply before the deadline"
+    reply = msgpack.unpackb(sock.recv(), raw=False)
+    assert isinstance(reply, dict)
+    return reply

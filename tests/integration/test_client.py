@@ -1,0 +1,36 @@
+"""The client library against real nodes: Lazy Pirate failover and deadlines."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pytest
+
+from tests.conftest import ClusterHarness, free_port
+from wiber.client import Client, Timeouts
+from wiber.errors import BadRequest, ClientError
+
+
+def test_ping_fails_over_from_a_dead_address(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(1)
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    with Client([dead, cluster.addr("n1")], Timeouts(per_try_s=0.2, total_s=5)) as client:
+        pong = client.ping()
+        assert pong["node"] == "n1"
+        # The socket that timed out was replaced: the next request works at once.
+        assert client.status()["node"] == "n1"
+
+
+def test_gives_up_at_the_deadline_when_nothing_answers() -> None:
+    with Client([f"127.0.0.1:{free_port()}"], Timeouts(per_try_s=0.1, total_s=0.5)) as client:
+        started = time.monotonic()
+        with pytest.raises(ClientError, match="within 0.5 s"):
+            client.ping()
+        assert time.monotonic() - started < 2.0
+
+
+def test_bad_request_is_refused_before_sending() -> None:
+    with Client([f"127.0.0.1:{free_port()}"], Timeouts(per_try_s=0.1, total_s=0.2)) as client:
+        with pytest.raises(BadRequest, match="topic"):
+            client.request("HISTORY", topic="$reserved")

@@ -1,0 +1,209 @@
+"""Real node processes on 127.0.0.1 spoken to with raw zmq and msgpack only (DESIGN section 3)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import msgpack
+import zmq
+
+from tests.conftest import REPO, ClusterHarness, raw_request, wait_for
+
+ROLES = {"follower", "pre_candidate", "candidate", "leader"}
+
+
+def _req(zmq_socket: Callable[[int], zmq.Socket], addr: str) -> zmq.Socket:
+    sock = zmq_socket(zmq.REQ)
+    sock.connect(addr)
+    return sock
+
+
+def test_three_nodes_answer_ping_over_raw_req(cluster_factory: Callable[..., ClusterHarness],
+                                              zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    cluster = cluster_factory(3)
+    for node in cluster.config.nodes:
+        sock = _req(zmq_socket, node.client_addr)
+        before = time.time()
+        reply = raw_request(sock, msgpack.packb({"op": "PING"}, use_bin_type=True))
+        assert reply["ok"] is True
+        assert reply["op"] == "PONG"
+        assert reply["node"] == node.id
+        assert reply["role"] in ROLES
+        assert isinstance(reply["term"], int)
+        assert reply["leader"] is None or reply["leader"] in cluster.nodes
+        assert abs(reply["time"] - before) < 5.0
+
+
+def test_bad_input_gets_the_contract_error_and_the_node_keeps_running(
+        cluster_factory: Callable[..., ClusterHarness], zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    cluster = cluster_factory(1)
+    addr = cluster.addr("n1")
+    cases: list[tuple[bytes, str]] = [
+        (b"\xc1\xff garbage", "BAD_REQUEST"),
+        (msgpack.packb(["PING"], use_bin_type=True), "BAD_REQUEST"),
+        (msgpack.packb({"op": "PUB", "data": b"x"}, use_bin_type=True), "BAD_REQUEST"),
+        (msgpack.packb({"op": "PUB", "topic": "$sys", "data": b"x"}, use_bin_type=True), "BAD_REQUEST"),
+        (msgpack.packb({"op": "HISTORY", "topic": "t", "limit": 5000}, use_bin_type=True), "BAD_REQUEST"),
+        (msgpack.packb({"op": "NOPE"}, use_bin_type=True), "UNKNOWN_OP"),
+        (msgpack.packb({"nop": 1}, use_bin_type=True), "BAD_REQUEST"),
+        (b"", "BAD_REQUEST"),
+    ]
+    for body, code in cases:
+        sock = _req(zmq_socket, addr)
+        reply = raw_request(sock, body)
+        assert reply["ok"] is False, body
+        assert reply["error"] == code, (body, reply)
+        assert isinstance(reply["message"], str) and reply["message"]
+    sock = _req(zmq_socket, addr)
+    assert raw_request(sock, msgpack.packb({"op": "PING"}))["op"] == "PONG"
+    assert cluster.nodes["n1"].running()
+
+
+def test_too_large_message_is_refused(cluster_factory: Callable[..., ClusterHarness],
+                                      zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    cluster = cluster_factory(1, max_message_bytes=1024)
+    sock = _req(zmq_socket, cluster.addr("n1"))
+    reply = raw_request(sock, msgpack.packb({"op": "PUB", "topic": "t", "data": b"x" * 1025}, use_bin_type=True))
+    assert reply["error"] == "TOO_LARGE"
+
+
+def test_dealer_client_gets_its_request_id_echoed(cluster_factory: Callable[..., ClusterHarness],
+                                                   zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    cluster = cluster_factory(1)
+    dealer = zmq_socket(zmq.DEALER)
+    dealer.connect(cluster.addr("n1"))
+    for i in range(5):
+        dealer.send_multipart([b"", msgpack.packb({"op": "PING", "id": i})])
+    seen = []
+    for _ in range(5):
+        assert dealer.poll(2000)
+        empty, body = dealer.recv_multipart()
+        assert empty == b""
+        reply = msgpack.unpackb(body, raw=False)
+        seen.append(reply["id"])
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    dealer.send_multipart([b"", msgpack.packb({"op": "WHAT", "id": "abc"})])
+    assert dealer.poll(2000)
+    reply = msgpack.unpackb(dealer.recv_multipart()[1], raw=False)
+    assert reply["id"] == "abc" and reply["error"] == "UNKNOWN_OP"
+
+
+def test_status_reports_peer_contact(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(3)
+    client = cluster.client(["n1"])
+
+    def peers_seen() -> dict[str, Any] | None:
+        st = client.status()
+        peers = st["peers"]
+        if set(peers) == {"n2", "n3"} and all(p["last_contact_ms"] is not None for p in peers.values()):
+            return st
+        return None
+
+    st = wait_for(peers_seen, 10, "n1 to hear from both peers")
+    assert st["node"] == "n1"
+    for key in ("role", "term", "leader", "commit_index", "applied_index", "last_index", "snapshot_index",
+                "clock", "uptime_s"):
+        assert key in st
+    assert all(p["last_contact_ms"] < 2000 for p in st["peers"].values())
+    assert set(st["clock"]) >= {"offset_ms", "error_ms"}
+
+
+def test_pub_socket_sends_heartbeats(cluster_factory: Callable[..., ClusterHarness],
+                                     zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    cluster = cluster_factory(1)
+    sub = zmq_socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"$hb\0")
+    sub.connect(cluster.config.node("n1").pub_addr)
+    assert sub.poll(3000), "no heartbeat within 3 s"
+    topic, body = sub.recv_multipart()
+    assert topic == b"$hb\0"
+    hb = msgpack.unpackb(body, raw=False)
+    assert hb["node"] == "n1" and "term" in hb and "commit_index" in hb and "time" in hb
+    first = time.monotonic()
+    assert sub.poll(3000)
+    sub.recv_multipart()
+    assert time.monotonic() - first < 1.0  # every 250 ms, not seconds apart
+
+
+def test_sigterm_exits_cleanly_within_a_second(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(1)
+    started = time.monotonic()
+    status = cluster.stop("n1", timeout=5)
+    assert status == 0
+    assert time.monotonic() - started < 1.0
+
+
+def test_port_in_use_is_one_clear_line_and_exit_2(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(1, start=False)
+    node = cluster.config.node("n1")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", node.port))
+        blocker.listen(1)
+        out = subprocess.run(
+            [sys.executable, "-m", "wiber", "node", "--config", str(cluster.config_path), "--id", "n1"],
+            capture_output=True, text=True, timeout=20, cwd=str(REPO),
+        )
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert str(node.port) in lines[0] and "in use" in lines[0]
+
+
+def test_bad_config_refuses_to_start_with_exit_2(tmp_path: Any) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n  - {id: n1, host: 127.0.0.1, port: 70000}\n")
+    out = subprocess.run([sys.executable, "-m", "wiber", "node", "--config", str(bad), "--id", "n1"],
+                         capture_output=True, text=True, timeout=20, cwd=str(REPO))
+    assert out.returncode == 2
+    assert str(bad) in out.stderr and "port" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_cli_status_prints_one_row_per_node(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(3)
+    out = subprocess.run([sys.executable, "-m", "wiber", "status", "--config", str(cluster.config_path)],
+                         capture_output=True, text=True, timeout=30, cwd=str(REPO))
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split()[0] == "NODE"
+    assert sorted(line.split()[0] for line in lines[1:]) == ["n1", "n2", "n3"]
+
+
+def test_cli_ping_reports_a_down_node(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(3)
+    cluster.kill("n3")
+    out = subprocess.run([sys.executable, "-m", "wiber", "ping", "--config", str(cluster.config_path),
+                          "--timeout", "0.3"], capture_output=True, text=True, timeout=30, cwd=str(REPO))
+    assert out.returncode == 1
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3
+    assert sum("DOWN" in line for line in lines) == 1
+
+
+def test_cli_up_starts_every_node_and_ctrl_c_stops_them(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    import signal
+
+    cluster = cluster_factory(3, start=False)
+    out_path = cluster.root / "up.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "wiber", "up", "--config", str(cluster.config_path)],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
+    try:
+        wait_for(lambda: out_path.read_text().count(" is up") == 3, 20, "all three nodes up in `wiber up`")
+        for node in cluster.config.nodes:
+            assert wait_for(lambda node=node: cluster.ping(node.id), 5, f"{node.id} PING")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out_path.read_text()
+    for node in cluster.config.nodes:
+        assert node.client_addr in text
+        assert f"{node.id} stopped (status 0)" in text

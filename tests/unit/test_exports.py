@@ -1,0 +1,21 @@
+"""The public API is exactly what `wiber.__all__` says (httpx's test_exported_members)."""
+
+from __future__ import annotations
+
+import wiber
+
+
+def test_public_names_are_pinned() -> None:
+    public = {name for name in dir(wiber) if not name.startswith("_")} - {
+        "annotations", "logging", "client", "errors", "protocol", "config", "clock",
+    }
+    assert public == set(wiber.__all__) - {"__version__"}
+    for name in wiber.__all__:
+        assert getattr(wiber, name) is not None
+
+
+def test_wire_errors_share_one_root() -> None:
+    for name in ("BadRequest", "TooLarge", "UnknownOp", "NotLeader", "Unavailable", "StorageError",
+                 "SessionExpired"):
+        cls = getattr(wiber, name)
+        assert issubclass(cls, wiber.WireError) and issubclass(cls, wiber.WiberError)

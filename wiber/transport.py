@@ -1,0 +1,193 @@
+"""The node's ZeroMQ sockets: client ROUTER, raft ROUTER, one DEALER per peer, and the PUB fan-out.
+
+Theory of operation: the node loop owns one `Transport` and one `zmq.Poller` (made once, here).
+Everything is non-blocking: reads drain what is queued with `NOBLOCK`, and sends that would block
+(a DEALER with no connected peer, a socket at its high-water mark) are dropped and counted. Raft
+tolerates lost messages; clients retry; subscribers recover gaps by offset (DESIGN section 8).
+
+Framing:
+* client ROUTER: `[identity, (b"" delimiter), body]` in; the reply reuses everything before the body.
+* raft ROUTER: `[identity, body]` in; the identity is ignored (the body names its sender).
+* peer DEALER: `[body]` out.
+* PUB: `[topic + b"\\0", body]` out.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import zmq
+
+from wiber.config import NodeConfig
+from wiber.errors import NodeStartError
+
+log = logging.getLogger(__name__)
+
+#: Headroom above the largest client frame for peer batches (AppendEntries of many requests).
+PEER_MAX_FRAME = 256 * 1024 * 1024
+#: How many messages a peer DEALER may queue before sends are dropped.
+PEER_SNDHWM = 10_000
+#: libzmq's own liveness check on peer connections, so a silent partition is noticed (DESIGN section 8).
+ZMQ_HEARTBEAT_IVL_MS = 1_000
+ZMQ_HEARTBEAT_TIMEOUT_MS = 3_000
+
+
+@dataclass(slots=True)
+class ClientRequest:
+    """One frame from a client with the envelope needed to answer it."""
+
+    envelope: list[bytes]
+    body: bytes
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """Counters of what the transport dropped, for STATUS and debugging."""
+
+    peer_send_dropped: int = 0
+    client_reply_dropped: int = 0
+    pub_dropped: int = 0
+    malformed_client_frames: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _bind(sock: zmq.Socket, host: str, port: int, what: str, node_id: str) -> None:
+    """Bind or raise NodeStartError with a line an operator can act on."""
+    try:
+        sock.bind(f"tcp://{host}:{port}")
+    except zmq.ZMQError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise NodeStartError(
+                f"node {node_id}: {what} port {host}:{port} is already in use by another process; "
+                f"stop it or change the port in the config"
+            ) from None
+        raise NodeStartError(f"node {node_id}: cannot bind {what} port {host}:{port}: {exc}") from None
+
+
+class Transport:
+    """The four kinds of socket of one node, bound and connected, and one poller over the inbound ones."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        me: NodeConfig,
+        peers: Sequence[NodeConfig],
+        max_client_frame: int,
+    ) -> None:
+        self.me = me
+        self.stats = TransportStats()
+        self._sockets: list[zmq.Socket] = []
+        try:
+            self.client = self._socket(ctx, zmq.ROUTER)
+            self.client.setsockopt(zmq.MAXMSGSIZE, max_client_frame)
+            self.client.setsockopt(zmq.SNDHWM, 100_000)
+            self.client.setsockopt(zmq.RCVHWM, 100_000)
+            _bind(self.client, me.host, me.port, "client", me.id)
+
+            self.raft_in = self._socket(ctx, zmq.ROUTER)
+            self.raft_in.setsockopt(zmq.MAXMSGSIZE, PEER_MAX_FRAME)
+            self.raft_in.setsockopt(zmq.RCVHWM, PEER_SNDHWM)
+            self.raft_in.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
+            self.raft_in.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
+            _bind(self.raft_in, me.host, me.raft_port, "raft", me.id)
+
+            self.pub = self._socket(ctx, zmq.PUB)
+            self.pub.setsockopt(zmq.SNDHWM, 100_000)
+            _bind(self.pub, me.host, me.pub_port, "pub", me.id)
+
+            self.peers: dict[str, zmq.Socket] = {}
+            for peer in peers:
+                dealer = self._socket(ctx, zmq.DEALER)
+                # IMMEDIATE: queue nothing for a peer that is down, so it is not flooded on reconnect.
+                dealer.setsockopt(zmq.IMMEDIATE, 1)
+                dealer.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
+                dealer.setsockopt(zmq.RECONNECT_IVL, 50)
+                dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+                dealer.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
+                dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
+                dealer.connect(peer.raft_addr)
+                self.peers[peer.id] = dealer
+        except BaseException:
+            self.close()
+            raise
+        self.poller = zmq.Poller()
+        self.poller.register(self.client, zmq.POLLIN)
+        self.poller.register(self.raft_in, zmq.POLLIN)
+
+    def _socket(self, ctx: zmq.Context, kind: int) -> zmq.Socket:
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        self._sockets.append(sock)
+        return sock
+
+    def poll(self, timeout_ms: int) -> tuple[bool, bool]:
+        """Wait up to `timeout_ms` for input. Returns: (clients readable, peers readable)."""
+        events = dict(self.poller.poll(max(0, timeout_ms)))
+        return self.client in events, self.raft_in in events
+
+    def recv_clients(self, limit: int) -> list[ClientRequest]:
+        """Returns: up to `limit` queued client requests, without blocking."""
+        out: list[ClientRequest] = []
+        sock = self.client
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            if len(frames) < 2:
+                self.stats.malformed_client_frames += 1
+                continue
+            out.append(ClientRequest(envelope=frames[:-1], body=frames[-1]))
+        return out
+
+    def recv_peers(self, limit: int) -> list[bytes]:
+        """Returns: up to `limit` queued peer frames (bodies only), without blocking."""
+        out: list[bytes] = []
+        sock = self.raft_in
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            if len(frames) >= 2:
+                out.append(frames[-1])
+        return out
+
+    def reply(self, envelope: list[bytes], body: bytes) -> None:
+        """Answer one client; a gone client or a full queue drops the reply (the client retries)."""
+        try:
+            self.client.send_multipart([*envelope, body], zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats.client_reply_dropped += 1
+        except zmq.ZMQError as exc:  # e.g. EHOSTUNREACH with ROUTER_MANDATORY (not set) or a closed peer
+            log.debug("reply dropped: %s", exc)
+            self.stats.client_reply_dropped += 1
+
+    def send_peer(self, peer_id: str, body: bytes) -> bool:
+        """Send one frame to a peer. Returns: False when it was dropped (peer down or queue full)."""
+        sock = self.peers.get(peer_id)
+        if sock is None:
+            return False
+        try:
+            sock.send(body, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self.stats.peer_send_dropped += 1
+            return False
+
+    def publish(self, frames: Iterable[bytes]) -> None:
+        """Publish one multipart message on the PUB socket (dropped, not blocked, at the high-water mark)."""
+        try:
+            self.pub.send_multipart(list(frames), zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats.pub_dropped += 1
+
+    def close(self) -> None:
+        """Close every socket with linger 0 (nothing pending may hold up context termination)."""
+        for sock in self._sockets:
+            if not sock.closed:
+                sock.close(linger=0)
+        self._sockets.clear()
