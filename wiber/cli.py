@@ -148,7 +148,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _spawn_node(config_path: str, node_id: str, log_level: str) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "wiber", "node", "--config", config_path, "--id", node_id,
            "--log-level", log_level]
-    return subprocess.Popen(cmd)
+    # Own session: a terminal Ctrl-C reaches only `wiber up`, which then stops each node in order.
+    return subprocess.Popen(cmd, start_new_session=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
