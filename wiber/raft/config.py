@@ -1,0 +1,74 @@
+"""`RaftConfig`: the core's settings, in ticks (the node maps milliseconds to ticks)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+__all__ = ["RaftConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    """Settings of one Raft core (etcd `Config`); call `validate()` before use (`Raft` does).
+
+    Fields:
+        id: this node's id.
+        peers: the other voters' ids (the node's own id may be listed too; it is ignored).
+        election_ticks: the election timeout; each follower draws its own from
+            ``[election_ticks, 2 * election_ticks)``. CheckQuorum and the leader lease use it as is.
+        heartbeat_ticks: a leader sends heartbeats this often; must be below election_ticks.
+        max_inflight: REPLICATE-state batches a leader may have unacknowledged per follower.
+        max_batch_bytes: an AppendEntries (and a Ready's committed entries) holds at most this many
+            bytes of entries (one entry is always sent, however large).
+        max_batch_entries: an AppendEntries holds at most this many entries.
+        pre_vote: run a PreVote round before a real election (thesis section 9.6).
+        check_quorum: a leader steps down without a majority's contact for an election timeout,
+            and nodes that heard a leader recently refuse to vote (thesis sections 6.2 and 4.2.3).
+        logger: where the core logs (role and term changes at INFO, messages at DEBUG);
+            None means the `wiber.raft.core` module logger.
+    """
+
+    id: str
+    peers: tuple[str, ...]
+    election_ticks: int = 30
+    heartbeat_ticks: int = 5
+    max_inflight: int = 64
+    max_batch_bytes: int = 1 << 20
+    max_batch_entries: int = 10_000
+    pre_vote: bool = True
+    check_quorum: bool = True
+    logger: logging.Logger | None = None
+
+    def validate(self) -> None:
+        """Check every field.
+
+        Raises:
+            ValueError: a field is out of range; the message names the field and the fix.
+        """
+        if not isinstance(self.id, str) or not self.id or len(self.id) > 255:
+            raise ValueError(f"RaftConfig.id must be a non-empty string of at most 255 characters, got {self.id!r}")
+        if not isinstance(self.peers, tuple) or not all(isinstance(p, str) and p and len(p) <= 255
+                                                        for p in self.peers):
+            raise ValueError(f"RaftConfig.peers must be a tuple of node id strings, got {self.peers!r}")
+        if len(set(self.peers)) != len(self.peers):
+            raise ValueError(f"RaftConfig.peers lists an id twice: {self.peers!r}")
+        for name in ("election_ticks", "heartbeat_ticks", "max_inflight", "max_batch_bytes",
+                     "max_batch_entries"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"RaftConfig.{name} must be a positive integer, got {value!r}")
+        if self.heartbeat_ticks >= self.election_ticks:
+            raise ValueError(
+                f"RaftConfig.heartbeat_ticks ({self.heartbeat_ticks}) must be below election_ticks "
+                f"({self.election_ticks}); use an election timeout of about 10 heartbeats")
+        for name in ("pre_vote", "check_quorum"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"RaftConfig.{name} must be True or False")
+        if self.logger is not None and not isinstance(self.logger, logging.Logger):
+            raise ValueError("RaftConfig.logger must be a logging.Logger or None")
+
+    @property
+    def voters(self) -> tuple[str, ...]:
+        """Returns: every voter, this node included, sorted."""
+        return tuple(sorted(set(self.peers) | {self.id}))
