@@ -2,7 +2,17 @@
 
 `Client` sends one request at a time over a REQ socket. A request that gets no answer within the
 per-try timeout closes and reopens the socket and tries the next address (the zguide's Lazy
-Pirate), until the overall deadline; a NOT_LEADER answer is followed to the leader it names.
+Pirate), until the overall deadline; a NOT_LEADER answer is followed to the leader it names, and
+UNAVAILABLE or STORAGE answers are retried (elsewhere, for STORAGE).
+
+Exactly-once publishing: a Client has a random `client_id` and numbers its publishes `seq` 1, 2,
+3, ...; every retry of one publish carries the same seq, so the broker stores it at most once and
+answers a retry with the first answer (`duplicate: True`). One `publish()` call that returns has
+stored exactly one message.
+
+Lamport clock: the client keeps one, advanced by every stamp it sees (PUB replies, HISTORY and
+subscribed messages), and sends it with each PUB, so "B saw A's message, then published" gives B
+the larger stamp (DESIGN section 5).
 """
 
 from __future__ import annotations
@@ -10,13 +20,15 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import msgpack
 import zmq
 
 from wiber import protocol
-from wiber.errors import ClientError, NotLeader, WireError, error_from_reply
+from wiber.errors import ClientError, NotLeader, StorageError, Unavailable, WireError, error_from_reply
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +39,57 @@ class Timeouts:
 
     per_try_s: float = 1.0
     total_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A stored publish: where it is (topic, offset, log index) and its stamps.
+
+    For a batch, `offset` and `lamport` are the first message's; the batch holds `count` messages.
+    `duplicate` says the node answered a retry from its session (the message was stored once).
+    """
+
+    topic: str
+    offset: int
+    index: int
+    lamport: int
+    ts: float
+    duplicate: bool
+    count: int = 1
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> Ack:
+        return cls(reply["topic"], reply["offset"], reply["index"], reply["lamport"], reply["ts"],
+                   bool(reply["duplicate"]), int(reply.get("count", 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored message, as HISTORY and subscriptions deliver it."""
+
+    topic: str
+    offset: int
+    data: bytes
+    lamport: int
+    ts: float
+    index: int
+
+    @classmethod
+    def from_wire(cls, topic: str, item: dict[str, Any]) -> Message:
+        return cls(topic, int(item["offset"]), bytes(item["data"]), int(item["lamport"]), float(item["ts"]),
+                   int(item["index"]))
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A HISTORY answer: messages in offset order and where the topic stands."""
+
+    topic: str
+    messages: list[Message]
+    next_offset: int
+    first_offset: int
+    end_offset: int
+    commit_index: int
 
 
 def normalize_address(address: str) -> str:
@@ -60,6 +123,9 @@ class Client:
         self._rotation = itertools.cycle(range(len(self.addresses)))
         self._current = self.addresses[next(self._rotation)]
         self._sock: zmq.Socket | None = None
+        self.client_id = uuid.uuid4().hex
+        self._seq = 0
+        self.lamport = 0
 
     # ---------------------------------------------------------------- plumbing
 
@@ -146,6 +212,12 @@ class Client:
                 if err.leader_addr is None:
                     _pause(deadline, 0.05)
                 continue
+            if isinstance(err, (Unavailable, StorageError)):
+                # Outcome unknown (or this node's disk failed): the same request, same seq, is safe.
+                last_error = err
+                self._reset(None if isinstance(err, StorageError) else self._current)
+                _pause(deadline, 0.05)
+                continue
             raise err
 
     # ---------------------------------------------------------------- ops
@@ -157,6 +229,69 @@ class Client:
     def status(self) -> dict[str, Any]:
         """Returns: STATUS of whichever node answered."""
         return self.request("STATUS")
+
+    def observe_lamport(self, lamport: int) -> None:
+        """Advance this client's Lamport clock past a stamp it has seen."""
+        if lamport > self.lamport:
+            self.lamport = lamport
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def publish(self, topic: str, data: bytes | str) -> Ack:
+        """Store one message and wait until a majority has it on disk. Returns: its Ack.
+
+        Retries (NOT_LEADER, UNAVAILABLE, timeouts) reuse the same seq, so the message is stored
+        exactly once. A `str` is sent as its UTF-8 bytes.
+
+        Raises:
+            SessionExpired: a retry came too late for the cluster to know whether it was stored.
+            ClientError: no answer before the total deadline (the message may or may not be stored).
+            BadRequest, TooLarge: the request itself is wrong.
+        """
+        payload = data.encode() if isinstance(data, str) else data
+        seq = self._next_seq()
+        reply = self.request("PUB", topic=topic, data=payload, client_id=self.client_id, seq=seq,
+                             ack_floor=seq, lamport=self.lamport or None)
+        ack = Ack.from_reply(reply)
+        self.observe_lamport(ack.lamport + ack.count - 1)
+        return ack
+
+    def publish_batch(self, topic: str, messages: Sequence[bytes]) -> Ack:
+        """Store a batch at consecutive offsets, all or none, exactly once. Returns: its Ack."""
+        seq = self._next_seq()
+        reply = self.request("PUB_BATCH", topic=topic, messages=list(messages), client_id=self.client_id,
+                             seq=seq, ack_floor=seq, lamport=self.lamport or None)
+        ack = Ack.from_reply(reply)
+        self.observe_lamport(ack.lamport + ack.count - 1)
+        return ack
+
+    def history(self, topic: str, from_offset: int | None = None, last: int | None = None, limit: int = 100,
+                consistency: str = "local") -> History:
+        """Read stored messages of a topic in offset order (DESIGN section 3 HISTORY)."""
+        reply = self.request("HISTORY", topic=topic, from_offset=from_offset, last=last, limit=limit,
+                             consistency=consistency)
+        return self._history_from(reply)
+
+    def _history_from(self, reply: dict[str, Any]) -> History:
+        topic = reply["topic"]
+        messages = [Message.from_wire(topic, item) for item in reply["messages"]]
+        if messages:
+            self.observe_lamport(max(m.lamport for m in messages))
+        return History(topic, messages, reply["next_offset"], reply["first_offset"], reply["end_offset"],
+                       reply["commit_index"])
+
+    def topics(self) -> dict[str, int]:
+        """Returns: every topic with its end offset (the offset its next message will get)."""
+        return dict(self.request("TOPICS")["topics"])
+
+    def subscribe(self, topic: str, from_offset: int | None = None) -> Subscription:
+        """Returns: a Subscription delivering every message of `topic` once, in offset order.
+
+        From `from_offset` (past messages first, from HISTORY), or only new ones when None.
+        """
+        return Subscription(self, topic, from_offset)
 
     def status_all(self) -> dict[str, dict[str, Any] | BaseException]:
         """Returns: per address, its STATUS reply or the error that stood in the way."""
@@ -189,3 +324,165 @@ def _pause(deadline: float, seconds: float) -> None:
     """Back off briefly before another try (bounded by the deadline): an election is under way."""
     time.sleep(max(0.0, min(seconds, deadline - time.monotonic())))
 
+
+#: A node whose PUB heartbeats stop for this long is taken for dead (three 250 ms heartbeats).
+HEARTBEAT_SILENCE_S = 0.75
+
+
+class Subscription:
+    """Every message of one topic, once, in offset order: the zguide's Clone pattern.
+
+    It subscribes first (SUB on the node's PUB socket), then fills from HISTORY, drops what it
+    already has, fetches any gap it sees (PUB drops under pressure and before a subscription has
+    settled), catches up when a heartbeat shows the node committed more than it has seen, and moves
+    to another node when three heartbeats in a row are missed.
+    """
+
+    def __init__(self, client: Client, topic: str, from_offset: int | None) -> None:
+        self.client = client
+        self.topic = topic
+        self._prefix = protocol.topic_prefix(topic)
+        self._next: int | None = from_offset
+        self._sock: zmq.Socket | None = None
+        self._node: str | None = None
+        self._buffer: list[Message] = []
+        self._last_heard = 0.0
+        self._seen_commit = 0
+        self.failovers = 0
+        self.gaps_filled = 0
+
+    @property
+    def next_offset(self) -> int | None:
+        """The offset of the next message this subscription will deliver."""
+        return self._next
+
+    def _attach(self, deadline: float) -> None:
+        """Subscribe at some node (rotating on failure) and catch up from HISTORY."""
+        self._detach()
+        reply = self.client.request("SUB", topic=self.topic)
+        sock = self.client.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
+        sock.setsockopt(zmq.SUBSCRIBE, protocol.HEARTBEAT_PREFIX)
+        sock.connect(reply["pub_addr"])
+        self._sock = sock
+        self._node = self.client._current
+        self._last_heard = time.monotonic()
+        if self._next is None:
+            self._next = int(reply["next_offset"])
+        self._catch_up(deadline)
+
+    def _detach(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _catch_up(self, deadline: float) -> None:
+        """Read from HISTORY (at the attached node) until nothing more is committed there."""
+        assert self._next is not None
+        while time.monotonic() < deadline:
+            history = self.client.history(self.topic, from_offset=self._next, limit=1000)
+            self._seen_commit = max(self._seen_commit, history.commit_index)
+            if history.first_offset > self._next:
+                log.warning("subscription %s: offsets %d..%d were removed by retention before delivery",
+                            self.topic, self._next, history.first_offset - 1)
+            fresh = [m for m in history.messages if m.offset >= self._next]
+            self._buffer.extend(fresh)
+            if fresh:
+                self._next = fresh[-1].offset + 1
+            if history.next_offset >= history.end_offset:
+                return
+
+    def _on_live(self, item: dict[str, Any], deadline: float) -> None:
+        assert self._next is not None
+        offset = int(item["offset"])
+        if offset < self._next:
+            return  # already delivered (from HISTORY, or a duplicate after failover)
+        if offset > self._next:
+            self.gaps_filled += 1
+            self._catch_up(deadline)  # a gap: PUB dropped something; HISTORY has it
+            if offset < self._next:
+                return
+        message = Message.from_wire(self.topic, item)
+        self._buffer.append(message)
+        self._next = offset + 1
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        """Returns: the next message, or None when none arrives within `timeout` seconds."""
+        deadline = time.monotonic() + (self.client.timeouts.total_s if timeout is None else timeout)
+        while True:
+            if self._buffer:
+                message = self._buffer.pop(0)
+                self.client.observe_lamport(message.lamport)
+                return message
+            now = time.monotonic()
+            if now >= deadline:
+                return None
+            try:
+                if self._sock is None or now - self._last_heard > HEARTBEAT_SILENCE_S:
+                    if self._sock is not None:
+                        self.failovers += 1
+                        log.info("subscription %s: %s went silent, moving to another node", self.topic, self._node)
+                        self.client._reset()  # next address
+                    self._attach(deadline)
+                    continue
+                self._poll_once(min(deadline, self._last_heard + HEARTBEAT_SILENCE_S), deadline)
+            except (ClientError, WireError) as exc:
+                log.info("subscription %s: %s; retrying", self.topic, exc)
+                self._detach()
+                self.client._reset()
+                _pause(deadline, 0.05)
+
+    def _poll_once(self, until: float, deadline: float) -> None:
+        sock = self._sock
+        assert sock is not None
+        if not sock.poll(max(1, int((until - time.monotonic()) * 1000))):
+            return
+        while True:
+            try:
+                prefix, body = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue  # not two frames: not ours
+            self._last_heard = time.monotonic()
+            try:
+                item = msgpack_unpack(body)
+            except ValueError:
+                continue
+            if prefix == protocol.HEARTBEAT_PREFIX:
+                commit = int(item.get("commit_index", 0))
+                if commit > self._seen_commit:
+                    self._catch_up(deadline)  # the tail may have been dropped: ask HISTORY
+                    self._seen_commit = max(self._seen_commit, commit)
+            elif prefix == self._prefix:
+                self._on_live(item, deadline)
+                self._seen_commit = max(self._seen_commit, int(item.get("index", 0)))
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            message = self.get(timeout=3600.0)
+            if message is not None:
+                yield message
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._detach()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def msgpack_unpack(body: bytes) -> dict[str, Any]:
+    """Decode a fan-out body. Raises: ValueError when it is not a msgpack map."""
+    try:
+        item = msgpack.unpackb(body, raw=False)
+    except Exception as exc:  # bytes from the network: anything can fail
+        raise ValueError(str(exc)) from None
+    if not isinstance(item, dict):
+        raise ValueError("not a map")
+    return item

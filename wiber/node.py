@@ -1,33 +1,75 @@
 """The node: one process, one thread, one `zmq.Poller` loop that wires every other module.
 
-Each turn: poll (timeout = time to the next timer), drain every readable socket without blocking,
-handle what arrived, fire due timers. The node is the only place in Wiber that does I/O.
+Each turn (DESIGN section 1):
+
+1. poll, with the time to the next timer as timeout;
+2. drain every readable socket without blocking: peer frames are stepped into the Raft core,
+   client requests are validated and answered or queued;
+3. fire due timers (Raft ticks, `$hb` fan-out heartbeats);
+4. process the core's `Ready`s: send what may go before persisting, persist with one fsync,
+   send acknowledgements, apply committed entries, answer whoever waited on them.
+
+Messages to one peer produced in one turn leave as one multipart ZeroMQ message, so a loaded
+leader sends one message per peer per turn. The node is the only place in Wiber that does I/O.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
 import signal
 from types import FrameType
 from typing import Any, Callable
 
-import msgpack
 import zmq
 
 from wiber import protocol
+from wiber.broker import Broker, BrokerSettings, PubOp, PubResult, encode_entry, pub_op_from_request
 from wiber.clock import Clock, SystemClock
 from wiber.config import Config, NodeConfig
-from wiber.errors import NotLeader, Unavailable, WireError
+from wiber.errors import NotLeader, StorageError, Unavailable, WireError
+from wiber.raft import (
+    EntryKind,
+    MalformedMessage,
+    MemoryStorage,
+    ProposalDropped,
+    Raft,
+    RaftConfig,
+    Ready,
+    Role,
+    decode_message,
+    encode_message,
+)
+from wiber.raft.messages import Entry, Message
 from wiber.transport import ClientRequest, Transport
+from wiber.waiting import PendingReads, PendingWrites, Waiter
 
 log = logging.getLogger(__name__)
 
 #: Fan-out heartbeat period (DESIGN section 3): subscribers tell a dead node from a quiet topic.
 PUB_HEARTBEAT_S = 0.25
+#: The Raft core counts time in ticks of this many milliseconds.
+TICK_MS = 10
 #: At most this many frames are drained from one socket per turn, so no socket starves the others.
 DRAIN_LIMIT = 10_000
+#: How long a stopping leader waits for its leadership transfer before it exits anyway.
+TRANSFER_GRACE_S = 0.6
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]
+#: A handler answers at once (a reply map) or parks the client and answers later (None).
+Handler = Callable[[dict[str, Any], ClientRequest, Any], "dict[str, Any] | None"]
+
+ROLE_NAMES = {
+    Role.FOLLOWER: "follower",
+    Role.PRE_CANDIDATE: "pre_candidate",
+    Role.CANDIDATE: "candidate",
+    Role.LEADER: "leader",
+}
+
+
+def ms_to_ticks(ms: int) -> int:
+    """Returns: the number of core ticks (at least 1) closest to `ms` milliseconds."""
+    return max(1, round(ms / TICK_MS))
 
 
 class Node:
@@ -39,6 +81,7 @@ class Node:
         node_id: str,
         clock: Clock | None = None,
         ctx: zmq.Context | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.me: NodeConfig = config.node(node_id)
@@ -49,15 +92,44 @@ class Node:
         self.ctx = ctx or zmq.Context()
         self.peer_ids = [p.id for p in config.peers(node_id)]
         self.transport = Transport(self.ctx, self.me, config.peers(node_id), self.limits.max_frame_bytes)
+
+        self.storage = MemoryStorage()
+        raft_config = RaftConfig(
+            id=node_id,
+            peers=tuple(self.peer_ids),
+            election_ticks=ms_to_ticks(config.cluster.election_timeout_ms),
+            heartbeat_ticks=ms_to_ticks(config.cluster.heartbeat_ms),
+            logger=logging.getLogger("wiber.raft"),
+        )
+        # The node is the I/O layer: seeding the core's randomness from the OS belongs here.
+        self.raft = Raft(raft_config, self.storage, rng or random.Random(os.urandom(16)))
+        self.applied_index = 0
+        self.broker = Broker(BrokerSettings.from_cluster(config.cluster))
+        self._request_timeout_s = config.cluster.request_timeout_ms / 1000.0
+        self._turn_writes: list[Waiter[PubOp]] = []
+        self._turn_reads: list[Waiter[dict[str, Any]]] = []
+        self._writes: PendingWrites[PubOp] = PendingWrites()
+        self._reads: PendingReads[dict[str, Any]] = PendingReads()
+        self._read_round = 0
+        self._storage_failure: str | None = None
+
         self._stopping = False
-        self._started = self.clock.monotonic()
+        self._stop_deadline: float | None = None
+        now = self.clock.monotonic()
+        self._started = now
         self._peer_contact: dict[str, float | None] = {p: None for p in self.peer_ids}
-        self._heartbeat_s = config.cluster.heartbeat_ms / 1000.0
-        self._next_peer_heartbeat = self._started
-        self._next_pub_heartbeat = self._started
+        self._tick_s = TICK_MS / 1000.0
+        self._next_tick = now + self._tick_s
+        self._next_pub_heartbeat = now
+        self._outbox: dict[str, list[bytes]] = {}
         self._handlers: dict[str, Handler] = {
             "PING": self._on_ping,
             "STATUS": self._on_status,
+            "PUB": self._on_write,
+            "PUB_BATCH": self._on_write,
+            "HISTORY": self._on_history,
+            "SUB": self._on_sub,
+            "TOPICS": self._on_topics,
         }
         log.info("node %s listening client=%s raft=%s pub=%s", self.id, self.me.client_addr,
                  self.me.raft_addr, self.me.pub_addr)
@@ -65,14 +137,13 @@ class Node:
     # ---------------------------------------------------------------- lifecycle
 
     def request_stop(self) -> None:
-        """Ask the loop to stop at the end of its current turn (safe from a signal handler)."""
+        """Ask the loop to stop (safe from a signal handler); a leader first hands leadership over."""
         self._stopping = True
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT stop the loop cleanly (sockets closed, exit 0)."""
+        """SIGTERM and SIGINT stop the loop cleanly (leadership handed over, sockets closed, exit 0)."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            log.info("node %s got signal %d, stopping", self.id, signum)
             self.request_stop()
 
         signal.signal(signal.SIGTERM, handler)
@@ -81,10 +152,26 @@ class Node:
     def run(self) -> None:
         """Serve until asked to stop, then close every socket."""
         try:
-            while not self._stopping:
+            while not self._should_exit():
                 self.run_once()
         finally:
             self.close()
+
+    def _should_exit(self) -> bool:
+        """A stopping leader keeps serving until its transfer is done or its grace time is over."""
+        if not self._stopping:
+            return False
+        now = self.clock.monotonic()
+        if self._stop_deadline is None:
+            self._stop_deadline = now + TRANSFER_GRACE_S
+            if self.raft.role is Role.LEADER and self.peer_ids:
+                log.info("node %s stopping: handing leadership over", self.id)
+                self.raft.transfer_leadership(None)
+                self._process_ready()
+                return False
+            log.info("node %s stopping", self.id)
+            return True
+        return self.raft.role is not Role.LEADER or now >= self._stop_deadline
 
     def close(self) -> None:
         """Close the sockets (linger 0) and, if this node made it, the context."""
@@ -94,95 +181,250 @@ class Node:
 
     # ---------------------------------------------------------------- the loop
 
-    def _next_deadline(self) -> float:
-        return min(self._next_peer_heartbeat, self._next_pub_heartbeat)
-
     def run_once(self) -> None:
-        """One loop turn: poll until input or the next timer, drain inputs, fire due timers."""
+        """One loop turn: poll until input or the next timer, drain inputs, fire timers, process Ready."""
         now = self.clock.monotonic()
-        timeout_ms = int(max(0.0, self._next_deadline() - now) * 1000) + 1
-        clients_ready, peers_ready = self.transport.poll(min(timeout_ms, 100))
+        deadline = min(self._next_tick, self._next_pub_heartbeat)
+        timeout_ms = int(max(0.0, deadline - now) * 1000)
+        clients_ready, peers_ready = self.transport.poll(timeout_ms)
         if peers_ready:
-            for frame in self.transport.recv_peers(DRAIN_LIMIT):
-                self._on_peer_frame(frame)
+            for frames in self.transport.recv_peers(DRAIN_LIMIT):
+                self._on_peer_frames(frames)
         if clients_ready:
             for request in self.transport.recv_clients(DRAIN_LIMIT):
                 self._on_client_request(request)
         self._fire_timers(self.clock.monotonic())
+        self._propose_turn()
+        self._process_ready()
+        self._expire_waiters(self.clock.monotonic())
 
     def _fire_timers(self, now: float) -> None:
-        if now >= self._next_peer_heartbeat:
-            body = msgpack.packb(["hb", self.id], use_bin_type=True)
-            for peer in self.peer_ids:
-                self.transport.send_peer(peer, body)
-            self._next_peer_heartbeat = now + self._heartbeat_s
+        if now >= self._next_tick:
+            ticks = int((now - self._next_tick) / self._tick_s) + 1
+            # After a long stall (SIGSTOP, a slow fsync) do not replay hundreds of ticks at once:
+            # a few are enough for every timeout to fire that should.
+            for _ in range(min(ticks, 3)):
+                self.raft.tick()
+            self._next_tick = now + self._tick_s
         if now >= self._next_pub_heartbeat:
             self.transport.publish(protocol.heartbeat_frames(self._pub_heartbeat()))
             self._next_pub_heartbeat = now + PUB_HEARTBEAT_S
 
-    # ---------------------------------------------------------------- peers
+    # ---------------------------------------------------------------- raft
 
-    def _on_peer_frame(self, frame: bytes) -> None:
-        """Record contact from a peer; anything malformed from the network is dropped."""
-        try:
-            msg = msgpack.unpackb(frame, raw=False)
-        except Exception:  # untrusted input: never let it escape the loop
-            log.debug("node %s dropped a malformed peer frame", self.id)
-            return
-        if isinstance(msg, list) and len(msg) == 2 and msg[0] == "hb" and msg[1] in self._peer_contact:
-            self._peer_contact[msg[1]] = self.clock.monotonic()
+    def _on_peer_frames(self, frames: list[bytes]) -> None:
+        """Step each Raft message of one peer frame; anything malformed from the network is dropped."""
+        for frame in frames:
+            try:
+                msg = decode_message(frame)
+            except MalformedMessage as exc:
+                log.debug("node %s dropped a malformed peer message: %s", self.id, exc)
+                continue
+            if msg.to != self.id or msg.frm not in self._peer_contact:
+                log.debug("node %s dropped a message %s -> %s", self.id, msg.frm, msg.to)
+                continue
+            self._peer_contact[msg.frm] = self.clock.monotonic()
+            self.raft.step(msg)
+
+    def _queue(self, messages: list[Message]) -> None:
+        for msg in messages:
+            self._outbox.setdefault(msg.to, []).append(encode_message(msg))
+
+    def _flush_outbox(self) -> None:
+        """Send everything queued per peer as one multipart message (one send per peer per turn)."""
+        for peer, frames in self._outbox.items():
+            self.transport.send_peer_frames(peer, frames)
+        self._outbox.clear()
+
+    def _process_ready(self) -> None:
+        """Persist, send, apply, advance: the order of `wiber.raft.ready`'s docstring."""
+        was_leader = self.raft.role is Role.LEADER
+        while self.raft.has_ready():
+            rd = self.raft.ready()
+            self._queue(rd.messages)
+            self._flush_outbox()  # the leader's appends overlap with its own disk write (§10.2.1)
+            self._persist(rd)
+            self._queue(rd.messages_after_persist)
+            self._flush_outbox()
+            for read_state in rd.read_states:
+                self._reads.confirm(read_state.ctx, read_state.index)
+            self._apply(rd.committed_entries)
+            self.raft.advance(rd)
+        if was_leader and self.raft.role is not Role.LEADER:
+            self._lost_leadership()
+
+    def _persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.storage.apply_snapshot(*rd.snapshot)
+        if rd.entries:
+            self.storage.append(rd.entries)
+        if rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+
+    def _apply(self, entries: list[Entry]) -> None:
+        """Apply committed entries to the broker, fan out what they stored, answer their writers."""
+        for entry in entries:
+            if entry.index <= self.applied_index:
+                continue
+            self.applied_index = entry.index
+            if entry.kind is EntryKind.NOOP:
+                self.broker.apply_noop(entry.index)
+                results: list[PubResult] = []
+            else:
+                results = self.broker.apply(entry.index, entry.data)
+                for result in results:
+                    for record in result.records:
+                        self.transport.publish(protocol.fanout_frames(record.topic, record.to_wire()))
+            waiters, ours = self._writes.take(entry.index, entry.term)
+            if not waiters:
+                continue
+            if not ours or len(results) != len(waiters):
+                self._fail(waiters, Unavailable(
+                    f"node {self.id} lost leadership before the write committed; its outcome is unknown, "
+                    f"retry with the same client_id and seq"))
+                continue
+            for waiter, result in zip(waiters, results):
+                if result.error is not None:
+                    self.transport.reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
+                else:
+                    assert result.reply is not None
+                    self.transport.reply(waiter.envelope, protocol.ok_reply(result.reply, waiter.req_id))
+        for read in self._reads.releasable(self.applied_index):
+            self._answer_history(read)
+
+    def _lost_leadership(self) -> None:
+        """Whoever waited on this node's leadership learns that the outcome is unknown."""
+        log.info("node %s is no longer leader (term %d)", self.id, self.raft.term)
+        self._fail(self._writes.drain(), Unavailable(
+            f"node {self.id} lost leadership; the write's outcome is unknown, retry with the same client_id and seq"))
+        self._fail(self._reads.drain(), self._not_leader())
+
+    def _fail(self, waiters: list[Waiter[Any]], err: WireError) -> None:
+        for waiter in waiters:
+            self.transport.reply(waiter.envelope, protocol.error_reply(err, waiter.req_id))
+
+    def _expire_waiters(self, now: float) -> None:
+        self._fail(self._writes.expire(now), Unavailable(
+            f"no commit within {self._request_timeout_s:g} s (no quorum?); the outcome is unknown, "
+            f"retry with the same client_id and seq"))
+        self._fail(self._reads.expire(now), Unavailable(
+            f"linearizable read not confirmed within {self._request_timeout_s:g} s (no quorum?)"))
+
+    def _propose_turn(self) -> None:
+        """Propose this turn's writes as one entry, and start one ReadIndex round for its reads."""
+        if self._turn_writes:
+            waiters, self._turn_writes = self._turn_writes, []
+            try:
+                data = encode_entry(self.clock.wall(), [w.request for w in waiters])
+                first, _ = self.raft.propose([data])
+            except ProposalDropped:
+                self._fail(waiters, self._not_leader())
+            else:
+                self._writes.add(first, self.raft.term, waiters)
+        if self._turn_reads:
+            reads, self._turn_reads = self._turn_reads, []
+            self._read_round += 1
+            ctx = self._read_round.to_bytes(8, "big")
+            try:
+                self.raft.read_index(ctx)
+            except ProposalDropped:
+                self._fail(reads, self._not_leader())
+            else:
+                self._reads.start(ctx, reads)
 
     # ---------------------------------------------------------------- clients
 
     def _on_client_request(self, request: ClientRequest) -> None:
-        """Validate, dispatch and answer one client request; every error becomes a wire error."""
+        """Validate and dispatch one client request; every error becomes a wire error reply."""
         req_id: Any = None
         try:
             req_id, msg = protocol.parse_request(request.body, self.limits)
-            handler = self._handlers.get(msg["op"], self._not_yet)
-            reply = protocol.ok_reply(handler(msg), req_id)
+            fields = self._handlers[msg["op"]](msg, request, req_id)
+            if fields is None:
+                return  # parked: answered when its entry commits or its read is confirmed
+            reply = protocol.ok_reply(fields, req_id)
         except WireError as err:
             req_id = getattr(err, "request_id", req_id)
             reply = protocol.error_reply(err, req_id)
         self.transport.reply(request.envelope, reply)
 
-    def _not_yet(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Ops that need a leader and a replicated log: NOT_LEADER for writes, UNAVAILABLE for reads."""
-        if msg["op"] in protocol.WRITE_OPS or msg.get("consistency") == "linearizable":
-            raise NotLeader(f"node {self.id} is not the leader and no leader is known", None, None)
-        raise Unavailable(f"node {self.id} has no replicated log yet; {msg['op']} is not served")
+    def _not_leader(self) -> NotLeader:
+        leader = self.raft.leader_id
+        if leader is None or leader == self.id:
+            return NotLeader(f"node {self.id} is not the leader and no leader is known yet; retry shortly")
+        addr = self.config.node(leader).client_addr
+        return NotLeader(f"node {self.id} is not the leader; the leader is {leader} at {addr}", leader, addr)
 
-    def _on_ping(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def _deadline(self) -> float:
+        return self.clock.monotonic() + self._request_timeout_s
+
+    def _on_write(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> None:
+        """PUB and PUB_BATCH: parked until the turn's entry commits (leader only)."""
+        if self._storage_failure is not None:
+            raise StorageError(f"node {self.id} cannot write its log: {self._storage_failure}")
+        if self.raft.role is not Role.LEADER or self._stopping:
+            raise self._not_leader()
+        self._turn_writes.append(Waiter(request.envelope, req_id, self._deadline(), pub_op_from_request(msg)))
+        return None
+
+    def _on_history(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any] | None:
+        """HISTORY: `local` from this node's applied state (never uncommitted), `linearizable` by ReadIndex."""
+        if msg["consistency"] == "linearizable":
+            if self.raft.role is not Role.LEADER:
+                raise self._not_leader()
+            self._turn_reads.append(Waiter(request.envelope, req_id, self._deadline(), msg))
+            return None
+        return self._history(msg)
+
+    def _history(self, msg: dict[str, Any]) -> dict[str, Any]:
+        reply = self.broker.history(msg["topic"], msg.get("from_offset") if "last" not in msg else None,
+                                    msg.get("last"), msg["limit"])
+        reply["commit_index"] = self.raft.commit_index
+        return reply
+
+    def _answer_history(self, waiter: Waiter[dict[str, Any]]) -> None:
+        self.transport.reply(waiter.envelope, protocol.ok_reply(self._history(waiter.request), waiter.req_id))
+
+    def _on_sub(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
+        topic = msg["topic"]
+        return {"topic": topic, "pub_addr": self.me.pub_addr, "next_offset": self.broker.end_offset(topic)}
+
+    def _on_topics(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
+        return {"topics": self.broker.topics()}
+
+    def _on_ping(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
         return {
             "op": "PONG",
             "node": self.id,
-            "role": "follower",
-            "term": 0,
-            "leader": None,
+            "role": ROLE_NAMES[self.raft.role],
+            "term": self.raft.term,
+            "leader": self.raft.leader_id,
             "time": self.clock.wall(),
         }
 
-    def _on_status(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def _on_status(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
         now = self.clock.monotonic()
+        match = self.raft.progress() if self.raft.role is Role.LEADER else {}
         peers: dict[str, dict[str, Any]] = {}
         for peer, seen in self._peer_contact.items():
             peers[peer] = {
-                "match_index": 0,
+                "match_index": match.get(peer, 0),
                 "last_contact_ms": None if seen is None else int((now - seen) * 1000),
             }
         return {
             "node": self.id,
-            "role": "follower",
-            "term": 0,
-            "leader": None,
-            "commit_index": 0,
-            "applied_index": 0,
-            "last_index": 0,
-            "snapshot_index": 0,
+            "role": ROLE_NAMES[self.raft.role],
+            "term": self.raft.term,
+            "leader": self.raft.leader_id,
+            "commit_index": self.raft.commit_index,
+            "applied_index": self.applied_index,
+            "last_index": self.raft.last_index,
+            "snapshot_index": self.storage.first_index() - 1,
             "peers": peers,
             "clock": {"offset_ms": 0.0, "error_ms": 0.0},
             "uptime_s": round(now - self._started, 3),
         }
 
     def _pub_heartbeat(self) -> dict[str, Any]:
-        return {"node": self.id, "term": 0, "commit_index": 0, "time": self.clock.wall()}
+        return {"node": self.id, "term": self.raft.term, "commit_index": self.raft.commit_index,
+                "time": self.clock.wall()}

@@ -7,8 +7,9 @@ tolerates lost messages; clients retry; subscribers recover gaps by offset (DESI
 
 Framing:
 * client ROUTER: `[identity, (b"" delimiter), body]` in; the reply reuses everything before the body.
-* raft ROUTER: `[identity, body]` in; the identity is ignored (the body names its sender).
-* peer DEALER: `[body]` out.
+* raft ROUTER: `[identity, message, message, ...]` in; the identity is ignored (each message names
+  its sender).
+* peer DEALER: `[message, message, ...]` out: everything for one peer in one loop turn.
 * PUB: `[topic + b"\\0", body]` out.
 """
 
@@ -143,9 +144,9 @@ class Transport:
             out.append(ClientRequest(envelope=frames[:-1], body=frames[-1]))
         return out
 
-    def recv_peers(self, limit: int) -> list[bytes]:
-        """Returns: up to `limit` queued peer frames (bodies only), without blocking."""
-        out: list[bytes] = []
+    def recv_peers(self, limit: int) -> list[list[bytes]]:
+        """Returns: up to `limit` queued peer messages, each the list of its body frames, without blocking."""
+        out: list[list[bytes]] = []
         sock = self.raft_in
         for _ in range(limit):
             try:
@@ -153,7 +154,7 @@ class Transport:
             except zmq.Again:
                 break
             if len(frames) >= 2:
-                out.append(frames[-1])
+                out.append(frames[1:])
         return out
 
     def reply(self, envelope: list[bytes], body: bytes) -> None:
@@ -166,13 +167,16 @@ class Transport:
             log.debug("reply dropped: %s", exc)
             self.stats.client_reply_dropped += 1
 
-    def send_peer(self, peer_id: str, body: bytes) -> bool:
-        """Send one frame to a peer. Returns: False when it was dropped (peer down or queue full)."""
+    def send_peer_frames(self, peer_id: str, frames: list[bytes]) -> bool:
+        """Send frames to a peer as one multipart message (one send per peer per loop turn).
+
+        Returns: False when it was dropped (peer down or queue full); Raft retries what matters.
+        """
         sock = self.peers.get(peer_id)
-        if sock is None:
+        if sock is None or not frames:
             return False
         try:
-            sock.send(body, zmq.NOBLOCK)
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             self.stats.peer_send_dropped += 1
