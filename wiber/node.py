@@ -24,15 +24,15 @@ from typing import Any, Callable
 
 import zmq
 
-from wiber import protocol
+from wiber import chunks, protocol
 from wiber.broker import Broker, BrokerSettings, PubOp, PubResult, encode_entry, pub_op_from_request
 from wiber.clock import Clock, SystemClock
 from wiber.config import Config, NodeConfig
 from wiber.errors import NotLeader, StorageError, Unavailable, WireError
 from wiber.raft import (
     EntryKind,
+    InstallSnapshot,
     MalformedMessage,
-    MemoryStorage,
     ProposalDropped,
     Raft,
     RaftConfig,
@@ -42,6 +42,7 @@ from wiber.raft import (
     encode_message,
 )
 from wiber.raft.messages import Entry, Message
+from wiber.storage import DurableStorage, StorageFailure
 from wiber.transport import ClientRequest, Transport
 from wiber.waiting import PendingReads, PendingWrites, Waiter
 
@@ -93,7 +94,12 @@ class Node:
         self.peer_ids = [p.id for p in config.peers(node_id)]
         self.transport = Transport(self.ctx, self.me, config.peers(node_id), self.limits.max_frame_bytes)
 
-        self.storage = MemoryStorage()
+        try:
+            self.storage = DurableStorage.open(config.node_data_dir(node_id), fsync=config.cluster.fsync,
+                                               logger=logging.getLogger("wiber.storage"))
+        except BaseException:
+            self.transport.close()  # a refused data directory must not leave sockets bound
+            raise
         raft_config = RaftConfig(
             id=node_id,
             peers=tuple(self.peer_ids),
@@ -103,8 +109,16 @@ class Node:
         )
         # The node is the I/O layer: seeding the core's randomness from the OS belongs here.
         self.raft = Raft(raft_config, self.storage, rng or random.Random(os.urandom(16)))
+        self._broker_settings = BrokerSettings.from_cluster(config.cluster)
+        self.broker = Broker(self._broker_settings)
         self.applied_index = 0
-        self.broker = Broker(BrokerSettings.from_cluster(config.cluster))
+        snap_meta, snap_data = self.storage.snapshot()
+        if snap_meta.index > 0:
+            self.broker = Broker.restore(snap_data, self._broker_settings)
+            self.applied_index = snap_meta.index
+        self._snapshot_every = config.cluster.snapshot_every
+        self._joiner = chunks.Joiner()
+        self._transfer_ids = random.Random(os.urandom(8))
         self._request_timeout_s = config.cluster.request_timeout_ms / 1000.0
         self._turn_writes: list[Waiter[PubOp]] = []
         self._turn_reads: list[Waiter[dict[str, Any]]] = []
@@ -176,6 +190,7 @@ class Node:
     def close(self) -> None:
         """Close the sockets (linger 0) and, if this node made it, the context."""
         self.transport.close()
+        self.storage.close()
         if self._own_ctx:
             self.ctx.term()
 
@@ -203,7 +218,7 @@ class Node:
             ticks = int((now - self._next_tick) / self._tick_s) + 1
             # After a long stall (SIGSTOP, a slow fsync) do not replay hundreds of ticks at once:
             # a few are enough for every timeout to fire that should.
-            for _ in range(min(ticks, 3)):
+            for _ in range(min(ticks, 3) if self._storage_failure is None else 0):
                 self.raft.tick()
             self._next_tick = now + self._tick_s
         if now >= self._next_pub_heartbeat:
@@ -214,7 +229,18 @@ class Node:
 
     def _on_peer_frames(self, frames: list[bytes]) -> None:
         """Step each Raft message of one peer frame; anything malformed from the network is dropped."""
+        if self._storage_failure is not None:
+            return  # a node that cannot persist must not vote or acknowledge: it stays out of Raft
         for frame in frames:
+            if chunks.is_chunk(frame):
+                try:
+                    whole = self._joiner.add(frame)
+                except ValueError as exc:
+                    log.debug("node %s dropped a bad chunk: %s", self.id, exc)
+                    continue
+                if whole is None:
+                    continue
+                frame = whole
             try:
                 msg = decode_message(frame)
             except MalformedMessage as exc:
@@ -228,7 +254,13 @@ class Node:
 
     def _queue(self, messages: list[Message]) -> None:
         for msg in messages:
-            self._outbox.setdefault(msg.to, []).append(encode_message(msg))
+            frame = encode_message(msg)
+            if isinstance(msg, InstallSnapshot) and len(frame) > chunks.CHUNK_BYTES:
+                # Each chunk is its own ZeroMQ message (at most 1 MiB), not a part of one huge one.
+                for chunk in chunks.split(frame, self._transfer_ids.getrandbits(64)):
+                    self.transport.send_peer_frames(msg.to, [chunk])
+                continue
+            self._outbox.setdefault(msg.to, []).append(frame)
 
     def _flush_outbox(self) -> None:
         """Send everything queued per peer as one multipart message (one send per peer per turn)."""
@@ -238,12 +270,18 @@ class Node:
 
     def _process_ready(self) -> None:
         """Persist, send, apply, advance: the order of `wiber.raft.ready`'s docstring."""
+        if self._storage_failure is not None:
+            return
         was_leader = self.raft.role is Role.LEADER
         while self.raft.has_ready():
             rd = self.raft.ready()
             self._queue(rd.messages)
             self._flush_outbox()  # the leader's appends overlap with its own disk write (§10.2.1)
-            self._persist(rd)
+            try:
+                self._persist(rd)
+            except StorageFailure as exc:
+                self._on_storage_failure(exc)
+                return
             self._queue(rd.messages_after_persist)
             self._flush_outbox()
             for read_state in rd.read_states:
@@ -252,14 +290,41 @@ class Node:
             self.raft.advance(rd)
         if was_leader and self.raft.role is not Role.LEADER:
             self._lost_leadership()
+        self._maybe_snapshot()
 
     def _persist(self, rd: Ready) -> None:
+        """Make the Ready durable: snapshot, entries, hard state, then one fsync for all of it."""
         if rd.snapshot is not None:
-            self.storage.apply_snapshot(*rd.snapshot)
+            meta, data = rd.snapshot
+            self.storage.apply_snapshot(meta, data)
+            self.broker = Broker.restore(data, self._broker_settings)
+            self.applied_index = meta.index
+            log.info("node %s installed the leader's snapshot at index %d", self.id, meta.index)
         if rd.entries:
             self.storage.append(rd.entries)
         if rd.hard_state is not None:
             self.storage.set_hard_state(rd.hard_state)
+        if rd.must_sync:
+            self.storage.sync()
+
+    def _on_storage_failure(self, exc: StorageFailure) -> None:
+        """Stop acknowledging and campaigning; keep serving reads; answer writes with STORAGE."""
+        self._storage_failure = str(exc)
+        log.error("node %s cannot write its log, it stops taking part in Raft: %s", self.id, exc)
+        err = StorageError(f"node {self.id} cannot write its log: {exc}")
+        self._fail(self._writes.drain(), err)
+        self._fail(self._reads.drain(), err)
+
+    def _maybe_snapshot(self) -> None:
+        """Every `snapshot_every` applied entries, snapshot the broker and drop the log before it."""
+        if self.applied_index - self.storage.last_snapshot_index < self._snapshot_every:
+            return
+        try:
+            self.storage.compact(self.applied_index, self.broker.snapshot())
+        except StorageFailure as exc:
+            self._on_storage_failure(exc)
+            return
+        log.info("node %s took a snapshot at index %d", self.id, self.applied_index)
 
     def _apply(self, entries: list[Entry]) -> None:
         """Apply committed entries to the broker, fan out what they stored, answer their writers."""
@@ -419,7 +484,8 @@ class Node:
             "commit_index": self.raft.commit_index,
             "applied_index": self.applied_index,
             "last_index": self.raft.last_index,
-            "snapshot_index": self.storage.first_index() - 1,
+            "snapshot_index": self.storage.last_snapshot_index,
+            "storage": {"ok": self._storage_failure is None, "error": self._storage_failure},
             "peers": peers,
             "clock": {"offset_ms": 0.0, "error_ms": 0.0},
             "uptime_s": round(now - self._started, 3),

@@ -852,6 +852,17 @@ class Raft:
         """A follower's log does not match at the rejected prev index: back up (section 5.3)."""
         rejected = msg.match_index
         state = pr.state
+        if msg.ctx and rejected == pr.match and msg.conflict_index <= pr.match and state is not _SNAPSHOT:
+            # A heartbeat anchored at the follower's match index was refused: within one term a
+            # follower never drops what it acknowledged, so its disk was wiped or lost. Start over
+            # from what it says it holds (a snapshot if that is compacted here).
+            self._logger.warning("%s: %s no longer holds index %d it acknowledged (data lost?); "
+                                 "resending from %d", self._id, frm, pr.match, msg.conflict_index)
+            pr.match = max(0, msg.conflict_index - 1)
+            pr.become_probe()
+            pr.probe_sent = False
+            self._mark(frm, _GAP)
+            return
         if state is _REPLICATE:
             if rejected <= pr.match:
                 return  # stale
