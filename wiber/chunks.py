@@ -6,8 +6,8 @@ encoded message into chunks, each its own ZeroMQ message; the receiver joins the
 whole message once every chunk has arrived. A lost chunk is not resent here: the Raft core retries
 the snapshot when its reply does not come.
 
-Chunk frame: ``MARKER`` (0xc1, a byte msgpack never uses, so no whole message starts with it),
-then a header of transfer id (u64), chunk number (u32) and chunk count (u32), then the payload.
+Chunk frame: ``MARKER`` (0xc1, a byte msgpack never uses, so no Raft message starts with it,
+then ``C``), then a header of transfer id (u64), chunk number (u32) and chunk count (u32), then the payload.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 
-MARKER = b"\xc1"
+MARKER = b"\xc1C"
 CHUNK_BYTES = 1 << 20
 _HEADER = struct.Struct(">QII")
 #: Transfers being joined at once; an older one is dropped when a newer one starts.
@@ -24,7 +24,7 @@ MAX_TRANSFERS = 4
 
 def is_chunk(frame: bytes) -> bool:
     """Returns: whether `frame` is a chunk (rather than a whole message)."""
-    return frame[:1] == MARKER
+    return frame[:2] == MARKER
 
 
 def split(message: bytes, transfer_id: int, chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
@@ -47,9 +47,9 @@ class Joiner:
         Raises:
             ValueError: the frame is not a well-formed chunk (input from the network).
         """
-        if len(frame) < 1 + _HEADER.size or not is_chunk(frame):
+        if len(frame) < 2 + _HEADER.size or not is_chunk(frame):
             raise ValueError("not a chunk frame")
-        transfer_id, number, count = _HEADER.unpack_from(frame, 1)
+        transfer_id, number, count = _HEADER.unpack_from(frame, 2)
         if count < 1 or number >= count or count > 1 << 16:
             raise ValueError(f"bad chunk header {number}/{count}")
         parts = self._transfers.get(transfer_id)
@@ -61,7 +61,7 @@ class Joiner:
                 del self._counts[old]
         elif self._counts[transfer_id] != count:
             raise ValueError("chunk count changed within a transfer")
-        parts[number] = frame[1 + _HEADER.size:]
+        parts[number] = frame[2 + _HEADER.size:]
         if len(parts) < count:
             return None
         del self._transfers[transfer_id]

@@ -28,6 +28,7 @@ import msgpack
 import zmq
 
 from wiber import protocol
+from wiber.clock import Clock, OffsetEstimator, SystemClock, skew_from_env
 from wiber.errors import ClientError, NotLeader, StorageError, Unavailable, WireError, error_from_reply
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,16 @@ class Client:
         addresses: Sequence[str] | str,
         timeouts: Timeouts | None = None,
         ctx: zmq.Context | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
         self.addresses = [normalize_address(a) for a in addresses]
         if not self.addresses:
             raise ValueError("Client needs at least one node address")
+        self.clock: Clock = clock or SystemClock(skew_from_env())
+        self.clock_offset = OffsetEstimator()
+        self._synced_at: float | None = None
         self.timeouts = timeouts or Timeouts()
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -230,6 +235,25 @@ class Client:
         """Returns: STATUS of whichever node answered."""
         return self.request("STATUS")
 
+    def sync_clock(self, samples: int = 5) -> float:
+        """Estimate this client's offset to the cluster's clock from PINGs (NTP-style, min delay).
+
+        Returns: the offset in seconds (cluster minus local).
+        """
+        for _ in range(samples):
+            t1 = self.clock.wall()
+            pong = self.request("PING")
+            t4 = self.clock.wall()
+            self.clock_offset.add(t1, float(pong["time"]), float(pong["time"]), t4)
+        self._synced_at = time.monotonic()
+        return self.clock_offset.offset
+
+    def now(self) -> float:
+        """Returns: the cluster's time as this client sees it (synced on first use, then every 30 s)."""
+        if self._synced_at is None or time.monotonic() - self._synced_at > 30.0:
+            self.sync_clock()
+        return self.clock.wall() + self.clock_offset.offset
+
     def observe_lamport(self, lamport: int) -> None:
         """Advance this client's Lamport clock past a stamp it has seen."""
         if lamport > self.lamport:
@@ -239,11 +263,12 @@ class Client:
         self._seq += 1
         return self._seq
 
-    def publish(self, topic: str, data: bytes | str) -> Ack:
+    def publish(self, topic: str, data: bytes | str, ts: float | None = None) -> Ack:
         """Store one message and wait until a majority has it on disk. Returns: its Ack.
 
         Retries (NOT_LEADER, UNAVAILABLE, timeouts) reuse the same seq, so the message is stored
-        exactly once. A `str` is sent as its UTF-8 bytes.
+        exactly once. A `str` is sent as its UTF-8 bytes. The request carries the client's synced
+        send time (`ts`, default `now()`), which a cluster with a reorder window orders by.
 
         Raises:
             SessionExpired: a retry came too late for the cluster to know whether it was stored.
@@ -251,9 +276,10 @@ class Client:
             BadRequest, TooLarge: the request itself is wrong.
         """
         payload = data.encode() if isinstance(data, str) else data
+        sent_at = self.now() if ts is None else ts
         seq = self._next_seq()
         reply = self.request("PUB", topic=topic, data=payload, client_id=self.client_id, seq=seq,
-                             ack_floor=seq, lamport=self.lamport or None)
+                             ack_floor=seq, lamport=self.lamport or None, ts=sent_at)
         ack = Ack.from_reply(reply)
         self.observe_lamport(ack.lamport + ack.count - 1)
         return ack

@@ -79,3 +79,62 @@ class FakeClock:
     def set_wall(self, wall: float) -> None:
         """Step the wall clock (as NTP or an operator may), leaving monotonic time alone."""
         self._wall = wall
+
+
+# ------------------------------------------------------------------ clock synchronization
+
+
+class OffsetEstimator:
+    """NTP-style offset of a local wall clock to a reference clock, from four-timestamp exchanges.
+
+    An exchange: the local side sends at t1 (local clock), the reference receives at t2 and answers
+    at t3 (reference clock), the answer arrives at t4 (local clock). Then
+    ``offset = ((t2 - t1) + (t3 - t4)) / 2`` and ``delay = (t4 - t1) - (t3 - t2)``. The offset of a
+    sample is wrong by at most half its delay (all asymmetry on one side), so of the last `window`
+    samples the one with the smallest delay is used, and its half delay is the error bound.
+    """
+
+    def __init__(self, window: int = 8) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
+        self._samples: list[tuple[float, float]] = []  # (delay, offset), newest last
+        self.offset = 0.0
+        self.error = 0.0
+
+    @property
+    def samples(self) -> int:
+        return len(self._samples)
+
+    def add(self, t1: float, t2: float, t3: float, t4: float) -> None:
+        """Take one exchange (seconds). Exchanges with a negative delay (clock stepped) are ignored."""
+        delay = (t4 - t1) - (t3 - t2)
+        if delay < 0:
+            return
+        self._samples.append((delay, ((t2 - t1) + (t3 - t4)) / 2.0))
+        if len(self._samples) > self.window:
+            del self._samples[0]
+        best_delay, best_offset = min(self._samples)
+        self.offset = best_offset
+        self.error = best_delay / 2.0
+
+    def reset(self) -> None:
+        """Forget the samples (the reference changed) but keep the current offset until new ones come."""
+        self._samples.clear()
+
+
+class SyncedClock:
+    """A wall clock corrected by an estimated offset: `now()` is the cluster's time as this node sees it.
+
+    A node keeps its offset when it becomes leader, so cluster time does not jump at a leader change
+    (the new leader's synced clock was following the old leader's).
+    """
+
+    def __init__(self, clock: Clock, estimator: OffsetEstimator | None = None) -> None:
+        self.clock = clock
+        self.estimator = estimator or OffsetEstimator()
+
+    def now(self) -> float:
+        """Returns: wall time plus the estimated offset to the reference, epoch seconds."""
+        return self.clock.wall() + self.estimator.offset
+

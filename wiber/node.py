@@ -15,6 +15,7 @@ leader sends one message per peer per turn. The node is the only place in Wiber 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -24,9 +25,9 @@ from typing import Any, Callable
 
 import zmq
 
-from wiber import chunks, protocol
+from wiber import chunks, protocol, timesync
 from wiber.broker import Broker, BrokerSettings, PubOp, PubResult, encode_entry, pub_op_from_request
-from wiber.clock import Clock, SystemClock
+from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
 from wiber.errors import NotLeader, StorageError, Unavailable, WireError
 from wiber.raft import (
@@ -42,6 +43,7 @@ from wiber.raft import (
     encode_message,
 )
 from wiber.raft.messages import Entry, Message
+from wiber.reorder import ReorderBuffer
 from wiber.storage import DurableStorage, StorageFailure
 from wiber.transport import ClientRequest, Transport
 from wiber.waiting import PendingReads, PendingWrites, Waiter
@@ -56,6 +58,8 @@ TICK_MS = 10
 DRAIN_LIMIT = 10_000
 #: How long a stopping leader waits for its leadership transfer before it exits anyway.
 TRANSFER_GRACE_S = 0.6
+#: A follower measures its clock offset to the leader this often (DESIGN section 5).
+CLOCK_PROBE_S = 0.1
 
 #: A handler answers at once (a reply map) or parks the client and answers later (None).
 Handler = Callable[[dict[str, Any], ClientRequest, Any], "dict[str, Any] | None"]
@@ -88,6 +92,8 @@ class Node:
         self.me: NodeConfig = config.node(node_id)
         self.id = node_id
         self.clock: Clock = clock or SystemClock()
+        self.synced = SyncedClock(self.clock)
+        self._sync_leader: str | None = None
         self.limits = protocol.Limits(max_message_bytes=config.cluster.max_message_bytes)
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -126,6 +132,8 @@ class Node:
         self._reads: PendingReads[dict[str, Any]] = PendingReads()
         self._read_round = 0
         self._storage_failure: str | None = None
+        window_ms = config.cluster.reorder_window_ms
+        self._reorder: ReorderBuffer[Waiter[PubOp]] | None = ReorderBuffer(window_ms / 1000.0) if window_ms else None
 
         self._stopping = False
         self._stop_deadline: float | None = None
@@ -135,6 +143,7 @@ class Node:
         self._tick_s = TICK_MS / 1000.0
         self._next_tick = now + self._tick_s
         self._next_pub_heartbeat = now
+        self._next_clock_probe = now
         self._outbox: dict[str, list[bytes]] = {}
         self._handlers: dict[str, Handler] = {
             "PING": self._on_ping,
@@ -200,6 +209,10 @@ class Node:
         """One loop turn: poll until input or the next timer, drain inputs, fire timers, process Ready."""
         now = self.clock.monotonic()
         deadline = min(self._next_tick, self._next_pub_heartbeat)
+        if self._reorder is not None:
+            release_at = self._reorder.next_release()
+            if release_at is not None:
+                deadline = min(deadline, now + max(0.0, release_at - self.synced.now()))
         timeout_ms = int(max(0.0, deadline - now) * 1000)
         clients_ready, peers_ready = self.transport.poll(timeout_ms)
         if peers_ready:
@@ -209,8 +222,11 @@ class Node:
             for request in self.transport.recv_clients(DRAIN_LIMIT):
                 self._on_client_request(request)
         self._fire_timers(self.clock.monotonic())
+        if self._reorder is not None and len(self._reorder):
+            self._turn_writes.extend(self._reorder.release(self.synced.now()))
         self._propose_turn()
         self._process_ready()
+        self._flush_outbox()  # clock-sync frames of a turn without Raft traffic
         self._expire_waiters(self.clock.monotonic())
 
     def _fire_timers(self, now: float) -> None:
@@ -224,6 +240,14 @@ class Node:
         if now >= self._next_pub_heartbeat:
             self.transport.publish(protocol.heartbeat_frames(self._pub_heartbeat()))
             self._next_pub_heartbeat = now + PUB_HEARTBEAT_S
+        if now >= self._next_clock_probe:
+            self._next_clock_probe = now + CLOCK_PROBE_S
+            leader = self.raft.leader_id
+            if leader is not None and leader != self.id and self._storage_failure is None:
+                if leader != self._sync_leader:
+                    self.synced.estimator.reset()  # samples against the old leader no longer apply
+                    self._sync_leader = leader
+                self._outbox.setdefault(leader, []).append(timesync.probe(self.id, self.clock.wall()))
 
     # ---------------------------------------------------------------- raft
 
@@ -232,6 +256,9 @@ class Node:
         if self._storage_failure is not None:
             return  # a node that cannot persist must not vote or acknowledge: it stays out of Raft
         for frame in frames:
+            if timesync.is_timesync(frame):
+                self._on_timesync(frame)
+                continue
             if chunks.is_chunk(frame):
                 try:
                     whole = self._joiner.add(frame)
@@ -251,6 +278,22 @@ class Node:
                 continue
             self._peer_contact[msg.frm] = self.clock.monotonic()
             self.raft.step(msg)
+
+    def _on_timesync(self, frame: bytes) -> None:
+        """Answer a follower's clock probe, or take a sample from the leader's answer."""
+        received = self.clock.wall()
+        try:
+            sender, t1, t2, t3 = timesync.parse(frame)
+        except ValueError as exc:
+            log.debug("node %s dropped a bad clock-sync frame: %s", self.id, exc)
+            return
+        if sender not in self._peer_contact:
+            return
+        if t2 is None or t3 is None:
+            now = self.synced.now()
+            self._outbox.setdefault(sender, []).append(timesync.reply(self.id, t1, now, now))
+        elif sender == self.raft.leader_id and self.raft.role is not Role.LEADER:
+            self.synced.estimator.add(t1, t2, t3, received)
 
     def _queue(self, messages: list[Message]) -> None:
         for msg in messages:
@@ -363,6 +406,8 @@ class Node:
         self._fail(self._writes.drain(), Unavailable(
             f"node {self.id} lost leadership; the write's outcome is unknown, retry with the same client_id and seq"))
         self._fail(self._reads.drain(), self._not_leader())
+        if self._reorder is not None:
+            self._fail(self._reorder.drain(), self._not_leader())  # never proposed: a retry is safe
 
     def _fail(self, waiters: list[Waiter[Any]], err: WireError) -> None:
         for waiter in waiters:
@@ -380,7 +425,7 @@ class Node:
         if self._turn_writes:
             waiters, self._turn_writes = self._turn_writes, []
             try:
-                data = encode_entry(self.clock.wall(), [w.request for w in waiters])
+                data = encode_entry(self.synced.now(), [w.request for w in waiters])
                 first, _ = self.raft.propose([data])
             except ProposalDropped:
                 self._fail(waiters, self._not_leader())
@@ -429,7 +474,14 @@ class Node:
             raise StorageError(f"node {self.id} cannot write its log: {self._storage_failure}")
         if self.raft.role is not Role.LEADER or self._stopping:
             raise self._not_leader()
-        self._turn_writes.append(Waiter(request.envelope, req_id, self._deadline(), pub_op_from_request(msg)))
+        waiter = Waiter(request.envelope, req_id, self._deadline(), pub_op_from_request(msg))
+        sent_at = msg.get("ts")
+        if self._reorder is not None and sent_at is not None:
+            if self._reorder.add(waiter, float(sent_at), msg.get("client_id") or "", msg.get("seq") or 0,
+                                 self.synced.now()):
+                return None  # held until its window passes (DESIGN section 5)
+            waiter.request = dataclasses.replace(waiter.request, late=True)
+        self._turn_writes.append(waiter)
         return None
 
     def _on_history(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any] | None:
@@ -464,7 +516,7 @@ class Node:
             "role": ROLE_NAMES[self.raft.role],
             "term": self.raft.term,
             "leader": self.raft.leader_id,
-            "time": self.clock.wall(),
+            "time": self.synced.now(),
         }
 
     def _on_status(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
@@ -487,10 +539,19 @@ class Node:
             "snapshot_index": self.storage.last_snapshot_index,
             "storage": {"ok": self._storage_failure is None, "error": self._storage_failure},
             "peers": peers,
-            "clock": {"offset_ms": 0.0, "error_ms": 0.0},
+            "clock": {
+                "offset_ms": round(self.synced.estimator.offset * 1000, 3),
+                "error_ms": round(self.synced.estimator.error * 1000, 3),
+                "samples": self.synced.estimator.samples,
+            },
+            "reorder": {
+                "window_ms": self.config.cluster.reorder_window_ms,
+                "held": len(self._reorder) if self._reorder is not None else 0,
+                "late": self.broker.late_count,
+            },
             "uptime_s": round(now - self._started, 3),
         }
 
     def _pub_heartbeat(self) -> dict[str, Any]:
         return {"node": self.id, "term": self.raft.term, "commit_index": self.raft.commit_index,
-                "time": self.clock.wall()}
+                "time": self.synced.now()}
