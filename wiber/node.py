@@ -115,6 +115,7 @@ class Node:
         )
         # The node is the I/O layer: seeding the core's randomness from the OS belongs here.
         self.raft = Raft(raft_config, self.storage, rng or random.Random(os.urandom(16)))
+        self._max_catch_up_ticks = 2 * raft_config.election_ticks
         self._broker_settings = BrokerSettings.from_cluster(config.cluster)
         self.broker = Broker(self._broker_settings)
         self.applied_index = 0
@@ -232,9 +233,9 @@ class Node:
     def _fire_timers(self, now: float) -> None:
         if now >= self._next_tick:
             ticks = int((now - self._next_tick) / self._tick_s) + 1
-            # After a long stall (SIGSTOP, a slow fsync) do not replay hundreds of ticks at once:
-            # a few are enough for every timeout to fire that should.
-            for _ in range(min(ticks, 3) if self._storage_failure is None else 0):
+            # Every elapsed tick counts (a slow turn must not slow Raft's clock down), but after a
+            # long stall (SIGSTOP) two election timeouts' worth is all any timer needs.
+            for _ in range(min(ticks, self._max_catch_up_ticks) if self._storage_failure is None else 0):
                 self.raft.tick()
             self._next_tick = now + self._tick_s
         if now >= self._next_pub_heartbeat:
