@@ -1,0 +1,365 @@
+"""A pipelined, auto-batching publisher: many requests in flight, messages gathered per topic.
+
+The way Kafka's producer gets its speed (`linger.ms`, `batch.size`): messages handed to
+`Publisher.publish` are gathered per topic for at most `linger_s` or `batch_size` messages, then
+sent as one PUB_BATCH (or a PUB for a single message) over a DEALER socket, with at most `window`
+requests in flight. Each message gets a `PublishFuture` that resolves to its `Ack` (its own offset).
+
+Exactly once, in order: every request carries this publisher's `client_id` and its own `seq`, and
+`ack_floor` = the lowest seq still in flight. On NOT_LEADER, UNAVAILABLE, STORAGE or a timeout,
+every request still in flight is sent again, in seq order, with the same seqs (to the leader
+named, or the next node): the node's session answers those already stored with their first answer
+(`duplicate: True`), so each message is stored once. Requests on one connection are proposed in the
+order they arrive and Raft commits in log order, so a topic's messages keep the order they were
+handed in.
+
+Single-threaded: the publisher does I/O only inside its own calls (`publish`, `poll`, `flush`,
+`PublishFuture.result`, `close`). A message waits at most `linger_s` past the next such call;
+`flush()` (or `close()`) sends everything and waits for every acknowledgement.
+
+Callbacks run inside those calls too, but only once the I/O is done (at the end of `poll`, which
+`publish`, `flush` and `result` call), in the order their futures resolved. So a callback may call
+`publish` itself (acknowledge, then publish the next step): it never runs while the publisher is
+halfway through building or sending a batch, which would lose or reorder messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import zmq
+
+from wiber import protocol
+from wiber.client import Ack, Timeouts, normalize_address
+from wiber.errors import ClientError, NotLeader, StorageError, Unavailable, WireError, error_from_reply
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[["PublishFuture"], None]
+
+#: The broker's default session_window: a publisher never has more requests than this in flight.
+DEFAULT_SESSION_WINDOW = 4096
+
+
+class PublishFuture:
+    """The acknowledgement of one message, once its request is answered."""
+
+    __slots__ = ("_publisher", "_ack", "_error", "_callback")
+
+    def __init__(self, publisher: Publisher, callback: Callback | None) -> None:
+        self._publisher = publisher
+        self._ack: Ack | None = None
+        self._error: BaseException | None = None
+        self._callback = callback
+
+    def done(self) -> bool:
+        return self._ack is not None or self._error is not None
+
+    def _resolve(self, ack: Ack | None, error: BaseException | None) -> None:
+        if self.done():
+            return
+        self._ack, self._error = ack, error
+        if self._callback is not None:
+            self._publisher._callbacks_due.append(self)  # run once the I/O is done: see the module docstring
+
+    def _run_callback(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback(self)
+
+    def result(self, timeout: float | None = None) -> Ack:
+        """Wait for the acknowledgement (driving the publisher's I/O). Returns: this message's Ack.
+
+        Raises:
+            the WireError the cluster answered, or ClientError when it did not answer in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("the acknowledgement did not arrive in time")
+            self._publisher.poll(0.01)
+        if self._error is not None:
+            raise self._error
+        assert self._ack is not None
+        return self._ack
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+
+@dataclass(slots=True)
+class _Request:
+    """One PUB or PUB_BATCH in flight."""
+
+    seq: int
+    topic: str
+    messages: list[bytes]
+    futures: list[PublishFuture]
+    deadline: float  # the total deadline: after it, give up with ClientError
+    sent_at: float = 0.0
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Gathering:
+    """Messages of one topic waiting to be sent."""
+
+    messages: list[bytes] = field(default_factory=list)
+    futures: list[PublishFuture] = field(default_factory=list)
+    nbytes: int = 0
+    since: float = 0.0
+
+
+class Publisher:
+    """Publish at high rate with exactly-once, in-order delivery per topic (see the module docstring).
+
+    Args:
+        addresses: client addresses of some or all nodes.
+        window: requests in flight at most (each one PUB or PUB_BATCH).
+        batch_size: messages per request at most; 1 sends plain PUBs.
+        linger_s: how long a partial batch may wait for more messages.
+        timeouts: per try (no answer: resend elsewhere) and in all (then the futures fail).
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str] | str,
+        *,
+        window: int = 1000,
+        batch_size: int = 1000,
+        linger_s: float = 0.002,
+        max_message_bytes: int = 1048576,
+        timeouts: Timeouts | None = None,
+        ctx: zmq.Context | None = None,
+    ) -> None:
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        self.addresses = [normalize_address(a) for a in addresses]
+        if not self.addresses:
+            raise ValueError("Publisher needs at least one node address")
+        if not 1 <= window <= DEFAULT_SESSION_WINDOW or not 1 <= batch_size <= protocol.MAX_BATCH_MESSAGES:
+            # More requests in flight than the cluster's session_window could make a resend
+            # SESSION_EXPIRED: the broker keeps only that many answers per client.
+            raise ValueError(f"window must be 1..{DEFAULT_SESSION_WINDOW} (the cluster's session_window) "
+                             f"and batch_size 1..{protocol.MAX_BATCH_MESSAGES}")
+        self.window = window
+        self.batch_size = batch_size
+        self.linger_s = linger_s
+        self.limits = protocol.Limits(max_message_bytes=max_message_bytes)
+        self.timeouts = timeouts or Timeouts(per_try_s=2.0, total_s=30.0)
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.client_id = uuid.uuid4().hex
+        self._seq = 0
+        self.lamport = 0
+        self._rotation = itertools.cycle(self.addresses)
+        self._address = next(self._rotation)
+        self._sock: zmq.Socket | None = None
+        self._gathering: dict[str, _Gathering] = {}
+        self._in_flight: OrderedDict[int, _Request] = OrderedDict()
+        self._callbacks_due: deque[PublishFuture] = deque()
+        self._running_callbacks = False
+        self.resends = 0
+        self.failovers = 0
+
+    # ---------------------------------------------------------------- public
+
+    def publish(self, topic: str, data: bytes | str, callback: Callback | None = None) -> PublishFuture:
+        """Hand over one message. Returns: its future (resolved once a majority has it on disk).
+
+        Raises:
+            BadRequest, TooLarge: the topic or message is refused locally, before anything is sent.
+        """
+        payload = data.encode() if isinstance(data, str) else data
+        protocol.validate_request({"op": "PUB", "topic": topic, "data": payload}, self.limits)
+        future = PublishFuture(self, callback)
+        batch = self._gathering.get(topic)
+        if batch is None:
+            batch = self._gathering[topic] = _Gathering(since=time.monotonic())
+        if batch.messages and batch.nbytes + len(payload) > self.limits.max_batch_bytes:
+            self._send_batch(topic)
+            batch = self._gathering[topic] = _Gathering(since=time.monotonic())
+        batch.messages.append(payload)
+        batch.futures.append(future)
+        batch.nbytes += len(payload)
+        if len(batch.messages) >= self.batch_size:
+            self._send_batch(topic)
+        self.poll(0)
+        return future
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Do pending I/O: send batches whose linger is over, read replies, resend after timeouts;
+        then run the callbacks of the futures resolved meanwhile."""
+        now = time.monotonic()
+        for topic in [t for t, b in self._gathering.items() if b.messages and now - b.since >= self.linger_s]:
+            self._send_batch(topic)
+        self._read_replies(timeout_s)
+        self._check_timeouts()
+        self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        """Run due callbacks in resolution order; one that publishes re-enters here and returns at once."""
+        if self._running_callbacks:
+            return
+        self._running_callbacks = True
+        try:
+            while self._callbacks_due:
+                self._callbacks_due.popleft()._run_callback()
+        finally:
+            self._running_callbacks = False
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything gathered and wait until every request is answered.
+
+        Raises:
+            TimeoutError: `timeout` passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for topic in [t for t, b in self._gathering.items() if b.messages]:
+                self._send_batch(topic)  # also what callbacks published meanwhile: no linger in a flush
+            if not self._in_flight and (self._running_callbacks or not self._callbacks_due):
+                return  # (a flush inside a callback cannot wait for the callbacks queued behind it)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{len(self._in_flight)} requests still unanswered")
+            self.poll(0.01)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def close(self) -> None:
+        """Flush, then close the socket (and the context if the publisher made it)."""
+        try:
+            if self._sock is not None or self._gathering:
+                self.flush(self.timeouts.total_s)
+        finally:
+            if self._sock is not None:
+                self._sock.close(linger=0)
+                self._sock = None
+            if self._own_ctx:
+                self.ctx.term()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- sending
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.connect(self._address)
+            self._sock = sock
+        return self._sock
+
+    def _send_batch(self, topic: str) -> None:
+        batch = self._gathering.pop(topic)
+        while len(self._in_flight) >= self.window:
+            self._read_replies(0.01)
+            self._check_timeouts()
+        self._seq += 1
+        request = _Request(self._seq, topic, batch.messages, batch.futures,
+                           deadline=time.monotonic() + self.timeouts.total_s)
+        self._in_flight[request.seq] = request
+        self._transmit(request)
+
+    def _transmit(self, request: _Request) -> None:
+        floor = next(iter(self._in_flight))
+        msg: dict[str, Any] = {"topic": request.topic, "client_id": self.client_id, "seq": request.seq,
+                               "ack_floor": floor, "id": request.seq}
+        if self.lamport:
+            msg["lamport"] = self.lamport
+        if len(request.messages) == 1:
+            msg["op"] = "PUB"
+            msg["data"] = request.messages[0]
+        else:
+            msg["op"] = "PUB_BATCH"
+            msg["messages"] = request.messages
+        request.sent_at = time.monotonic()
+        request.attempts += 1
+        self._socket().send_multipart([b"", protocol.pack(msg)], copy=False)
+
+    def _resend_all(self, address: str | None) -> None:
+        """Reconnect (to `address`, or the next node) and send every request in flight again, in order."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        self._address = normalize_address(address) if address else next(self._rotation)
+        self.failovers += 1
+        now = time.monotonic()
+        for seq in list(self._in_flight):
+            request = self._in_flight[seq]
+            if now >= request.deadline:
+                self._finish(request, None, ClientError(
+                    f"publish to {request.topic!r} not acknowledged within {self.timeouts.total_s:g} s; "
+                    f"it may or may not be stored"))
+                continue
+            self.resends += 1
+            self._transmit(request)
+
+    # ---------------------------------------------------------------- receiving
+
+    def _read_replies(self, timeout_s: float) -> None:
+        sock = self._sock
+        if sock is None or not self._in_flight:
+            return
+        if not sock.poll(int(timeout_s * 1000)):
+            return
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = protocol.parse_reply(frames[-1])
+            except WireError:
+                continue
+            request = self._in_flight.get(reply.get("id"))  # type: ignore[arg-type]
+            if request is None:
+                continue  # an answer to a request already answered (a resend's twin)
+            if reply["ok"]:
+                self._finish(request, reply, None)
+                continue
+            err = error_from_reply(reply)
+            if isinstance(err, NotLeader):
+                time.sleep(0.0 if err.leader_addr else 0.05)  # no leader yet: an election is under way
+                self._resend_all(err.leader_addr)
+                return
+            if isinstance(err, (Unavailable, StorageError)):
+                time.sleep(0.02)
+                self._resend_all(None if isinstance(err, StorageError) else self._address)
+                return
+            self._finish(request, None, err)  # SESSION_EXPIRED, BAD_REQUEST, TOO_LARGE: final
+
+    def _check_timeouts(self) -> None:
+        if not self._in_flight:
+            return
+        oldest = next(iter(self._in_flight.values()))
+        if time.monotonic() - oldest.sent_at > self.timeouts.per_try_s:
+            log.info("publisher: no answer from %s within %.1f s, trying another node",
+                     self._address, self.timeouts.per_try_s)
+            self._resend_all(None)
+
+    def _finish(self, request: _Request, reply: dict[str, Any] | None, error: BaseException | None) -> None:
+        self._in_flight.pop(request.seq, None)
+        if reply is None:
+            for future in request.futures:
+                future._resolve(None, error)
+            return
+        first = Ack.from_reply(reply)
+        self.lamport = max(self.lamport, first.lamport + len(request.futures) - 1)
+        for i, future in enumerate(request.futures):
+            future._resolve(Ack(first.topic, first.offset + i, first.index, first.lamport + i, first.ts,
+                                first.duplicate, 1), None)
