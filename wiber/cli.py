@@ -8,6 +8,8 @@
     wiber sub     TOPIC [--from N] [--count N] [--json]
     wiber history TOPIC [--from N | --last N] [--limit N] [--all] [--linearizable] [--json]
     wiber topics
+    wiber bench pub TOPIC [--messages N] [--size B] [--window N] [--batch N] [--linger-ms MS] [--publishers P]
+    wiber bench sub TOPIC [--messages N] [--from N]
 
 Every client command also takes `--config PATH | --addr HOST:PORT ...` and `--timeout S`.
 
@@ -667,7 +669,53 @@ def build_parser() -> argparse.ArgumentParser:
                                    "offset is the offset the topic's next message will get.")
     client_args(p)
     p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("bench", help="load-generate against a running cluster (pub or sub)",
+                       description="Measure a running cluster: `bench pub` publishes and reports msg/s and "
+                                   "the publish-to-acknowledgement latency histogram; `bench sub` subscribes "
+                                   "and reports the delivery rate and end-to-end latency (leader ts to delivery).")
+    bench = p.add_subparsers(dest="bench_command", required=True, metavar="pub|sub")
+    bp = bench.add_parser("pub", help="publish N messages and measure")
+    bp.add_argument("topic", metavar="TOPIC")
+    bp.add_argument("--messages", type=_int_between(1, None), default=100_000, metavar="N",
+                    help="messages in all (default 100000)")
+    bp.add_argument("--size", type=_int_between(0, None), default=100, metavar="B", help="bytes each (default 100)")
+    bp.add_argument("--window", type=_int_between(1, 4096), default=100, metavar="N",
+                    help="requests in flight per publisher (default 100)")
+    bp.add_argument("--batch", type=_int_between(1, protocol.MAX_BATCH_MESSAGES), default=1000, metavar="N",
+                    help="messages per request, 1 = plain PUBs (default 1000)")
+    bp.add_argument("--linger-ms", type=_float_at_least(0.0), default=2.0, metavar="MS",
+                    help="how long a partial batch waits for more (default 2)")
+    bp.add_argument("--publishers", type=_int_between(1, 64), default=1, metavar="P",
+                    help="publisher processes (default 1)")
+    bp.add_argument("--seconds", type=_float_at_least(0.0, strict=True), default=120.0, metavar="S",
+                    help="stop sending after this long (default 120)")
+    client_args(bp)
+    bp.set_defaults(func=cmd_bench)
+    bs = bench.add_parser("sub", help="receive N messages and measure")
+    bs.add_argument("topic", metavar="TOPIC")
+    bs.add_argument("--messages", type=_int_between(1, None), default=100_000, metavar="N",
+                    help="stop after this many (default 100000)")
+    bs.add_argument("--from", dest="from_offset", type=_int_between(0, None), default=None, metavar="N",
+                    help="start at this offset (default: only new messages)")
+    bs.add_argument("--seconds", type=_float_at_least(0.0, strict=True), default=120.0, metavar="S",
+                    help="give up after this long (default 120)")
+    client_args(bs)
+    bs.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Load-generate against a running cluster and print rate and latency histogram."""
+    from wiber import loadgen
+
+    addresses = _addresses(args)
+    if args.bench_command == "pub":
+        print(loadgen.bench_pub(addresses, args.topic, args.messages, args.size, args.window, args.batch,
+                                args.linger_ms / 1000.0, args.publishers, args.seconds))
+    else:
+        print(loadgen.bench_sub(addresses, args.topic, args.messages, args.from_offset, args.seconds))
+    return 0
 
 
 def _int_between(low: int, high: int | None) -> Callable[[str], int]:
