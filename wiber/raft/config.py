@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from wiber.raft.messages import MAX_ENTRIES_PER_MESSAGE
+
 __all__ = ["RaftConfig"]
 
 
@@ -21,7 +23,8 @@ class RaftConfig:
         max_inflight: REPLICATE-state batches a leader may have unacknowledged per follower.
         max_batch_bytes: an AppendEntries (and a Ready's committed entries) holds at most this many
             bytes of entries (one entry is always sent, however large).
-        max_batch_entries: an AppendEntries holds at most this many entries.
+        max_batch_entries: an AppendEntries holds at most this many entries (at most
+            `MAX_ENTRIES_PER_MESSAGE`).
         pre_vote: run a PreVote round before a real election (thesis section 9.6).
         check_quorum: a leader steps down without a majority's contact for an election timeout,
             and nodes that heard a leader recently refuse to vote (thesis sections 6.2 and 4.2.3).
@@ -47,7 +50,8 @@ class RaftConfig:
             ValueError: a field is out of range; the message names the field and the fix.
         """
         if not isinstance(self.id, str) or not self.id or len(self.id) > 255:
-            raise ValueError(f"RaftConfig.id must be a non-empty string of at most 255 characters, got {self.id!r}")
+            raise ValueError(
+                f"RaftConfig.id must be a non-empty string of at most 255 characters, got {self.id!r}")
         if not isinstance(self.peers, tuple) or not all(isinstance(p, str) and p and len(p) <= 255
                                                         for p in self.peers):
             raise ValueError(f"RaftConfig.peers must be a tuple of node id strings, got {self.peers!r}")
@@ -58,6 +62,9 @@ class RaftConfig:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"RaftConfig.{name} must be a positive integer, got {value!r}")
+        if self.max_batch_entries > MAX_ENTRIES_PER_MESSAGE:
+            raise ValueError(f"RaftConfig.max_batch_entries must be at most {MAX_ENTRIES_PER_MESSAGE} "
+                             f"(what peers accept in one message), got {self.max_batch_entries}")
         if self.heartbeat_ticks >= self.election_ticks:
             raise ValueError(
                 f"RaftConfig.heartbeat_ticks ({self.heartbeat_ticks}) must be below election_ticks "

@@ -48,8 +48,8 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
+from collections.abc import Sequence
 from enum import Enum
-from typing import Sequence
 
 from wiber.errors import InvariantError, WiberError
 from wiber.raft.config import RaftConfig
@@ -141,16 +141,26 @@ class Raft:
         self._logger = config.logger if config.logger is not None else _module_log
         self._log = RaftLog(storage)
         hard_state, snap = storage.initial_state()
-        if hard_state.commit > self._log.last_index():
+        self._persisted = hard_state
+        last = self._log.last_index()
+        if hard_state.commit > last:
             raise InvariantError(
-                f"{self._id}: persisted commit {hard_state.commit} is beyond the persisted log "
-                f"(last index {self._log.last_index()})")
+                f"{self._id}: the persisted commit index {hard_state.commit} is beyond the persisted log "
+                f"(last index {last}): the storage lost entries it had made durable (see Ready)")
         self._log.committed = max(hard_state.commit, snap.index)
         self._log.applied = snap.index
         self._term = hard_state.term
         self._voted_for = hard_state.voted_for
-        # The hard state the application has persisted (compared with the live one for Ready).
-        self._persisted = hard_state
+        # A crash before a Ready's writes were all durable may have kept its entries but not its
+        # hard state (Ready: durable in order, snapshot, entries, hard state). Raising the term to
+        # the last entry's is safe: this node saw that term, and granted no vote in it (a grant
+        # leaves only after its hard state is durable).
+        last_term = self._log.last_term()
+        if last_term > self._term:
+            self._logger.warning("%s: persisted term %d is below its last entry's term %d: using %d",
+                                 self._id, self._term, last_term, last_term)
+            self._term = last_term
+            self._voted_for = None
         self._role = _FOLLOWER
         self._leader_id: str | None = None
         self._msgs: list[Message] = []
@@ -257,34 +267,35 @@ class Raft:
         """
         self._check_idle("step")
         frm = msg.frm
+        debug = self._logger.isEnabledFor(logging.DEBUG)
         if msg.to != self._id or frm not in self._peer_set:
-            self._logger.debug("%s dropped %s: not addressed to it from a peer", self._id, describe(msg))
+            if debug:
+                self._logger.debug("%s dropped %s: not addressed to it from a peer", self._id, describe(msg))
             return
-        if self._logger.isEnabledFor(logging.DEBUG):
+        if debug:
             self._logger.debug("%s got %s", self._id, describe(msg))
         term = msg.term
-        cls = type(msg)
         if term > self._term:
-            if cls is RequestVote:
-                assert isinstance(msg, RequestVote)  # for the type checker only
+            if isinstance(msg, RequestVote):
                 if not msg.force and self._in_lease():
                     # Thesis 4.2.3: a live leader's followers do not help disrupt it.
-                    self._logger.debug("%s ignored %s: heard from leader %s %d ticks ago", self._id,
-                                       describe(msg), self._leader_id, self._election_elapsed)
+                    if debug:
+                        self._logger.debug("%s ignored %s: heard from leader %s %d ticks ago", self._id,
+                                           describe(msg), self._leader_id, self._election_elapsed)
                     return
                 if not msg.pre_vote:
                     self._become_follower(term, None)
-            elif cls is RequestVoteReply and msg.pre_vote and msg.granted:  # type: ignore[union-attr]
+            elif isinstance(msg, RequestVoteReply) and msg.pre_vote and msg.granted:
                 pass  # a pre-vote grant carries the future term; it changes nothing here
-            elif cls is AppendEntries or cls is InstallSnapshot or cls is TimeoutNow:
+            elif isinstance(msg, (AppendEntries, InstallSnapshot, TimeoutNow)):
                 self._become_follower(term, frm)
             else:
                 self._become_follower(term, None)
         elif term < self._term:
             self._step_stale(msg)
             return
-        if cls is RequestVote:
-            self._handle_vote_request(msg)  # type: ignore[arg-type]
+        if isinstance(msg, RequestVote):
+            self._handle_vote_request(msg)
         elif self._role is _LEADER:
             self._step_leader(msg)
         elif self._role is _FOLLOWER:
@@ -366,7 +377,8 @@ class Raft:
         if target == self._transferee:
             return
         if self._transferee is not None:
-            self._logger.info("%s abandoned the transfer to %s at term %d", self._id, self._transferee, self._term)
+            self._logger.info("%s abandoned the transfer to %s at term %d", self._id, self._transferee,
+                              self._term)
         self._transferee = target
         self._transfer_elapsed = 0
         self._logger.info("%s transferring leadership to %s at term %d", self._id, target, self._term)
@@ -664,17 +676,16 @@ class Raft:
     # -- message handling -----------------------------------------------------------------------
 
     def _step_stale(self, msg: Message) -> None:
-        """A message of an older term: mostly ignored (Figure 2: "reply false if term < currentTerm").
+        """A message of an older term (Figure 2: "reply false if term < currentTerm").
 
-        With CheckQuorum or PreVote, a stale leader is answered with our term so it steps down (we
-        may have advanced our term in a partition and cannot disrupt it by voting), and a stale
-        pre-candidate is refused so it stops waiting.
+        A stale leader's append or snapshot and a stale pre-vote request are refused with our term,
+        so the sender steps down or stops waiting (with CheckQuorum this node may have advanced its
+        term in a partition and be unable to disrupt the old leader by voting). Replies and real vote
+        requests of old terms are dropped: nobody waits for an answer to them.
         """
-        cls = type(msg)
-        cfg = self._cfg
-        if (cls is AppendEntries or cls is InstallSnapshot) and (cfg.check_quorum or cfg.pre_vote):
+        if isinstance(msg, (AppendEntries, InstallSnapshot)):
             self._send(AppendEntriesReply(self._term, self._id, msg.frm, False, 0, 0, 0, 0))
-        elif cls is RequestVote and msg.pre_vote:  # type: ignore[union-attr]
+        elif isinstance(msg, RequestVote) and msg.pre_vote:
             self._send(RequestVoteReply(self._term, self._id, msg.frm, False, True))
         elif self._logger.isEnabledFor(logging.DEBUG):
             self._logger.debug("%s ignored stale %s", self._id, describe(msg))
@@ -697,29 +708,25 @@ class Raft:
 
     def _step_follower(self, msg: Message) -> None:
         """Followers: accept the leader's appends, snapshots and TimeoutNow."""
-        cls = type(msg)
-        if cls is AppendEntries:
+        if isinstance(msg, AppendEntries):
             self._election_elapsed = 0
             self._leader_id = msg.frm
-            self._handle_append(msg)  # type: ignore[arg-type]
-        elif cls is InstallSnapshot:
+            self._handle_append(msg)
+        elif isinstance(msg, InstallSnapshot):
             self._election_elapsed = 0
             self._leader_id = msg.frm
-            self._handle_snapshot(msg)  # type: ignore[arg-type]
-        elif cls is TimeoutNow:
-            if msg.frm == self._leader_id:
-                self._logger.info("%s got TimeoutNow from %s at term %d: campaigning", self._id,
-                                  msg.frm, self._term)
-                self._campaign(pre=False, force=True)
+            self._handle_snapshot(msg)
+        elif isinstance(msg, TimeoutNow) and msg.frm == self._leader_id:
+            self._logger.info("%s got TimeoutNow from %s at term %d: campaigning", self._id,
+                              msg.frm, self._term)
+            self._campaign(pre=False, force=True)
 
     def _step_candidate(self, msg: Message) -> None:
         """(Pre-)candidates: count votes; a leader's append of this term makes us its follower."""
-        cls = type(msg)
-        if cls is AppendEntries or cls is InstallSnapshot:
+        if isinstance(msg, (AppendEntries, InstallSnapshot)):
             self._become_follower(msg.term, msg.frm)
             self._step_follower(msg)
-        elif cls is RequestVoteReply:
-            assert isinstance(msg, RequestVoteReply)  # for the type checker only
+        elif isinstance(msg, RequestVoteReply):
             if self._role is _PRE_CANDIDATE:
                 if not msg.pre_vote or msg.term != (self._term + 1 if msg.granted else self._term):
                     return
@@ -730,17 +737,16 @@ class Raft:
 
     def _step_leader(self, msg: Message) -> None:
         """Leaders: process acknowledgements."""
-        cls = type(msg)
-        if cls is AppendEntriesReply:
-            self._handle_append_reply(msg)  # type: ignore[arg-type]
-        elif cls is InstallSnapshotReply:
+        if isinstance(msg, AppendEntriesReply):
+            self._handle_append_reply(msg)
+        elif isinstance(msg, InstallSnapshotReply):
             pr = self._prs[msg.frm]
             pr.recent_active = True
-            if msg.match_index > self._log.last_index():  # type: ignore[union-attr]
+            if msg.match_index > self._log.last_index():
                 self._logger.warning("%s dropped %s: beyond its last index", self._id, describe(msg))
                 return
-            self._on_success(msg.frm, pr, msg.match_index)  # type: ignore[union-attr]
-        elif cls is AppendEntries or cls is InstallSnapshot:
+            self._on_success(msg.frm, pr, msg.match_index)
+        elif isinstance(msg, (AppendEntries, InstallSnapshot)):
             self._logger.error("%s dropped %s: two leaders at term %d", self._id, describe(msg), self._term)
 
     def _handle_append(self, msg: AppendEntries) -> None:
@@ -939,7 +945,7 @@ class Raft:
                 continue
             if why & _GAP:
                 self._send_append(peer, pr, True)
-            elif why & _COMMIT:
+            elif why & _COMMIT and min(self._log.committed, pr.match) > pr.sent_commit:
                 self._send(self._empty_append(peer, pr, 0))
 
     def _send_append(self, peer: str, pr: Progress, allow_empty: bool) -> bool:
@@ -970,8 +976,10 @@ class Raft:
             return False
         except LogRangeError as exc:
             raise InvariantError(f"{self._id}: next index {nxt} of {peer} is beyond the log: {exc}") from exc
-        self._send(AppendEntries(self._term, self._id, peer, nxt - 1, prev_term, tuple(entries),
-                                 log.committed, 0))
+        commit = log.committed
+        self._send(AppendEntries(self._term, self._id, peer, nxt - 1, prev_term, tuple(entries), commit, 0))
+        reach = min(commit, nxt - 1 + len(entries))
+        pr.sent_commit = max(pr.sent_commit, reach)
         if entries:
             pr.sent_entries(entries[-1].index)
             return True
@@ -997,7 +1005,9 @@ class Raft:
             prev_term = self._log.term(prev)
         except LogRangeError:
             prev, prev_term = 0, 0  # compacted: the follower answers with its own commit index
-        return AppendEntries(self._term, self._id, peer, prev, prev_term, (), self._log.committed, ctx)
+        commit = self._log.committed
+        pr.sent_commit = max(pr.sent_commit, min(commit, prev))
+        return AppendEntries(self._term, self._id, peer, prev, prev_term, (), commit, ctx)
 
     def _bcast_heartbeat(self) -> None:
         """Start a new heartbeat round: every follower gets a heartbeat carrying the round number."""

@@ -36,7 +36,7 @@ __all__ = ["RaftLog"]
 class RaftLog:
     """The log as the core sees it; `committed` and `applied` are plain attributes the core moves."""
 
-    __slots__ = ("_storage", "_unstable", "_offset", "_snapshot", "committed", "applied")
+    __slots__ = ("_offset", "_snapshot", "_storage", "_unstable", "applied", "committed")
 
     def __init__(self, storage: LogStorage) -> None:
         self._storage = storage
@@ -198,7 +198,8 @@ class RaftLog:
         if conflict == 0:
             return
         if conflict <= self.committed:
-            raise InvariantError(f"entry {conflict} conflicts with the committed prefix (commit {self.committed})")
+            raise InvariantError(
+                f"entry {conflict} conflicts with the committed prefix (commit {self.committed})")
         self._truncate_and_append(entries[conflict - entries[0].index:])
 
     def _truncate_and_append(self, entries: tuple[Entry, ...] | list[Entry]) -> None:
@@ -246,7 +247,8 @@ class RaftLog:
         """
         k = index - self._offset + 1
         if k <= 0 or k > len(self._unstable) or self._unstable[k - 1].term != term:
-            raise InvariantError(f"advance() with entries up to {index}/{term} that are not in the unstable tail")
+            raise InvariantError(
+                f"advance() with entries up to {index}/{term} that are not in the unstable tail")
         del self._unstable[:k]
         self._offset = index + 1
         try:
@@ -268,7 +270,8 @@ class RaftLog:
             self._snapshot = None
         if self._storage.first_index() != meta.index + 1:
             raise InvariantError(
-                f"storage does not start after the snapshot at {meta.index}: persist Ready.snapshot before advance()")
+                f"storage does not start after the snapshot at {meta.index}: "
+                f"persist Ready.snapshot before advance()")
 
     def applied_to(self, index: int) -> None:
         """The application applied every committed entry up to `index`.

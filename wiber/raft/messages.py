@@ -34,6 +34,8 @@ from enum import IntEnum
 from typing import Union
 
 __all__ = [
+    "ENTRY_OVERHEAD",
+    "MAX_ENTRIES_PER_MESSAGE",
     "AppendEntries",
     "AppendEntriesReply",
     "Entry",
@@ -47,7 +49,6 @@ __all__ = [
     "RequestVoteReply",
     "SnapshotMeta",
     "TimeoutNow",
-    "ENTRY_OVERHEAD",
     "describe",
     "entry_size",
 ]
@@ -72,6 +73,10 @@ class Entry:
 
 #: Bytes counted per entry on top of its data when batches are sized (index, term, kind, framing).
 ENTRY_OVERHEAD = 16
+
+#: The most entries one AppendEntries may carry (the codec refuses more; the config cannot ask for
+#: more). Bounds the objects a peer's frame can make the decoder create.
+MAX_ENTRIES_PER_MESSAGE = 1 << 17
 
 
 def entry_size(entry: Entry) -> int:
@@ -182,7 +187,8 @@ class InstallSnapshotReply:
     match_index: int
 
 
-Message = Union[
+#: Any peer message.
+Message = Union[  # noqa: UP007 - a runtime alias; `X | Y` of classes also works from 3.10, Union reads better here
     RequestVote,
     RequestVoteReply,
     AppendEntries,

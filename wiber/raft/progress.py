@@ -70,8 +70,18 @@ class Inflights:
 class Progress:
     """Replication progress of one peer, kept by the leader (mutable, one per peer per term)."""
 
-    __slots__ = ("match", "next", "state", "probe_sent", "inflights", "pending_snapshot",
-                 "snapshot_elapsed", "recent_active", "acked_round")
+    __slots__ = (
+        "acked_round",
+        "inflights",
+        "match",
+        "next",
+        "pending_snapshot",
+        "probe_sent",
+        "recent_active",
+        "sent_commit",
+        "snapshot_elapsed",
+        "state",
+    )
 
     def __init__(self, match: int, next_index: int, max_inflight: int) -> None:
         self.match = match
@@ -85,6 +95,10 @@ class Progress:
         self.recent_active = False
         # ReadIndex: the highest heartbeat round this peer has echoed (thesis section 6.4).
         self.acked_round = 0
+        # The highest commit index this peer can learn from what was sent to it (a follower
+        # commits min(leader commit, last index of the batch)): commit-only messages that
+        # would not raise it are not sent.
+        self.sent_commit = 0
 
     def maybe_update(self, index: int) -> bool:
         """The follower holds the leader's log up to `index`. Returns: whether match grew."""

@@ -6,8 +6,8 @@ a voter, which is the whole of Raft's safety argument (paper section 5.2 and 5.4
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from enum import Enum
-from typing import Collection, Mapping
 
 __all__ = ["VoteResult", "committed_index", "quorum_size", "vote_result"]
 

@@ -15,6 +15,12 @@ The application's loop (one turn, thesis section 10.2.1, etcd `node.go`)::
         raft.advance(rd)                         # 6. tell the core it is all done
 
 Nothing may be stepped, ticked or proposed between `ready()` and `advance()`.
+
+Durability contract for storage: the writes of step 2 become durable *in order* — snapshot, then
+entries, then hard state — so that after a crash at any moment the disk holds a prefix of that
+sequence (one append-only file gives this; with separate files, make the log durable before writing
+the hard state). A durable hard state whose commit index points at entries that were not made
+durable would make a restarted node apply whatever stale entries it holds at those indexes.
 """
 
 from __future__ import annotations

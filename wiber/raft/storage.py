@@ -19,7 +19,8 @@ empty when ``lo < hi`` (one entry over the budget is still returned, so replicat
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from wiber.errors import InvariantError, WiberError
 from wiber.raft.messages import ENTRY_OVERHEAD, Entry, HardState, SnapshotMeta
@@ -149,7 +150,7 @@ class MemoryStorage(InMemoryLogView):
     the list; ``_snap.index`` only grows.
     """
 
-    __slots__ = ("_hard_state", "_snap", "_snap_data", "_entries")
+    __slots__ = ("_entries", "_hard_state", "_snap", "_snap_data")
 
     def __init__(self) -> None:
         self._hard_state = HardState(0, None, 0)

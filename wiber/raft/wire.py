@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 
 from wiber.raft.messages import (
+    MAX_ENTRIES_PER_MESSAGE,
     AppendEntries,
     AppendEntriesReply,
     Entry,
@@ -93,7 +94,8 @@ def encode_message(msg: Message) -> bytes:
         body = [_INSTALL_SNAPSHOT_REPLY, msg.term, msg.frm, msg.to, msg.match_index]
     else:
         raise TypeError(f"not a Raft message: {type(msg).__name__}")
-    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+    frame: bytes = msgpack.packb(body, use_bin_type=True)
+    return frame
 
 
 def decode_message(frame: bytes) -> Message:
@@ -129,7 +131,7 @@ def decode_message(frame: bytes) -> Message:
         return _build(obj)
     except MalformedMessage:
         raise
-    except Exception as exc:  # msgpack raises a zoo of types for bad input; all mean "malformed"
+    except Exception as exc:  # noqa: BLE001 - msgpack raises a zoo of types for bad input: all mean "malformed"
         raise MalformedMessage(f"undecodable frame: {type(exc).__name__}: {exc}") from None
 
 
@@ -190,6 +192,8 @@ def _build(obj: Any) -> Message:
         flat = obj[6]
         if type(flat) is not list or len(flat) % 3:
             raise MalformedMessage("entries must be an array of (term, kind, data) triples")
+        if len(flat) > 3 * MAX_ENTRIES_PER_MESSAGE:
+            raise MalformedMessage(f"more than {MAX_ENTRIES_PER_MESSAGE} entries in one message")
         entries = []
         index = prev_index
         kinds = _KINDS

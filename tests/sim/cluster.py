@@ -1,0 +1,355 @@
+"""N Raft cores over `MemoryStorage` and a `SimNetwork`, with crashes, checked after every step.
+
+Theory of operation
+-------------------
+One *step* is one event: the delivery of the next due message to its node, or, when no message is
+due, one tick of simulated time (every live node ticks, then the workload and the fault schedule
+act). After each step the nodes touched have their `Ready`s processed and the `SafetyChecker` sees
+them.
+
+A `Ready` is processed in two phases, as a node does: (1) send `messages` (the leader's appends
+may leave before its own write); (2) persist the snapshot, entries and hard state, then send
+`messages_after_persist`, apply the committed entries, `advance()`. A node may crash between the
+phases (a fault can schedule it, and any persisting Ready risks it with `mid_ready_crash_rate`):
+what it sent in phase 1 is out; of what it was writing, only a prefix in the durability order of
+`Ready` survives (nothing, the snapshot, some of the entries, everything but the hard state). A
+crash discards the core; a restart builds a new core over the same `MemoryStorage`, which holds
+exactly what was written, and restores the state machine from the storage's snapshot.
+
+The state machine is a chain hash of the applied entries; its snapshot is ``b"index:hash"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wiber.raft import (
+    Message,
+    ProposalDropped,
+    Raft,
+    RaftConfig,
+    Ready,
+    Role,
+    describe,
+)
+from wiber.raft.storage import MemoryStorage
+
+from .invariants import SafetyChecker
+from .network import SimNetwork
+
+__all__ = ["Cluster", "MessageStorm", "SimNode"]
+
+
+class MessageStorm(AssertionError):
+    """Messages keep flowing within one tick: the cores ping-pong without converging."""
+
+
+_LEADER = Role.LEADER
+
+
+@dataclass
+class SimNode:
+    """One simulated node: its storage (its disk), its core while up, its state machine."""
+
+    id: str
+    storage: MemoryStorage
+    core: Raft | None = None
+    restarts: int = 0
+    state: tuple[int, int] = (0, 0)  # state machine: (applied index, chain hash)
+    crash_mid_ready: bool = False  # crash between phase 1 and 2 of the next Ready that persists
+    down_until: int = 0
+    read_floors: dict[bytes, int] = field(default_factory=dict)
+
+
+class Cluster:
+    """A simulated cluster; `step()` runs one event, checking safety after it."""
+
+    def __init__(self, ids: list[str], seed: int, *, election_ticks: int = 10, heartbeat_ticks: int = 2,
+                 max_inflight: int = 4, max_batch_entries: int = 8, max_batch_bytes: int = 1 << 20,
+                 pre_vote: bool = True, check_quorum: bool = True, wire: bool = False,
+                 logger: logging.Logger | None = None) -> None:
+        self.ids = list(ids)
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.net = SimNetwork(ids, random.Random(self.rng.getrandbits(64)), wire=wire)
+        self.checker = SafetyChecker()
+        if logger is None:
+            # Quiet unless asked (replays and transcripts pass their own): a global DEBUG setting
+            # elsewhere must not make every simulated step format log lines.
+            logger = logging.getLogger("wiber.sim")
+            logger.setLevel(logging.WARNING)
+        self.logger = logger
+        self.configs = {
+            i: RaftConfig(i, tuple(x for x in ids if x != i), election_ticks=election_ticks,
+                          heartbeat_ticks=heartbeat_ticks, max_inflight=max_inflight,
+                          max_batch_entries=max_batch_entries, max_batch_bytes=max_batch_bytes,
+                          pre_vote=pre_vote, check_quorum=check_quorum, logger=self.logger)
+            for i in ids
+        }
+        self.nodes: dict[str, SimNode] = {}
+        for i in ids:
+            self.checker.add_node(i)
+            node = SimNode(i, MemoryStorage())
+            self.nodes[i] = node
+            self._start(node)
+        self.mid_ready_crash_rate = 0.0
+        #: When set, nodes that apply an entry with exactly this data are added to `watch_applied`.
+        self.watch: bytes | None = None
+        self.watch_applied: set[str] = set()
+        self.steps = 0
+        self.crashes = 0
+        #: Counts of notable events (snapshots installed, reads answered, torn writes, ...).
+        self.stats: Counter[str] = Counter()
+        self._burst = 0
+        #: Deliveries allowed within one tick before the run fails as a message storm.
+        self.max_burst = 5000
+        #: Called with a line for each notable event (transcripts).
+        self.on_event: Callable[[str], None] | None = None
+
+    @property
+    def now(self) -> int:
+        """Simulated time in ticks."""
+        return self.net.now
+
+    # -- life and death -------------------------------------------------------------------------
+
+    def _start(self, node: SimNode) -> None:
+        """(Re)build the node's core from its storage and its state machine from the snapshot."""
+        rng = random.Random(self.rng.getrandbits(64))
+        node.core = Raft(self.configs[node.id], node.storage, rng)
+        meta, data = node.storage.snapshot()
+        node.state = _decode_state(data) if meta.index else (0, 0)
+        node.read_floors = {}
+        node.crash_mid_ready = False
+
+    def crash(self, node_id: str, down_for: int = 0) -> None:
+        """Kill a node now: it loses everything not persisted (its core)."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return
+        node.core = None
+        node.down_until = self.now + down_for
+        self.crashes += 1
+        self._event(f"crash {node_id}")
+
+    def restart(self, node_id: str) -> None:
+        """Start a crashed node again from its storage."""
+        node = self.nodes[node_id]
+        if node.core is not None:
+            return
+        node.restarts += 1
+        self._start(node)
+        self._event(f"restart {node_id}")
+        self._process(node)
+
+    def up(self) -> list[SimNode]:
+        """Returns: the nodes that are running."""
+        return [n for n in self.nodes.values() if n.core is not None]
+
+    def leader(self) -> SimNode | None:
+        """Returns: the running leader of the highest term, if any."""
+        best = None
+        for n in self.nodes.values():
+            core = n.core
+            if core is not None and core.role is _LEADER and (best is None or core.term > best.core.term):  # type: ignore[union-attr]
+                best = n
+        return best
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Run one event. Returns: True if a message was delivered, False if time advanced."""
+        self.steps += 1
+        msg = self.net.deliver_one()
+        if msg is not None:
+            self._burst += 1
+            if self._burst > self.max_burst:
+                raise MessageStorm(f"more than {self.max_burst} messages delivered at t={self.now} "
+                                   f"without time passing (last: {describe(msg)})")
+            self.deliver(msg)
+            return True
+        self._burst = 0
+        self.tick()
+        return False
+
+    def deliver(self, msg: Message) -> None:
+        """Hand `msg` to its node (lost if the node is down)."""
+        node = self.nodes[msg.to]
+        core = node.core
+        if core is None:
+            return
+        core.step(msg)
+        self._process(node)
+
+    def tick(self) -> None:
+        """Advance time one tick; every live node ticks."""
+        self.net.now += 1
+        for node in self.nodes.values():
+            if node.core is not None:
+                node.core.tick()
+                self._process(node)
+
+    def stabilize(self, limit: int = 100_000) -> int:
+        """Deliver every message in flight, and the answers, without ticking. Returns: how many."""
+        return self.net.stabilize(self.deliver, limit)
+
+    def _process(self, node: SimNode) -> None:
+        """Handle the node's Readys in two phases (see the module docstring), then check safety."""
+        core = node.core
+        assert core is not None
+        checker = self.checker
+        send = self.net.send
+        storage = node.storage
+        while core.has_ready():
+            rd = core.ready()
+            for m in rd.messages:
+                send(m)
+            if (rd.entries or rd.hard_state is not None or rd.snapshot is not None) and (
+                    node.crash_mid_ready
+                    or (self.mid_ready_crash_rate and self.rng.random() < self.mid_ready_crash_rate)):
+                self._torn_write(node, rd)
+                self.crash(node.id, self.rng.randint(1, 30))
+                return
+            is_leader = core.role is _LEADER
+            if rd.snapshot is not None:
+                meta, data = rd.snapshot
+                storage.apply_snapshot(meta, data)
+                checker.persisted_snapshot(node.id, meta)
+                self.stats["snapshots installed"] += 1
+                node.state = _decode_state(data)
+                checker.restored(node.id, node.state)
+            if rd.entries:
+                checker.persisted_entries(node.id, rd.entries, storage.last_index(), is_leader)
+                storage.append(rd.entries)
+            if rd.hard_state is not None:
+                storage.set_hard_state(rd.hard_state)
+            for m in rd.messages_after_persist:
+                send(m)
+            if rd.committed_entries:
+                node.state = checker.applied(node.id, node.state, rd.committed_entries)
+                if self.watch is not None and any(e.data == self.watch for e in rd.committed_entries):
+                    self.watch_applied.add(node.id)
+            for rs in rd.read_states:
+                floor = node.read_floors.pop(rs.ctx, None)
+                if floor is not None:
+                    checker.read_answered(node.id, rs.index, floor)
+                    self.stats["reads answered"] += 1
+            core.advance(rd)
+        checker.observe_role(node.id, core.role is _LEADER, core.term, core.last_index)
+
+    def _torn_write(self, node: SimNode, rd: Ready) -> None:
+        """A crash while writing `rd`, before its fsync completed: a prefix of the writes survives.
+
+        The contract with storage (see `Ready`) is that the writes are durable in order —
+        snapshot, then entries, then hard state — so what survives a crash is a prefix of that
+        sequence: nothing, the snapshot, some of the entries, or everything but the hard state.
+        """
+        rng = self.rng
+        storage = node.storage
+        parts: list[object] = ([rd.snapshot] if rd.snapshot is not None else []) + list(rd.entries)
+        if rd.hard_state is not None:
+            parts.append(rd.hard_state)
+        keep = 0 if rng.random() < 0.5 else rng.randint(0, len(parts) - 1)
+        self.stats["crashes while persisting"] += 1
+        kept = []
+        if keep and rd.snapshot is not None:
+            storage.apply_snapshot(*rd.snapshot)
+            self.checker.persisted_snapshot(node.id, rd.snapshot[0])
+            kept.append("the snapshot")
+            keep -= 1
+        entries = rd.entries[:keep]
+        if entries:
+            self.checker.persisted_entries(node.id, entries, storage.last_index(),
+                                           node.core is not None and node.core.role is _LEADER)
+            storage.append(entries)
+            kept.append(f"{len(entries)} of {len(rd.entries)} entries")
+        if kept:
+            self.stats["torn writes"] += 1
+        self._event(f"crash {node.id} while persisting (kept {', '.join(kept) or 'nothing'})")
+
+    # -- workload -------------------------------------------------------------------------------
+
+    def propose(self, node_id: str, datas: list[bytes]) -> tuple[int, int] | None:
+        """Propose on a node. Returns: the indexes, or None if it refused (ProposalDropped)."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return None
+        try:
+            result = node.core.propose(datas)
+        except ProposalDropped:
+            return None
+        self._process(node)
+        return result
+
+    def read(self, node_id: str, ctx: bytes) -> bool:
+        """Start a ReadIndex read on a node. Returns: whether it accepted it."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return False
+        floor = self.checker.read_floor()
+        try:
+            node.core.read_index(ctx)
+        except ProposalDropped:
+            return False
+        node.read_floors[ctx] = floor
+        self._process(node)
+        return True
+
+    def transfer(self, node_id: str, target: str | None = None) -> bool:
+        """Ask a node to hand its leadership over. Returns: whether it accepted."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return False
+        try:
+            node.core.transfer_leadership(target)
+        except ProposalDropped:
+            return False
+        self._process(node)
+        return True
+
+    def compact(self, node_id: str) -> bool:
+        """Snapshot a node's state machine and compact its log up to the applied index."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return False
+        index, _ = node.state
+        if index <= node.storage.first_index() - 1:
+            return False
+        node.storage.compact(index, _encode_state(node.state))
+        self.stats["compactions"] += 1
+        self._event(f"compact {node_id} to {index}")
+        return True
+
+    def _event(self, line: str) -> None:
+        if self.on_event is not None:
+            self.on_event(f"t={self.now} {line}")
+
+    def describe_nodes(self) -> str:
+        """Returns: one line per node: role, term, commit, last index, applied."""
+        lines = []
+        for n in self.nodes.values():
+            c = n.core
+            if c is None:
+                lines.append(f"{n.id} down (persisted last {n.storage.last_index()})")
+            else:
+                lines.append(f"{n.id} {c.role.value} term={c.term} leader={c.leader_id} "
+                             f"commit={c.commit_index} "
+                             f"last={c.last_index} applied={n.state[0]}")
+        return "; ".join(lines)
+
+
+def _encode_state(state: tuple[int, int]) -> bytes:
+    """Returns: the snapshot of a state machine, ``b"index:hash"`` (fixed-width hash: transcripts
+    print snapshot sizes, which must not depend on the process's hash salt)."""
+    return f"{state[0]}:{state[1]:016x}".encode()
+
+
+def _decode_state(data: bytes) -> tuple[int, int]:
+    """Returns: the state machine a snapshot holds."""
+    index, h = data.decode().split(":")
+    return int(index), int(h, 16)
+

@@ -1,0 +1,158 @@
+"""The peer wire codec: round trips, untrusted input, speed."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wiber.raft.messages import (
+    MAX_ENTRIES_PER_MESSAGE,
+    AppendEntries,
+    AppendEntriesReply,
+    Entry,
+    EntryKind,
+    InstallSnapshot,
+    InstallSnapshotReply,
+    Message,
+    RequestVote,
+    RequestVoteReply,
+    SnapshotMeta,
+    TimeoutNow,
+)
+from wiber.raft.wire import MAX_FRAME_BYTES, MalformedMessage, decode_message, encode_message
+
+ids = st.text(min_size=1, max_size=12)
+nat = st.integers(0, 2**63)
+small = st.integers(0, 10_000)
+
+
+@st.composite
+def append_entries(draw: st.DrawFn) -> AppendEntries:
+    prev = draw(small)
+    terms = draw(st.lists(small, max_size=20))
+    entries = tuple(Entry(prev + 1 + k, t, draw(st.sampled_from(EntryKind)), draw(st.binary(max_size=30)))
+                    for k, t in enumerate(terms))
+    return AppendEntries(draw(nat), draw(ids), draw(ids), prev, draw(nat), entries, draw(nat), draw(nat))
+
+
+messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(RequestVote, nat, ids, ids, nat, nat, st.booleans(), st.booleans()),
+    st.builds(RequestVoteReply, nat, ids, ids, st.booleans(), st.booleans()),
+    append_entries(),
+    st.builds(AppendEntriesReply, nat, ids, ids, st.booleans(), nat, nat, nat, nat),
+    st.builds(TimeoutNow, nat, ids, ids),
+    st.builds(InstallSnapshot, nat, ids, ids, st.builds(SnapshotMeta, nat, nat), st.binary(max_size=100)),
+    st.builds(InstallSnapshotReply, nat, ids, ids, nat),
+)
+
+
+@given(messages)
+def test_round_trip(msg: Message) -> None:
+    """decode(encode(m)) == m for every message type."""
+    assert decode_message(encode_message(msg)) == msg
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=500)
+def test_random_bytes_raise_only_malformed(frame: bytes) -> None:
+    """Garbage never raises anything but MalformedMessage (a subclass of ValueError)."""
+    with contextlib.suppress(MalformedMessage):
+        decode_message(frame)
+
+
+@given(messages, st.data())
+def test_mutated_frames_raise_only_malformed(msg: Message, data: st.DataObject) -> None:
+    """A valid frame with bytes flipped, cut or appended decodes or raises MalformedMessage."""
+    frame = bytearray(encode_message(msg))
+    for _ in range(data.draw(st.integers(1, 4))):
+        k = data.draw(st.integers(0, len(frame) - 1))
+        frame[k] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(frame)))
+    with contextlib.suppress(MalformedMessage):
+        decode_message(bytes(frame[:cut]) + data.draw(st.binary(max_size=3)))
+
+
+any_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**64, 2**64 - 1) | st.floats() | st.text(max_size=5)
+    | st.binary(max_size=5),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=20,
+)
+
+
+@given(st.integers(0, 9), st.lists(any_value, max_size=9))
+def test_well_formed_msgpack_of_the_wrong_shape_is_malformed(tag: int, fields: list[object]) -> None:
+    """Any msgpack array starting with a tag decodes only if every field has the right type."""
+    try:
+        frame = msgpack.packb([tag, *fields], use_bin_type=True)
+    except (OverflowError, ValueError):
+        return
+    with contextlib.suppress(MalformedMessage):
+        decode_message(frame)
+
+
+@pytest.mark.parametrize("body", [
+    [3, 1, "n1", "n2", 0, 0, [], 0, True],  # bool where an int is expected
+    [3, 1, "n1", "n2", -1, 0, [], 0, 0],  # negative index
+    [3, 1, "n1", "n2", 0, 0, [1, 0], 0, 0],  # entries not in triples
+    [3, 1, "n1", "n2", 0, 0, [1, 2, b""], 0, 0],  # unknown entry kind
+    [3, 1, "n1", "n2", 0, 0, [1, 0, "text"], 0, 0],  # str where bytes are expected
+    [4, 1, "n1", "n2", 1, 0, 0, 0, 0],  # int where a bool is expected
+    [1, 1, "n1", "", 0, 0, False, False],  # empty id
+    [1, 1, "n1", "x" * 256, 0, 0, False, False],  # id too long
+    [5, 1, "n1"],  # missing field
+    [5, 1, "n1", "n2", 0],  # extra field
+    [99, 1, "n1", "n2"],  # unknown tag
+    [True, 1, "n1", "n2"],  # bool tag
+    {"tag": 5},  # not an array
+    [],
+])
+def test_bad_shapes(body: object) -> None:
+    """Specific wrong shapes and types are refused."""
+    with pytest.raises(MalformedMessage):
+        decode_message(msgpack.packb(body, use_bin_type=True))
+
+
+def test_bounds() -> None:
+    """Oversized frames, trailing bytes, non-bytes and lying length headers are refused cheaply."""
+    with pytest.raises(MalformedMessage):
+        decode_message(b"\x00" * (MAX_FRAME_BYTES + 1))
+    good = encode_message(TimeoutNow(1, "n1", "n2"))
+    with pytest.raises(MalformedMessage):
+        decode_message(good + b"\x00")
+    with pytest.raises(MalformedMessage):
+        decode_message("text")  # type: ignore[arg-type]
+    with pytest.raises(MalformedMessage):
+        decode_message(b"\xdd\x03\xff\xff\xff")  # array32 header claiming 67M elements
+    with pytest.raises(MalformedMessage):
+        decode_message(b"\xc6\xff\xff\xff\xff")  # bin32 header claiming 4 GiB
+    too_many = [1, 0, b""] * (MAX_ENTRIES_PER_MESSAGE + 1)
+    with pytest.raises(MalformedMessage, match="entries in one message"):
+        decode_message(msgpack.packb([3, 1, "n1", "n2", 0, 0, too_many, 0, 0], use_bin_type=True))
+
+
+def test_append_entries_batch_is_fast() -> None:
+    """1000 entries of 100 bytes encode and decode in a few milliseconds."""
+    entries = tuple(Entry(k + 1, 3, EntryKind.NORMAL, bytes(100)) for k in range(1000))
+    msg = AppendEntries(3, "n1", "n2", 0, 0, entries, 900, 0)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        decoded = decode_message(encode_message(msg))
+        best = min(best, time.perf_counter() - start)
+    assert decoded == msg
+    assert best < 0.010, f"encode+decode of 1000 entries took {best * 1000:.1f} ms"
+
+
+def test_encode_refuses_non_contiguous_batches() -> None:
+    """The codec implies indexes, so a batch with a hole is a bug, refused at the sender."""
+    bad = AppendEntries(1, "n1", "n2", 0, 0, (Entry(2, 1, EntryKind.NORMAL, b""),), 0, 0)
+    with pytest.raises(ValueError):
+        encode_message(bad)
+    with pytest.raises(TypeError):
+        encode_message("not a message")  # type: ignore[arg-type]
