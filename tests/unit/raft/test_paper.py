@@ -21,6 +21,7 @@ from wiber.raft import (
     EntryKind,
     HardState,
     InstallSnapshot,
+    MemoryStorage,
     ProposalDropped,
     Raft,
     RaftConfig,
@@ -663,6 +664,27 @@ def test_install_snapshot_to_a_follower_behind_the_compaction() -> None:
     r1.propose([b"after"])
     net.tick_all(2)
     assert n3.applied[-1].data == b"after"
+
+
+def test_a_follower_that_lost_its_disk_is_caught_up_by_snapshot() -> None:
+    """Not in the paper, which assumes disks are never lost: an operator wipes a damaged follower
+    (README) and restarts it empty. A heartbeat anchored at its old match index is then refused;
+    the leader must start it over (from a snapshot) instead of ignoring the refusal as stale."""
+    net = elected()
+    r1 = net.raft("n1")
+    for k in range(5):
+        r1.propose([b"%d" % k])
+        net.deliver_all()
+    assert r1.match_index("n3") == 6
+    net["n1"].storage.compact(6, b"state@6")
+    wiped = net["n3"]
+    wiped.storage = MemoryStorage()
+    wiped.restart()
+    net.tick_all(5)
+    assert wiped.storage.snapshot() == (SnapshotMeta(6, 1), b"state@6")
+    r1.propose([b"after"])
+    net.tick_all(3)
+    assert wiped.applied[-1].data == b"after" and wiped.raft.commit_index == r1.commit_index
 
 
 # -- Robustness of the interface ------------------------------------------------------------------
