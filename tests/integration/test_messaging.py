@@ -214,3 +214,30 @@ def test_contract_errors_from_the_client_library(cluster_factory: Callable[..., 
     with pytest.raises(BadRequest):
         client.publish_batch("t", [])
     assert client.publish("t", b"ok").offset == 0
+
+
+def test_unavailable_and_session_expired_over_raw_zmq(cluster_factory: Callable[..., ClusterHarness],
+                                                      zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    cluster = cluster_factory(3, max_sessions=1, request_timeout_ms=1000)
+    leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
+    laddr = cluster.addr(leader)
+    assert raw(zmq_socket, laddr, op="PUB", topic="s", data=b"a", client_id="A", seq=1)["ok"]
+    assert raw(zmq_socket, laddr, op="PUB", topic="s", data=b"b", client_id="B", seq=1)["ok"]  # evicts A
+    expired = raw(zmq_socket, laddr, op="PUB", topic="s", data=b"a", client_id="A", seq=1)
+    assert expired["ok"] is False and expired["error"] == "SESSION_EXPIRED"
+    assert "HISTORY" in expired["message"]
+    history = raw(zmq_socket, laddr, op="HISTORY", topic="s", consistency="linearizable")
+    assert [m["data"] for m in history["messages"]] == [b"a", b"b"]  # not stored a second time
+
+    # Without a quorum the leader cannot commit: the write's outcome is unknown, UNAVAILABLE.
+    followers = [n for n in cluster.nodes if n != leader]
+    for nid in followers:
+        cluster.signal(nid, signal.SIGSTOP)
+    try:
+        lost = raw(zmq_socket, laddr, op="PUB", topic="s", data=b"c", client_id="C", seq=1)
+        assert lost["ok"] is False and lost["error"] in ("UNAVAILABLE", "NOT_LEADER"), lost
+        read = raw(zmq_socket, laddr, op="HISTORY", topic="s", consistency="linearizable")
+        assert read["ok"] is False and read["error"] in ("UNAVAILABLE", "NOT_LEADER"), read
+    finally:
+        for nid in followers:
+            cluster.signal(nid, signal.SIGCONT)
