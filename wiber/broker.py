@@ -712,6 +712,17 @@ class Broker:
             log.error("broker entry at index %d skipped: %s", index, err)
             self._applied_index = index
             return []
+        return self.apply_ops(index, entry_ts, ops)
+
+    def apply_ops(self, index: int, entry_ts: float, ops: Sequence[PubOp]) -> list[PubResult]:
+        """Apply an entry already decoded: `apply` without the decoding.
+
+        The leader keeps the ops it proposed and applies them as they are, since
+        ``decode_entry(encode_entry(ts, ops)) == (ts, ops)``; followers decode.
+
+        Raises: InvariantError: `index` is not above `applied_index`.
+        """
+        self._check_index(index)
         self._applied_index = index
         ts = max(self._last_ts, entry_ts)
         self._last_ts = ts

@@ -130,6 +130,7 @@ class Node:
         self._turn_writes: list[Waiter[PubOp]] = []
         self._turn_reads: list[Waiter[dict[str, Any]]] = []
         self._writes: PendingWrites[PubOp] = PendingWrites()
+        self._proposed: dict[int, tuple[int, float, list[PubOp]]] = {}  # index -> (term, ts, ops)
         self._reads: PendingReads[dict[str, Any]] = PendingReads()
         self._read_round = 0
         self._storage_failure: str | None = None
@@ -146,6 +147,8 @@ class Node:
         self._next_pub_heartbeat = now
         self._next_clock_probe = now
         self._outbox: dict[str, list[bytes]] = {}
+        self._sub_prefixes: set[bytes] = set()
+        self._topic_has_subscribers: dict[str, bool] = {}
         self._handlers: dict[str, Handler] = {
             "PING": self._on_ping,
             "STATUS": self._on_status,
@@ -215,7 +218,9 @@ class Node:
             if release_at is not None:
                 deadline = min(deadline, now + max(0.0, release_at - self.synced.now()))
         timeout_ms = int(max(0.0, deadline - now) * 1000)
-        clients_ready, peers_ready = self.transport.poll(timeout_ms)
+        clients_ready, peers_ready, subscriptions_changed = self.transport.poll(timeout_ms)
+        if subscriptions_changed:
+            self._on_subscriptions(self.transport.recv_subscriptions())
         if peers_ready:
             for frames in self.transport.recv_peers(DRAIN_LIMIT):
                 self._on_peer_frames(frames)
@@ -380,10 +385,15 @@ class Node:
                 self.broker.apply_noop(entry.index)
                 results: list[PubResult] = []
             else:
-                results = self.broker.apply(entry.index, entry.data)
+                proposed = self._proposed.pop(entry.index, None)
+                if proposed is not None and proposed[0] == entry.term:
+                    results = self.broker.apply_ops(entry.index, proposed[1], proposed[2])
+                else:  # a follower, or an entry of another leader: decode what the log holds
+                    results = self.broker.apply(entry.index, entry.data)
                 for result in results:
-                    for record in result.records:
-                        self.transport.publish(protocol.fanout_frames(record.topic, record.to_wire()))
+                    if result.records and self._has_subscribers(result.records[0].topic):
+                        for record in result.records:
+                            self.transport.publish(protocol.fanout_frames(record.topic, record.to_wire()))
             waiters, ours = self._writes.take(entry.index, entry.term)
             if not waiters:
                 continue
@@ -401,9 +411,28 @@ class Node:
         for read in self._reads.releasable(self.applied_index):
             self._answer_history(read)
 
+    def _on_subscriptions(self, changes: list[tuple[bool, bytes]]) -> None:
+        """Track which prefixes subscribers asked for (first subscribe / last unsubscribe)."""
+        for subscribed, prefix in changes:
+            if subscribed:
+                self._sub_prefixes.add(prefix)
+            else:
+                self._sub_prefixes.discard(prefix)
+        self._topic_has_subscribers.clear()
+
+    def _has_subscribers(self, topic: str) -> bool:
+        """Whether any subscription prefix matches `topic`'s fan-out frame (cached per topic)."""
+        wanted = self._topic_has_subscribers.get(topic)
+        if wanted is None:
+            key = topic.encode() + b"\0"
+            wanted = any(key.startswith(prefix) for prefix in self._sub_prefixes)
+            self._topic_has_subscribers[topic] = wanted
+        return wanted
+
     def _lost_leadership(self) -> None:
         """Whoever waited on this node's leadership learns that the outcome is unknown."""
         log.info("node %s is no longer leader (term %d)", self.id, self.raft.term)
+        self._proposed.clear()  # a later leader decides what these indexes hold
         self._fail(self._writes.drain(), Unavailable(
             f"node {self.id} lost leadership; the write's outcome is unknown, retry with the same client_id and seq"))
         self._fail(self._reads.drain(), self._not_leader())
@@ -425,13 +454,15 @@ class Node:
         """Propose this turn's writes as one entry, and start one ReadIndex round for its reads."""
         if self._turn_writes:
             waiters, self._turn_writes = self._turn_writes, []
+            ops = [w.request for w in waiters]
+            ts = self.synced.now()
             try:
-                data = encode_entry(self.synced.now(), [w.request for w in waiters])
-                first, _ = self.raft.propose([data])
+                first, _ = self.raft.propose([encode_entry(ts, ops)])
             except ProposalDropped:
                 self._fail(waiters, self._not_leader())
             else:
                 self._writes.add(first, self.raft.term, waiters)
+                self._proposed[first] = (self.raft.term, ts, ops)  # applied without decoding
         if self._turn_reads:
             reads, self._turn_reads = self._turn_reads, []
             self._read_round += 1

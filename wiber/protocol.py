@@ -158,6 +158,10 @@ class Limits:
 # ----------------------------------------------------------------------------- codec
 
 
+#: Frames up to this size are decoded in one C call rather than header by header (the hot path).
+FAST_PATH_BYTES = 512
+
+
 def pack(obj: Any) -> bytes:
     """Returns: `obj` as msgpack, with bytes as bin and str as str (``use_bin_type=True``)."""
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
@@ -179,6 +183,16 @@ def unpack_frame(frame: bytes, limits: Limits) -> Any:
         raise TooLarge(f"request frame is {size} bytes, over the limit of {limits.max_frame_bytes}")
     if size == 0:
         raise BadRequest("not msgpack: empty frame")
+    if size <= FAST_PATH_BYTES:
+        # Small frames (a typical PUB) are decoded in one C call: no declared count may exceed the
+        # frame's length, so even nested containers preallocate at most a few MB in all.
+        # Bad input falls through to the careful reader below, which names what is wrong.
+        try:
+            return msgpack.unpackb(frame, raw=False, strict_map_key=False,
+                                   max_str_len=size, max_bin_len=size, max_ext_len=size,
+                                   max_array_len=size, max_map_len=size)
+        except Exception:  # msgpack raises many types; every one of them means bad input
+            pass
     unpacker = msgpack.Unpacker(
         raw=False,
         strict_map_key=False,

@@ -46,6 +46,9 @@ Callback = Callable[["PublishFuture"], None]
 #: How often `publish` looks at the socket (replies, lingering batches) at most.
 POLL_INTERVAL_S = 0.0005
 
+#: Frames at least this large are sent without copying.
+ZERO_COPY_BYTES = 1 << 18
+
 #: The broker's default session_window: a publisher never has more requests than this in flight.
 DEFAULT_SESSION_WINDOW = 4096
 
@@ -308,7 +311,9 @@ class Publisher:
             msg["messages"] = request.messages
         request.sent_at = time.monotonic()
         request.attempts += 1
-        self._socket().send_multipart([b"", protocol.pack(msg)], copy=False)
+        body = protocol.pack(msg)
+        # Zero-copy only pays for big frames: small ones would cost a trip through zmq's GC thread.
+        self._socket().send_multipart([b"", body], copy=len(body) < ZERO_COPY_BYTES)
 
     def _resend_all(self, address: str | None) -> None:
         """Reconnect (to `address`, or the next node) and send every request in flight again, in order."""

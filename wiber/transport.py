@@ -10,7 +10,7 @@ Framing:
 * raft ROUTER: `[identity, message, message, ...]` in; the identity is ignored (each message names
   its sender).
 * peer DEALER: `[message, message, ...]` out: everything for one peer in one loop turn.
-* PUB: `[topic + b"\\0", body]` out.
+* PUB (an XPUB): `[topic + b"\\0", body]` out; subscription changes in.
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ class Transport:
             self.raft_in.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
             _bind(self.raft_in, me.host, me.raft_port, "raft", me.id)
 
-            self.pub = self._socket(ctx, zmq.PUB)
+            # XPUB rather than PUB: subscribers connect the same way, and the node also learns which
+            # prefixes are subscribed, so it skips encoding messages of topics nobody listens to.
+            self.pub = self._socket(ctx, zmq.XPUB)
             self.pub.setsockopt(zmq.SNDHWM, 100_000)
             _bind(self.pub, me.host, me.pub_port, "pub", me.id)
 
@@ -117,6 +119,7 @@ class Transport:
         self.poller = zmq.Poller()
         self.poller.register(self.client, zmq.POLLIN)
         self.poller.register(self.raft_in, zmq.POLLIN)
+        self.poller.register(self.pub, zmq.POLLIN)
 
     def _socket(self, ctx: zmq.Context, kind: int) -> zmq.Socket:
         sock = ctx.socket(kind)
@@ -124,10 +127,28 @@ class Transport:
         self._sockets.append(sock)
         return sock
 
-    def poll(self, timeout_ms: int) -> tuple[bool, bool]:
-        """Wait up to `timeout_ms` for input. Returns: (clients readable, peers readable)."""
+    def poll(self, timeout_ms: int) -> tuple[bool, bool, bool]:
+        """Wait up to `timeout_ms` for input.
+
+        Returns: (clients readable, peers readable, subscription changes readable).
+        """
         events = dict(self.poller.poll(max(0, timeout_ms)))
-        return self.client in events, self.raft_in in events
+        return self.client in events, self.raft_in in events, self.pub in events
+
+    def recv_subscriptions(self) -> list[tuple[bool, bytes]]:
+        """Returns: the subscription changes queued on the XPUB socket: (subscribed?, prefix).
+
+        XPUB passes on only a prefix's first subscription and its last unsubscription, so the
+        changes keep a set of subscribed prefixes exact.
+        """
+        out: list[tuple[bool, bytes]] = []
+        while True:
+            try:
+                frame = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            if frame and frame[0] in (0, 1):
+                out.append((frame[0] == 1, frame[1:]))
 
     def recv_clients(self, limit: int) -> list[ClientRequest]:
         """Returns: up to `limit` queued client requests, without blocking."""
@@ -176,7 +197,7 @@ class Transport:
         if sock is None or not frames:
             return False
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            sock.send_multipart(frames, zmq.NOBLOCK)
             return True
         except zmq.Again:
             self.stats.peer_send_dropped += 1

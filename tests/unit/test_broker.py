@@ -744,3 +744,13 @@ def test_speed_report(capsys: pytest.CaptureFixture[str]) -> None:
     }
     with capsys.disabled():
         print("\nbroker, 1,000 ops of 100 bytes: " + ", ".join(f"{k} {v:.2f} ms" for k, v in figures.items()))
+
+
+def test_apply_ops_is_apply_without_decoding() -> None:
+    ops = [pub("t", b"a", client_id="c", seq=1, lamport=7), batch("u", b"b", b"c"),
+           pub("t", b"a", client_id="c", seq=1)]
+    decoded, direct = Broker(BrokerSettings()), Broker(BrokerSettings())
+    via_log = decoded.apply(1, encode_entry(123.5, ops))
+    kept = direct.apply_ops(1, 123.5, ops)
+    assert via_log == kept
+    assert decoded.snapshot() == direct.snapshot()
