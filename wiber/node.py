@@ -444,11 +444,16 @@ class Node:
             self.transport.reply(waiter.envelope, protocol.error_reply(err, waiter.req_id))
 
     def _expire_waiters(self, now: float) -> None:
-        self._fail(self._writes.expire(now), Unavailable(
-            f"no commit within {self._request_timeout_s:g} s (no quorum?); the outcome is unknown, "
-            f"retry with the same client_id and seq"))
-        self._fail(self._reads.expire(now), Unavailable(
-            f"linearizable read not confirmed within {self._request_timeout_s:g} s (no quorum?)"))
+        """Answer UNAVAILABLE to whoever waited past the request timeout (cheap when nobody did)."""
+        expired_writes = self._writes.expire(now)
+        if expired_writes:
+            self._fail(expired_writes, Unavailable(
+                f"no commit within {self._request_timeout_s:g} s (no quorum?); the outcome is unknown, "
+                f"retry with the same client_id and seq"))
+        expired_reads = self._reads.expire(now) if len(self._reads) else []
+        if expired_reads:
+            self._fail(expired_reads, Unavailable(
+                f"linearizable read not confirmed within {self._request_timeout_s:g} s (no quorum?)"))
 
     def _propose_turn(self) -> None:
         """Propose this turn's writes as one entry, and start one ReadIndex round for its reads."""

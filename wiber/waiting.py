@@ -37,41 +37,46 @@ class PendingWrites(Generic[T]):
     """Clients waiting for the entry that carries their writes, by log index, oldest first."""
 
     def __init__(self) -> None:
-        self._by_index: OrderedDict[int, tuple[int, list[Waiter[T]]]] = OrderedDict()
+        # index -> (term, waiters, the earliest deadline among them)
+        self._by_index: OrderedDict[int, tuple[int, list[Waiter[T]], float]] = OrderedDict()
 
     def __len__(self) -> int:
-        return sum(len(waiters) for _, waiters in self._by_index.values())
+        return sum(len(waiters) for _, waiters, _ in self._by_index.values())
 
     def add(self, index: int, term: int, waiters: list[Waiter[T]]) -> None:
         """Park `waiters` under the entry proposed at (index, term)."""
-        self._by_index[index] = (term, waiters)
+        self._by_index[index] = (term, waiters, min(w.deadline for w in waiters))
 
     def take(self, index: int, term: int) -> tuple[list[Waiter[T]], bool]:
         """Returns: the waiters parked under `index` (removed) and whether the applied entry is theirs."""
         parked = self._by_index.pop(index, None)
         if parked is None:
             return [], False
-        parked_term, waiters = parked
+        parked_term, waiters, _ = parked
         return waiters, parked_term == term
 
     def expire(self, now: float) -> list[Waiter[T]]:
-        """Returns: the waiters whose deadline has passed (removed), oldest entries first."""
+        """Returns: the waiters whose deadline has passed (removed), oldest entries first.
+
+        Called every loop turn: with nothing due it looks at one number, the oldest entry's earliest
+        deadline (entries are parked in index order, a turn's deadlines only grow).
+        """
         out: list[Waiter[T]] = []
         while self._by_index:
-            index, (term, waiters) = next(iter(self._by_index.items()))
-            live = [w for w in waiters if w.deadline > now]
-            if len(live) == len(waiters):
+            index, (term, waiters, earliest) = next(iter(self._by_index.items()))
+            if earliest > now:
                 break
             out.extend(w for w in waiters if w.deadline <= now)
+            live = [w for w in waiters if w.deadline > now]
             if live:
-                self._by_index[index] = (term, live)
+                self._by_index[index] = (term, live, min(w.deadline for w in live))
                 break
             del self._by_index[index]
         return out
 
     def drain(self) -> list[Waiter[T]]:
         """Returns: every waiter (removed): leadership was lost, their outcome is unknown."""
-        out = [w for _, waiters in self._by_index.values() for w in waiters]
+        out = [w for _, waiters, _ in self._by_index.values() for w in waiters]
         self._by_index.clear()
         return out
 
