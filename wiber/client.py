@@ -21,6 +21,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -353,6 +354,9 @@ def _pause(deadline: float, seconds: float) -> None:
 
 #: A node whose PUB heartbeats stop for this long is taken for dead (three 250 ms heartbeats).
 HEARTBEAT_SILENCE_S = 0.75
+#: At most this many messages wait in a Subscription's own buffer; the rest stay in the socket or
+#: in HISTORY, so a subscriber far behind does not hold the whole backlog in memory.
+MAX_BUFFERED = 10_000
 
 
 class Subscription:
@@ -371,7 +375,8 @@ class Subscription:
         self._next: int | None = from_offset
         self._sock: zmq.Socket | None = None
         self._node: str | None = None
-        self._buffer: list[Message] = []
+        self._buffer: deque[Message] = deque()
+        self._behind = False  # HISTORY holds more than the buffer took: read on before live messages
         self._last_heard = 0.0
         self._seen_commit = 0
         self.failovers = 0
@@ -405,9 +410,11 @@ class Subscription:
             self._sock = None
 
     def _catch_up(self, deadline: float) -> None:
-        """Read from HISTORY (at the attached node) until nothing more is committed there."""
+        """Read from HISTORY (at the attached node) until nothing more is committed there, or until
+        `MAX_BUFFERED` messages wait for the application (then `_behind` says to read on later)."""
         assert self._next is not None
-        while time.monotonic() < deadline:
+        self._behind = True
+        while time.monotonic() < deadline and len(self._buffer) < MAX_BUFFERED:
             history = self.client.history(self.topic, from_offset=self._next, limit=1000)
             self._seen_commit = max(self._seen_commit, history.commit_index)
             if history.first_offset > self._next:
@@ -418,6 +425,7 @@ class Subscription:
             if fresh:
                 self._next = fresh[-1].offset + 1
             if history.next_offset >= history.end_offset:
+                self._behind = False
                 return
 
     def _on_live(self, item: dict[str, Any], deadline: float) -> None:
@@ -428,8 +436,8 @@ class Subscription:
         if offset > self._next:
             self.gaps_filled += 1
             self._catch_up(deadline)  # a gap: PUB dropped something; HISTORY has it
-            if offset < self._next:
-                return
+            if offset != self._next:
+                return  # delivered from HISTORY already, or still ahead of what the buffer took
         message = Message.from_wire(self.topic, item)
         self._buffer.append(message)
         self._next = offset + 1
@@ -439,13 +447,16 @@ class Subscription:
         deadline = time.monotonic() + (self.client.timeouts.total_s if timeout is None else timeout)
         while True:
             if self._buffer:
-                message = self._buffer.pop(0)
+                message = self._buffer.popleft()
                 self.client.observe_lamport(message.lamport)
                 return message
             now = time.monotonic()
             if now >= deadline:
                 return None
             try:
+                if self._behind and self._sock is not None:
+                    self._catch_up(deadline)
+                    continue
                 if self._sock is None or now - self._last_heard > HEARTBEAT_SILENCE_S:
                     if self._sock is not None:
                         self.failovers += 1
@@ -465,7 +476,7 @@ class Subscription:
         assert sock is not None
         if not sock.poll(max(1, int((until - time.monotonic()) * 1000))):
             return
-        while True:
+        for _ in range(MAX_BUFFERED):  # what waits beyond this stays in the socket (its RCVHWM bounds it)
             try:
                 prefix, body = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

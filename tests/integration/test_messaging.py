@@ -241,3 +241,25 @@ def test_unavailable_and_session_expired_over_raw_zmq(cluster_factory: Callable[
     finally:
         for nid in followers:
             cluster.signal(nid, signal.SIGCONT)
+
+
+def test_a_subscriber_far_behind_reads_the_backlog_in_bounded_memory(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    from wiber.client import MAX_BUFFERED
+
+    cluster = cluster_factory(3)
+    client = cluster.client()
+    total = 25_000
+    for start in range(0, total, 1000):
+        client.publish_batch("backlog", [b"%d" % i for i in range(start, start + 1000)])
+    sub = client.subscribe("backlog", from_offset=0)
+    largest = 0
+    got = []
+    while len(got) < total:
+        m = sub.get(timeout=10)
+        assert m is not None, f"stalled after {len(got)}"
+        got.append(int(m.data))
+        largest = max(largest, len(sub._buffer))
+    assert got == list(range(total))
+    assert largest <= MAX_BUFFERED
+    sub.close()
