@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import zmq
 
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 #: Headroom above the largest client frame for peer batches (AppendEntries of many requests).
 PEER_MAX_FRAME = 256 * 1024 * 1024
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+
 #: How many messages a peer DEALER may queue before sends are dropped.
 PEER_SNDHWM = 10_000
 #: libzmq's own liveness check on peer connections, so a silent partition is noticed (DESIGN section 8).
@@ -154,11 +158,15 @@ class Transport:
         """Returns: up to `limit` queued client requests, without blocking."""
         out: list[ClientRequest] = []
         sock = self.client
+        recv, more = sock.recv, sock.getsockopt
         for _ in range(limit):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = [recv(_NOBLOCK)]
             except zmq.Again:
                 break
+            # The parts of one message arrive together; int flags avoid pyzmq's enum arithmetic.
+            while more(_RCVMORE):
+                frames.append(recv(_NOBLOCK))
             if len(frames) < 2:
                 self.stats.malformed_client_frames += 1
                 continue
@@ -180,8 +188,11 @@ class Transport:
 
     def reply(self, envelope: list[bytes], body: bytes) -> None:
         """Answer one client; a gone client or a full queue drops the reply (the client retries)."""
+        sock = self.client
         try:
-            self.client.send_multipart([*envelope, body], zmq.NOBLOCK)
+            for frame in envelope:  # int flags: pyzmq's enum arithmetic per call is measurable
+                sock.send(frame, _MORE_NOBLOCK)
+            sock.send(body, _NOBLOCK)
         except zmq.Again:
             self.stats.client_reply_dropped += 1
         except zmq.ZMQError as exc:  # e.g. EHOSTUNREACH with ROUTER_MANDATORY (not set) or a closed peer
@@ -203,10 +214,12 @@ class Transport:
             self.stats.peer_send_dropped += 1
             return False
 
-    def publish(self, frames: Iterable[bytes]) -> None:
-        """Publish one multipart message on the PUB socket (dropped, not blocked, at the high-water mark)."""
+    def publish(self, frames: Sequence[bytes]) -> None:
+        """Publish `[topic frame, body]` on the PUB socket (dropped, not blocked, at the high-water mark)."""
+        head, body = frames
         try:
-            self.pub.send_multipart(list(frames), zmq.NOBLOCK)
+            self.pub.send(head, _MORE_NOBLOCK)
+            self.pub.send(body, _NOBLOCK)
         except zmq.Again:
             self.stats.pub_dropped += 1
 
