@@ -142,6 +142,24 @@ class InMemoryLogView:
         """Returns: the snapshot meta and data (0/0 and b"" when none was taken)."""
         return self._snap, self._snap_data
 
+    def _not_covered(self, entries: Sequence[Entry]) -> Sequence[Entry]:
+        """Returns: the entries of an append that the snapshot does not already cover.
+
+        Raises:
+            InvariantError: they would leave a gap after the last index, or are not contiguous.
+        """
+        if not entries:
+            return entries
+        base = self._snap.index
+        first = entries[0].index
+        if first > base + len(self._entries) + 1:
+            raise InvariantError(
+                f"append at {first} would leave a gap after the last index {self.last_index()}")
+        if entries[-1].index != first + len(entries) - 1:
+            raise InvariantError(f"append of {len(entries)} entries from {first} is not contiguous "
+                                 f"(the last has index {entries[-1].index})")
+        return entries[base + 1 - first:] if first <= base else entries
+
 
 class MemoryStorage(InMemoryLogView):
     """`LogStorage` in memory, plus the writer side the application calls with each `Ready`.
@@ -171,21 +189,12 @@ class MemoryStorage(InMemoryLogView):
         Entries at or below the snapshot index are skipped (they are already covered).
 
         Raises:
-            InvariantError: the entries would leave a gap after the last index.
+            InvariantError: the entries would leave a gap after the last index, or are not contiguous.
         """
+        entries = self._not_covered(entries)
         if not entries:
             return
-        base = self._snap.index
-        first = entries[0].index
-        if first > base + len(self._entries) + 1:
-            raise InvariantError(
-                f"append at {first} would leave a gap after the last index {self.last_index()}")
-        if first <= base:
-            entries = entries[base + 1 - first:]
-            if not entries:
-                return
-            first = base + 1
-        del self._entries[first - base - 1:]
+        del self._entries[entries[0].index - self._snap.index - 1:]
         self._entries.extend(entries)
 
     def apply_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:

@@ -492,21 +492,10 @@ class DurableStorage(InMemoryLogView):
             StorageFailure: the disk refused (and the storage is now failed).
         """
         self._check_writable()
+        entries = self._not_covered(entries)
         if not entries:
             return
-        base = self._snap.index
         first = entries[0].index
-        if first > base + len(self._entries) + 1:
-            raise InvariantError(
-                f"append at {first} would leave a gap after the last index {self.last_index()}")
-        if entries[-1].index != first + len(entries) - 1:
-            raise InvariantError(f"append of {len(entries)} entries from {first} is not contiguous "
-                                 f"(the last has index {entries[-1].index})")
-        if first <= base:
-            entries = entries[base + 1 - first:]
-            if not entries:
-                return
-            first = base + 1
         try:
             if first <= self.last_index():
                 self._truncate_from(first)
