@@ -208,3 +208,30 @@ def test_cli_up_starts_every_node_and_ctrl_c_stops_them(cluster_factory: Callabl
     for node in cluster.config.nodes:
         assert node.client_addr in text
         assert f"{node.id} stopped (status 0)" in text
+
+
+def test_garbage_on_the_raft_port_is_dropped_and_the_cluster_stays_healthy(
+        cluster_factory: Callable[..., ClusterHarness], zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    import os as _os
+
+    from tests.integration.test_election import agreed_leader
+
+    cluster = cluster_factory(3)
+    leader, term = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
+    bad_frames = [
+        b"", b"\x00", _os.urandom(64), msgpack.packb(["AE", 1, 2, 3]), msgpack.packb({"term": 2 ** 64 - 1}),
+        b"\xc1C" + _os.urandom(40),          # a broken snapshot chunk
+        b"\xc1T\x01" + _os.urandom(3),        # a broken clock probe
+        b"\xc1T\x02" + b"\x00" * 24 + b"n2",  # a clock reply from a peer that is not the leader
+        msgpack.packb([1, 999, "n9", "n1"]),  # a well-framed message from an unknown sender
+    ]
+    for node in cluster.config.nodes:
+        dealer = zmq_socket(zmq.DEALER)
+        dealer.connect(node.raft_addr)
+        for frame in bad_frames:
+            dealer.send_multipart([frame, frame])
+    client = cluster.client()
+    assert client.publish("after-garbage", b"ok").offset == 0
+    new_leader, new_term = wait_for(lambda: agreed_leader(cluster), 10, "the same healthy cluster")
+    assert (new_leader, new_term) == (leader, term)  # garbage did not trigger an election
+    assert all(n.running() for n in cluster.nodes.values())
