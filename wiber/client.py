@@ -112,7 +112,7 @@ class Client:
         self,
         addresses: Sequence[str] | str,
         timeouts: Timeouts | None = None,
-        ctx: zmq.Context | None = None,
+        ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
         clock: Clock | None = None,
     ) -> None:
         if isinstance(addresses, str):
@@ -128,14 +128,14 @@ class Client:
         self.ctx = ctx or zmq.Context()
         self._rotation = itertools.cycle(range(len(self.addresses)))
         self._current = self.addresses[next(self._rotation)]
-        self._sock: zmq.Socket | None = None
+        self._sock: zmq.Socket[bytes] | None = None
         self.client_id = uuid.uuid4().hex
         self._seq = 0
         self.lamport = 0
 
     # ---------------------------------------------------------------- plumbing
 
-    def _socket(self) -> zmq.Socket:
+    def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
             sock = self.ctx.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
@@ -373,7 +373,7 @@ class Subscription:
         self.topic = topic
         self._prefix = protocol.topic_prefix(topic)
         self._next: int | None = from_offset
-        self._sock: zmq.Socket | None = None
+        self._sock: zmq.Socket[bytes] | None = None
         self._node: str | None = None
         self._buffer: deque[Message] = deque()
         self._behind = False  # HISTORY holds more than the buffer took: read on before live messages

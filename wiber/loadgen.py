@@ -9,6 +9,7 @@ Both show a progress line and end with a rate and a latency histogram summary.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import sys
 import time
@@ -131,7 +132,7 @@ def run_publisher(plan: PubPlan, progress: Any = None) -> tuple[int, float, list
             if time.monotonic() > deadline:
                 break
             sent_at = time.monotonic()
-            publisher.publish(plan.topic, payload, callback=lambda f, t=sent_at: done(f, t))
+            publisher.publish(plan.topic, payload, callback=functools.partial(done, sent_at=sent_at))
             if progress is not None and i % 1000 == 0:
                 progress(acked)
         publisher.flush(timeout=60)

@@ -85,7 +85,7 @@ class Node:
         config: Config,
         node_id: str,
         clock: Clock | None = None,
-        ctx: zmq.Context | None = None,
+        ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config

@@ -152,7 +152,7 @@ class Publisher:
         linger_s: float = 0.002,
         max_message_bytes: int = 1048576,
         timeouts: Timeouts | None = None,
-        ctx: zmq.Context | None = None,
+        ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
@@ -176,7 +176,7 @@ class Publisher:
         self.lamport = 0
         self._rotation = itertools.cycle(self.addresses)
         self._address = next(self._rotation)
-        self._sock: zmq.Socket | None = None
+        self._sock: zmq.Socket[bytes] | None = None
         self._gathering: dict[str, _Gathering] = {}
         self._valid_topics: set[str] = set()
         self._next_poll = 0.0
@@ -279,7 +279,7 @@ class Publisher:
 
     # ---------------------------------------------------------------- sending
 
-    def _socket(self) -> zmq.Socket:
+    def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)

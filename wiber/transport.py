@@ -59,7 +59,7 @@ class TransportStats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-def _bind(sock: zmq.Socket, host: str, port: int, what: str, node_id: str) -> None:
+def _bind(sock: zmq.Socket[bytes], host: str, port: int, what: str, node_id: str) -> None:
     """Bind or raise NodeStartError with a line an operator can act on."""
     try:
         sock.bind(f"tcp://{host}:{port}")
@@ -77,14 +77,14 @@ class Transport:
 
     def __init__(
         self,
-        ctx: zmq.Context,
+        ctx: zmq.Context[zmq.Socket[bytes]],
         me: NodeConfig,
         peers: Sequence[NodeConfig],
         max_client_frame: int,
     ) -> None:
         self.me = me
         self.stats = TransportStats()
-        self._sockets: list[zmq.Socket] = []
+        self._sockets: list[zmq.Socket[bytes]] = []
         try:
             self.client = self._socket(ctx, zmq.ROUTER)
             self.client.setsockopt(zmq.MAXMSGSIZE, max_client_frame)
@@ -105,7 +105,7 @@ class Transport:
             self.pub.setsockopt(zmq.SNDHWM, 100_000)
             _bind(self.pub, me.host, me.pub_port, "pub", me.id)
 
-            self.peers: dict[str, zmq.Socket] = {}
+            self.peers: dict[str, zmq.Socket[bytes]] = {}
             for peer in peers:
                 dealer = self._socket(ctx, zmq.DEALER)
                 # IMMEDIATE: queue nothing for a peer that is down, so it is not flooded on reconnect.
@@ -125,7 +125,7 @@ class Transport:
         self.poller.register(self.raft_in, zmq.POLLIN)
         self.poller.register(self.pub, zmq.POLLIN)
 
-    def _socket(self, ctx: zmq.Context, kind: int) -> zmq.Socket:
+    def _socket(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
         sock = ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         self._sockets.append(sock)
