@@ -94,8 +94,9 @@ def _publish_with_network_delays(cluster: ClusterHarness, topic: str, seed: int)
     """Four clients with skewed clocks publish; each message waits a random delay (< 60 ms) between
     being stamped with its send time and leaving, as a slow network would. Returns: (ts, data) sent.
 
-    The window (300 ms) must cover the whole delay, simulated plus real (a loaded 2-core machine),
-    so each client first connects to the leader and syncs its clock."""
+    The window (800 ms) must cover the whole delay, simulated plus real: on a 2-core machine busy with
+    the rest of the suite a request can wait hundreds of ms for CPU, so the window is generous and
+    each client first connects to the leader and syncs its clock."""
     sent: list[tuple[float, bytes]] = []
     lock = threading.Lock()
     errors: list[BaseException] = []
@@ -106,7 +107,7 @@ def _publish_with_network_delays(cluster: ClusterHarness, topic: str, seed: int)
             try:
                 client.publish("warm-up", b"connect to the leader first")
                 client.sync_clock(samples=8)
-                for i in range(15):
+                for i in range(12):
                     ts = client.now()
                     data = b"c%d-%d" % (k, i)
                     time.sleep(rng.uniform(0.0, 0.06))  # the simulated network delay, not a wait
@@ -133,14 +134,14 @@ def _inversions(sent: list[tuple[float, bytes]], logged: list[bytes]) -> int:
 
 
 def test_reorder_window_puts_the_log_in_sending_order(cluster_factory: Callable[..., ClusterHarness]) -> None:
-    on = cluster_factory(3, reorder_window_ms=300)
+    on = cluster_factory(3, reorder_window_ms=800)
     sent = _publish_with_network_delays(on, "ordered", seed=1)
     client = on.client()
     logged = [m.data for m in client.history("ordered", limit=1000, consistency="linearizable").messages]
     assert sorted(logged) == sorted(d for _, d in sent)
     assert _inversions(sent, logged) == 0
     status: dict[str, Any] = client.status()
-    assert status["reorder"]["window_ms"] == 300 and status["reorder"]["late"] == 0
+    assert status["reorder"]["window_ms"] == 800 and status["reorder"]["late"] == 0
 
     off = cluster_factory(3)
     sent_off = _publish_with_network_delays(off, "unordered", seed=1)
