@@ -195,23 +195,16 @@ class Publisher:
             BadRequest, TooLarge: the topic or message is refused locally, before anything is sent.
         """
         payload = data.encode() if isinstance(data, str) else data
-        if topic not in self._valid_topics or type(payload) is not bytes \
+        if type(topic) is not str or topic not in self._valid_topics or type(payload) is not bytes \
                 or len(payload) > self.limits.max_message_bytes:
             # The full check, once per topic and for anything unusual; the common case is a set lookup.
             protocol.validate_request({"op": "PUB", "topic": topic, "data": payload}, self.limits)
             self._valid_topics.add(topic)
         future = PublishFuture(self, callback)
-        batch = self._gathering.get(topic)
-        if batch is None:
-            batch = self._gathering[topic] = _Gathering(since=time.monotonic())
-        if batch.messages and batch.nbytes + len(payload) > self.limits.max_batch_bytes:
-            self._send_batch(topic)
-            batch = self._gathering[topic] = _Gathering(since=time.monotonic())
-        batch.messages.append(payload)
-        batch.futures.append(future)
-        batch.nbytes += len(payload)
-        if len(batch.messages) >= self.batch_size:
-            self._send_batch(topic)
+        if self.batch_size == 1:
+            self._send_request(topic, [payload], [future])  # plain PUBs: nothing to gather
+        else:
+            self._gather(topic, payload, future)
         now = time.monotonic()
         if now >= self._next_poll:  # not per message: a socket poll costs more than a publish
             self._next_poll = now + POLL_INTERVAL_S
@@ -289,14 +282,31 @@ class Publisher:
             self._sock = sock
         return self._sock
 
+    def _gather(self, topic: str, payload: bytes, future: PublishFuture) -> None:
+        """Add a message to its topic's batch; send the batch once it is full (by count or bytes)."""
+        batch = self._gathering.get(topic)
+        if batch is None:
+            batch = self._gathering[topic] = _Gathering(since=time.monotonic())
+        if batch.messages and batch.nbytes + len(payload) > self.limits.max_batch_bytes:
+            self._send_batch(topic)
+            batch = self._gathering[topic] = _Gathering(since=time.monotonic())
+        batch.messages.append(payload)
+        batch.futures.append(future)
+        batch.nbytes += len(payload)
+        if len(batch.messages) >= self.batch_size:
+            self._send_batch(topic)
+
     def _send_batch(self, topic: str) -> None:
         batch = self._gathering.pop(topic)
+        self._send_request(topic, batch.messages, batch.futures)
+
+    def _send_request(self, topic: str, messages: list[bytes], futures: list[PublishFuture]) -> None:
+        """Send one PUB or PUB_BATCH, first waiting for room in the window."""
         while len(self._in_flight) >= self.window:
             self._read_replies(0.01)
             self._check_timeouts()
         self._seq += 1
-        request = _Request(self._seq, topic, batch.messages, batch.futures,
-                           deadline=time.monotonic() + self.timeouts.total_s)
+        request = _Request(self._seq, topic, messages, futures, deadline=time.monotonic() + self.timeouts.total_s)
         self._in_flight[request.seq] = request
         self._transmit(request)
 
