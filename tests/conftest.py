@@ -256,3 +256,33 @@ def raw_request(sock: zmq.Socket, body: bytes, timeout: float = 2.0) -> dict[str
     reply = msgpack.unpackb(sock.recv(), raw=False)
     assert isinstance(reply, dict)
     return reply
+
+
+def settled_subscribers(cluster: ClusterHarness, zmq_socket: Callable[[int], zmq.Socket], topic: str,
+                        client: Client) -> list[zmq.Socket]:
+    """Returns: one raw SUB socket per node on `topic`, each known to receive (settled).
+
+    A SUB misses what is sent before its subscription settles, so this publishes to `topic` until
+    every socket has heard, then drains what is still in flight.
+    """
+    subs = []
+    for node in cluster.config.nodes:
+        sub = zmq_socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, topic.encode() + b"\0")
+        sub.connect(node.pub_addr)
+        subs.append(sub)
+    heard = [False] * len(subs)
+
+    def all_settled() -> bool:
+        client.publish(topic, b"settle")
+        for k, sub in enumerate(subs):
+            while sub.poll(50):
+                sub.recv_multipart()
+                heard[k] = True
+        return all(heard)
+
+    wait_for(all_settled, 10, "every SUB to settle")
+    for sub in subs:
+        while sub.poll(300):
+            sub.recv_multipart()
+    return subs

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.conftest import ClusterHarness, raw_request, wait_for
+from tests.conftest import ClusterHarness, raw_request, settled_subscribers, wait_for
 from tests.integration.test_election import agreed_leader
 from wiber.client import Client, Timeouts
 
@@ -74,28 +74,8 @@ def test_every_op_over_raw_zmq_on_leader_and_followers(cluster_factory: Callable
 def test_fan_out_on_every_node_one_message_per_stored_message(
         cluster_factory: Callable[..., ClusterHarness], zmq_socket: Callable[[int], zmq.Socket]) -> None:
     cluster = cluster_factory(3)
-    subs = []
-    for node in cluster.config.nodes:
-        sub = zmq_socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"feed\0")
-        sub.connect(node.pub_addr)
-        subs.append(sub)
     client = cluster.client()
-    # A SUB misses what is sent before its subscription settles: publish until every one has heard.
-    heard = [False] * len(subs)
-
-    def all_settled() -> bool:
-        client.publish("feed", b"settle")
-        for k, sub in enumerate(subs):
-            while sub.poll(50):
-                sub.recv_multipart()
-                heard[k] = True
-        return all(heard)
-
-    wait_for(all_settled, 10, "every SUB to settle")
-    for sub in subs:  # drain what is still in flight from the settle publishes
-        while sub.poll(300):
-            sub.recv_multipart()
+    subs = settled_subscribers(cluster, zmq_socket, "feed", client)
     ack = client.publish_batch("feed", [b"m%d" % i for i in range(50)])
     assert ack.count == 50
     for sub in subs:

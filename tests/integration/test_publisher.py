@@ -22,7 +22,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.conftest import ClusterHarness, wait_for
+from tests.conftest import ClusterHarness, settled_subscribers, wait_for
 from tests.integration.test_election import agreed_leader
 from wiber.client import Ack, Client, Message, Timeouts
 from wiber.errors import WiberError
@@ -227,28 +227,8 @@ def test_a_batch_is_stored_all_or_none_when_the_leader_dies(
 def test_fan_out_delivers_each_message_of_a_batch_once(
         cluster_factory: Callable[..., ClusterHarness], zmq_socket: Callable[[int], zmq.Socket]) -> None:
     cluster = cluster_factory(3)
-    subs = []
-    for node in cluster.config.nodes:
-        sub = zmq_socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"feed\0")
-        sub.connect(node.pub_addr)
-        subs.append(sub)
     client = cluster.client()
-    heard = [False] * len(subs)
-
-    def all_settled() -> bool:
-        # A SUB misses what is sent before its subscription settles: publish until each one hears.
-        client.publish("feed", b"settle")
-        for k, sub in enumerate(subs):
-            while sub.poll(50):
-                sub.recv_multipart()
-                heard[k] = True
-        return all(heard)
-
-    wait_for(all_settled, 10, "every SUB to settle")
-    for sub in subs:  # drain what is still in flight from the settle publishes
-        while sub.poll(300):
-            sub.recv_multipart()
+    subs = settled_subscribers(cluster, zmq_socket, "feed", client)
 
     total = 250
     with Publisher(cluster.addrs(), batch_size=100, window=10, linger_s=5.0,
