@@ -617,12 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic", metavar="TOPIC", help="topic name (1-255 bytes of UTF-8, not starting with $)")
     p.add_argument("message", metavar="MESSAGE", nargs="?",
                    help="the message (UTF-8); omit to read one message per line from stdin")
-    p.add_argument("--batch", type=_int_between(1, protocol.MAX_BATCH_MESSAGES), default=1000, metavar="N",
-                   help="stdin: messages per request at most (default 1000; 1 sends plain PUBs)")
-    p.add_argument("--linger-ms", type=_float_at_least(0.0), default=2.0, metavar="MS",
-                   help="stdin: how long a partial batch waits for more lines (default 2)")
-    p.add_argument("--window", type=_int_between(1, 4096), default=100, metavar="N",
-                   help="stdin: requests in flight at most (default 100)")
+    publisher_args(p, "stdin: ")
     client_args(p)
     p.set_defaults(func=cmd_pub)
 
@@ -680,12 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--messages", type=_int_between(1, None), default=100_000, metavar="N",
                     help="messages in all (default 100000)")
     bp.add_argument("--size", type=_int_between(0, None), default=100, metavar="B", help="bytes each (default 100)")
-    bp.add_argument("--window", type=_int_between(1, 4096), default=100, metavar="N",
-                    help="requests in flight per publisher (default 100)")
-    bp.add_argument("--batch", type=_int_between(1, protocol.MAX_BATCH_MESSAGES), default=1000, metavar="N",
-                    help="messages per request, 1 = plain PUBs (default 1000)")
-    bp.add_argument("--linger-ms", type=_float_at_least(0.0), default=2.0, metavar="MS",
-                    help="how long a partial batch waits for more (default 2)")
+    publisher_args(bp, "")
     bp.add_argument("--publishers", type=_int_between(1, 64), default=1, metavar="P",
                     help="publisher processes (default 1)")
     bp.add_argument("--seconds", type=_float_at_least(0.0, strict=True), default=120.0, metavar="S",
@@ -716,6 +706,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(loadgen.bench_sub(addresses, args.topic, args.messages, args.from_offset, args.seconds))
     return 0
+
+
+def publisher_args(p: argparse.ArgumentParser, context: str) -> None:
+    """Add the `Publisher` options (--batch, --linger-ms, --window) shared by `pub` and `bench pub`."""
+    # The window is capped at the broker's default session_window: a resend must find its answer kept.
+    p.add_argument("--batch", type=_int_between(1, protocol.MAX_BATCH_MESSAGES), default=1000, metavar="N",
+                   help=f"{context}messages per request at most (default 1000; 1 sends plain PUBs)")
+    p.add_argument("--linger-ms", type=_float_at_least(0.0), default=2.0, metavar="MS",
+                   help=f"{context}how long a partial batch waits for more (default 2)")
+    p.add_argument("--window", type=_int_between(1, 4096), default=100, metavar="N",
+                   help=f"{context}requests in flight at most (default 100)")
 
 
 def _int_between(low: int, high: int | None) -> Callable[[str], int]:
