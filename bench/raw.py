@@ -85,6 +85,16 @@ def _echo_worker(port: int, seconds: float, out: Any) -> None:
         ctx.term()
 
 
+def _stop(sock: Any, ctx: Any, worker: Any) -> None:
+    """Close the driver's socket and context, then reap the worker process (killing it if it hangs)."""
+    sock.close(linger=0)
+    ctx.term()
+    worker.join(timeout=5)
+    if worker.is_alive():
+        worker.kill()
+        worker.join(timeout=5)
+
+
 def _one_way(section: Section, bounds: Bounds, per_frame: int, progress: bool) -> None:
     """PUSH -> PULL with `per_frame` messages per frame; records a rate figure."""
     total = bounds.messages * (10 if per_frame == 1 else 50)
@@ -129,12 +139,7 @@ def _one_way(section: Section, bounds: Bounds, per_frame: int, progress: bool) -
         if count < sent:
             section.add(f"{key}_lost", float(sent - count), "msg", sent, better="lower")
     finally:
-        sock.close(linger=0)
-        ctx.term()
-        worker.join(timeout=5)
-        if worker.is_alive():
-            worker.kill()
-            worker.join(timeout=5)
+        _stop(sock, ctx, worker)
 
 
 def _round_trip(section: Section, bounds: Bounds, progress: bool) -> None:
@@ -181,12 +186,7 @@ def _round_trip(section: Section, bounds: Bounds, progress: bool) -> None:
         section.add("seq_rate", rate(len(ms), elapsed), "msg/s", len(ms), note=note)
         sock.send_multipart([b"", msgpack.packb({"op": "STOP"})])
     finally:
-        sock.close(linger=0)
-        ctx.term()
-        worker.join(timeout=5)
-        if worker.is_alive():
-            worker.kill()
-            worker.join(timeout=5)
+        _stop(sock, ctx, worker)
 
 
 def run(bounds: Bounds, progress: bool = True) -> Section:

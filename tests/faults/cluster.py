@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 import zmq
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, wait_for
 from tests.faults.netlab import NetLab
 from tests.integration.test_election import agreed_leader
 from wiber.client import Client, Timeouts
@@ -265,10 +265,12 @@ class FaultCluster:
         """Wait until every up node answers PING. Raises: AssertionError at the deadline."""
         deadline = time.monotonic() + timeout
         for nid in self.up_ids():
-            while self.ping(nid) is None:
-                if time.monotonic() >= deadline:
-                    raise AssertionError(f"{nid} did not answer PING within {timeout:g} s\n{self.log_tails()}")
-                time.sleep(0.05)
+            try:
+                wait_for(lambda nid=nid: self.ping(nid), max(0.0, deadline - time.monotonic()),
+                         f"{nid} to answer PING", interval=0.05)
+            except AssertionError as exc:
+                raise AssertionError(f"{nid} did not answer PING within {timeout:g} s ({exc})\n"
+                                     f"{self.log_tails()}") from None
 
     def health_problem(self) -> str | None:
         """Returns: why the cluster is not healthy now, or None when it is.
