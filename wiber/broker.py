@@ -299,23 +299,14 @@ def pub_op_from_request(req: Mapping[str, Any]) -> PubOp:
         ValueError: the request's op is neither PUB nor PUB_BATCH.
     """
     op = req.get("op")
+    get = req.get
     if op == "PUB":
-        messages: tuple[bytes, ...] = (req["data"],)
-        batch = False
-    elif op == "PUB_BATCH":
-        messages = tuple(req["messages"])
-        batch = True
-    else:
-        raise ValueError(f"a PubOp is made from a PUB or PUB_BATCH request, got op {op!r}")
-    return PubOp(
-        topic=req["topic"],
-        messages=messages,
-        batch=batch,
-        client_id=req.get("client_id"),
-        seq=req.get("seq"),
-        ack_floor=req.get("ack_floor"),
-        lamport=req.get("lamport", 0),
-    )
+        return _make_pub_op(req["topic"], (req["data"],), False, get("client_id"), get("seq"), get("ack_floor"),
+                            get("lamport", 0), False)
+    if op == "PUB_BATCH":
+        return _make_pub_op(req["topic"], tuple(req["messages"]), True, get("client_id"), get("seq"),
+                            get("ack_floor"), get("lamport", 0), False)
+    raise ValueError(f"a PubOp is made from a PUB or PUB_BATCH request, got op {op!r}")
 
 
 def _topic_problem(topic: Any) -> str | None:

@@ -854,6 +854,66 @@ def test_random_requests_are_refused_cleanly_or_normalized_to_a_fixed_point(requ
     assert parse_request(pack(normalized), SMALL)[1] == normalized
 
 
+def _mostly_valid(valid: st.SearchStrategy[Any], *edges: Any) -> st.SearchStrategy[Any]:
+    """Returns: `valid` values mostly, else one of `edges` (just out of range) or any strange value."""
+    strange = st.one_of(field_values, st.sampled_from([True, False, 1.5, None, "\ud800", b"t"]))
+    odd = st.sampled_from(edges) if edges else strange
+    return st.integers(min_value=0, max_value=9).flatmap(lambda k: valid if k < 8 else odd if k == 8 else strange)
+
+
+plain_pubs = st.fixed_dictionaries(
+    {"op": st.just("PUB"),
+     "topic": _mostly_valid(st.sampled_from(["t", "orders", "é" * 127, "x" * 255]),
+                            "", "x" * 256, "é" * 128, "a\0b", "$sys", "\ud800"),
+     "data": _mostly_valid(st.binary(max_size=10), b"x" * 11, bytearray(b"x"), "text")},
+    optional={
+        "client_id": _mostly_valid(st.sampled_from(["c", "c" * 128]), "", "c" * 129, b"c"),
+        "seq": _mostly_valid(st.integers(min_value=1, max_value=60) | st.just(2**63 - 1), 0, -1, 2**63, True),
+        "ack_floor": _mostly_valid(st.integers(min_value=1, max_value=60), 0, 2**63, True),
+        "lamport": _mostly_valid(st.integers(min_value=0, max_value=60) | st.just(2**63 - 1), -1, 2**63, True),
+        "ts": st.one_of(st.none(), st.none(), st.floats(min_value=0, max_value=2e9)),
+        "id": st.integers(min_value=0, max_value=9),
+    },
+)
+
+
+def _table_only(msg: dict[str, Any], limits: Limits) -> dict[str, Any] | WireError:
+    """Returns: what the table path alone makes of `msg` (the straight-line PUB path switched off)."""
+    original = protocol._plain_pub
+    protocol._plain_pub = lambda msg, limits: None  # type: ignore[assignment]
+    try:
+        return validate_request(msg, limits)
+    except WireError as err:
+        return err
+    finally:
+        protocol._plain_pub = original
+
+
+@settings(max_examples=3000)
+@given(plain_pubs)
+def test_the_straight_line_pub_path_agrees_with_the_table(msg: dict[str, Any]) -> None:
+    expected = _table_only(msg, SMALL)
+    fast = protocol._plain_pub(msg, SMALL)
+    if fast is not None:
+        assert fast == expected  # it decides only what the table accepts, and alike
+    try:
+        got: dict[str, Any] | WireError = validate_request(msg, SMALL)
+    except WireError as err:
+        got = err
+    if isinstance(expected, WireError):
+        assert type(got) is type(expected) and got.message == expected.message  # type: ignore[union-attr]
+    else:
+        assert got == expected
+
+
+def test_the_straight_line_pub_path_takes_the_usual_publisher_request() -> None:
+    msg = {"op": "PUB", "topic": "orders", "data": b"x" * 100, "client_id": "c" * 32, "seq": 9,
+           "ack_floor": 4, "id": 9, "lamport": 3}
+    assert protocol._plain_pub(msg, Limits()) == {"op": "PUB", "topic": "orders", "data": b"x" * 100,
+                                               "client_id": "c" * 32, "seq": 9, "ack_floor": 4, "lamport": 3}
+    assert protocol._plain_pub({**msg, "ts": 1.5}, Limits()) is None  # left to the table
+
+
 @given(
     st.dictionaries(
         st.text(max_size=10).filter(lambda k: k not in ("ok", "id")), msgpack_trees(False), max_size=6
