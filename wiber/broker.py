@@ -90,7 +90,7 @@ import msgpack
 
 from wiber.config import ClusterConfig, RetentionConfig
 from wiber.errors import InvariantError, SessionExpired, WiberError, WireError
-from wiber.protocol import CLIENT_ID_MAX_CHARS, MAX_BATCH_MESSAGES, TOPIC_MAX_BYTES
+from wiber.protocol import CLIENT_ID_MAX_CHARS, MAX_BATCH_MESSAGES, TOPIC_MAX_BYTES, pub_reply
 
 __all__ = [
     "ENTRY_FORMAT",
@@ -251,15 +251,27 @@ class PubResult:
     """The outcome of one `PubOp`, in entry order.
 
     Attributes:
-        reply: the ok reply's fields: PUB ``{topic, offset, index, lamport, ts, duplicate}``;
-            PUB_BATCH also ``count`` (offset and lamport are the first message's). None on error.
+        answer: ``(topic, offset, count, index, lamport, ts)`` (count 0 for a PUB; offset and
+            lamport are a batch's first), the same tuple the session keeps; None on error.
+        duplicate: the answer is a retry's, kept from the first time.
         error: `SessionExpired` for a retry whose answer is gone; None otherwise.
         records: what was stored, to fan out; empty for a duplicate or an error.
     """
 
-    reply: dict[str, Any] | None
+    answer: _Answer | None
+    duplicate: bool
     error: WireError | None
     records: tuple[Record, ...]
+
+    @property
+    def reply(self) -> dict[str, Any] | None:
+        """The ok reply's fields: PUB ``{topic, offset, index, lamport, ts, duplicate}``, PUB_BATCH
+        also ``count``; None on error. (The node packs `protocol.pub_reply` without this dict.)"""
+        if self.answer is None:
+            return None
+        fields = pub_reply(self.answer, self.duplicate, None)
+        del fields["ok"]
+        return fields
 
 
 def _slot_constructor(cls: type[_T]) -> Callable[..., _T]:
@@ -544,22 +556,6 @@ class _Session:
             self.floor = lowest + 1
 
 
-def _reply(answer: _Answer, duplicate: bool) -> dict[str, Any]:
-    """Returns: the ok reply fields of a kept answer (count only for a PUB_BATCH)."""
-    topic, offset, count, index, lamport, ts = answer
-    reply: dict[str, Any] = {
-        "topic": topic,
-        "offset": offset,
-        "index": index,
-        "lamport": lamport,
-        "ts": ts,
-        "duplicate": duplicate,
-    }
-    if count:
-        reply["count"] = count
-    return reply
-
-
 class Broker:
     """The replicated state machine of one node; see the module docstring for the rules it keeps.
 
@@ -730,7 +726,7 @@ class Broker:
             ack_floor = op.ack_floor
             if session is None:
                 if client_id in self._evicted:
-                    results.append(_make_result(None, _expired(client_id, seq, None), ()))
+                    results.append(_make_result(None, False, _expired(client_id, seq, None), ()))
                     continue
                 session = self._new_session(client_id, ack_floor or 1, index)
             elif session.last_index != index:
@@ -740,9 +736,9 @@ class Broker:
                 session.raise_floor(ack_floor)
             answer = session.answers.get(seq)
             if answer is not None:
-                results.append(_make_result(_reply(answer, True), None, ()))
+                results.append(_make_result(answer, True, None, ()))
             elif seq < session.floor:
-                results.append(_make_result(None, _expired(client_id, seq, session.floor), ()))
+                results.append(_make_result(None, False, _expired(client_id, seq, session.floor), ()))
             else:
                 results.append(self._store(op, index, ts, touched, session))
 
@@ -804,24 +800,14 @@ class Broker:
         self._last_lamport = lamport + count - 1
         if not topic.aging and topic.retention.max_age_s is not None:
             self._start_aging(topic, topic.retention.max_age_s, ts)
-        batch_count = count if op.batch else 0
+        answer = (name, offset, count if op.batch else 0, index, lamport, ts)
         if session is not None:
             session.keep(
                 op.seq,  # type: ignore[arg-type]  # set whenever client_id is
-                (name, offset, batch_count, index, lamport, ts),
+                answer,
                 self._settings.session_window,
             )
-        reply: dict[str, Any] = {
-            "topic": name,
-            "offset": offset,
-            "index": index,
-            "lamport": lamport,
-            "ts": ts,
-            "duplicate": False,
-        }
-        if batch_count:
-            reply["count"] = batch_count
-        return _make_result(reply, None, records)
+        return _make_result(answer, False, None, records)
 
     def _new_session(self, client_id: str, floor: int, index: int) -> _Session:
         """Create `client_id`'s session, first evicting the least recently active while at the limit.

@@ -74,6 +74,7 @@ __all__ = [
     "pack",
     "parse_reply",
     "parse_request",
+    "pub_reply",
     "request_id",
     "topic_prefix",
     "unpack_frame",
@@ -647,6 +648,22 @@ def ok_reply(fields: dict[str, Any], req_id: Any = None) -> bytes:
     if req_id is not None:
         reply["id"] = req_id
     return pack(reply)
+
+
+def pub_reply(answer: tuple[str, int, int, int, int, float], duplicate: bool, req_id: Any) -> dict[str, Any]:
+    """Returns: the ok reply map of a PUB or PUB_BATCH, unpacked (the caller packs it).
+
+    `answer` is ``(topic, offset, count, index, lamport, ts)`` with count 0 for a PUB (a
+    PUB_BATCH's reply alone has ``count``); ``id`` is added when `req_id` is not None.
+    """
+    topic, offset, count, index, lamport, ts = answer
+    reply: dict[str, Any] = {"ok": True, "topic": topic, "offset": offset, "index": index, "lamport": lamport,
+                             "ts": ts, "duplicate": duplicate}
+    if count:
+        reply["count"] = count
+    if req_id is not None:
+        reply["id"] = req_id
+    return reply
 
 
 def error_reply(err: WireError, req_id: Any = None) -> bytes:
