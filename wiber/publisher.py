@@ -33,6 +33,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import msgpack
 import zmq
 
 from wiber import protocol
@@ -49,6 +50,10 @@ POLL_INTERVAL_S = 0.0005
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 
+# The backend's send and recv, without the sugar layer's wrapper (see wiber.transport).
+_raw_send = zmq.backend.Socket.send
+_raw_recv = zmq.backend.Socket.recv
+
 #: Frames at least this large are sent without copying.
 ZERO_COPY_BYTES = 1 << 18
 
@@ -59,15 +64,15 @@ DEFAULT_SESSION_WINDOW = 4096
 class PublishFuture:
     """The acknowledgement of one message, once its request is answered.
 
-    The Ack is built only when asked for: a request's futures share its first Ack and each knows
-    its position in the batch (100,000 futures resolve without 100,000 Ack objects).
+    The Ack is built only when asked for: a request's futures share its reply and each knows its
+    position in the batch (100,000 futures resolve without 100,000 Ack objects).
     """
 
     __slots__ = ("_publisher", "_first", "_position", "_error", "_callback")
 
     def __init__(self, publisher: Publisher, callback: Callback | None) -> None:
         self._publisher = publisher
-        self._first: Ack | None = None
+        self._first: dict[str, Any] | None = None  # the request's ok reply
         self._position = 0
         self._error: BaseException | None = None
         self._callback = callback
@@ -75,7 +80,7 @@ class PublishFuture:
     def done(self) -> bool:
         return self._first is not None or self._error is not None
 
-    def _resolve(self, first: Ack | None, position: int, error: BaseException | None) -> None:
+    def _resolve(self, first: dict[str, Any] | None, position: int, error: BaseException | None) -> None:
         if self._first is not None or self._error is not None:
             return
         self._first, self._position, self._error = first, position, error
@@ -103,7 +108,8 @@ class PublishFuture:
         first = self._first
         assert first is not None
         k = self._position
-        return Ack(first.topic, first.offset + k, first.index, first.lamport + k, first.ts, first.duplicate, 1)
+        return Ack(first["topic"], first["offset"] + k, first["index"], first["lamport"] + k, first["ts"],
+                   bool(first["duplicate"]), 1)
 
     def exception(self) -> BaseException | None:
         return self._error
@@ -182,6 +188,7 @@ class Publisher:
         self._next_poll = 0.0
         self._in_flight: OrderedDict[int, _Request] = OrderedDict()
         self._callbacks_due: deque[PublishFuture] = deque()
+        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack  # packb makes one per call
         self._running_callbacks = False
         self.resends = 0
         self.failovers = 0
@@ -324,11 +331,14 @@ class Publisher:
             msg["messages"] = request.messages
         request.sent_at = time.monotonic()
         request.attempts += 1
-        body = protocol.pack(msg)
+        body = self._pack(msg)
         sock = self._socket()
-        sock.send(b"", _SNDMORE)  # plain int flags: pyzmq's enum arithmetic per call is measurable
+        _raw_send(sock, b"", _SNDMORE)  # plain int flags: pyzmq's enum arithmetic per call is measurable
         # Zero-copy only pays for big frames: small ones would cost a trip through zmq's GC thread.
-        sock.send(body, 0, copy=len(body) < ZERO_COPY_BYTES)
+        if len(body) < ZERO_COPY_BYTES:
+            _raw_send(sock, body, 0)
+        else:
+            sock.send(body, 0, copy=False)
 
     def _resend_all(self, address: str | None) -> None:
         """Reconnect (to `address`, or the next node) and send every request in flight again, in order."""
@@ -358,8 +368,8 @@ class Publisher:
             return
         while True:
             try:
-                first = sock.recv(_NOBLOCK)
-                body = sock.recv(_NOBLOCK) if first == b"" else first  # [b"", reply] per the contract
+                first = _raw_recv(sock, _NOBLOCK)
+                body = _raw_recv(sock, _NOBLOCK) if first == b"" else first  # [b"", reply] per the contract
             except zmq.Again:
                 return
             try:
@@ -398,7 +408,8 @@ class Publisher:
             for future in request.futures:
                 future._resolve(None, 0, error)
             return
-        first = Ack.from_reply(reply)
-        self.lamport = max(self.lamport, first.lamport + len(request.futures) - 1)
+        last_lamport = reply["lamport"] + len(request.futures) - 1
+        if last_lamport > self.lamport:
+            self.lamport = last_lamport
         for i, future in enumerate(request.futures):
-            future._resolve(first, i, None)
+            future._resolve(reply, i, None)

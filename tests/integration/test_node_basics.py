@@ -92,6 +92,30 @@ def test_dealer_client_gets_its_request_id_echoed(cluster_factory: Callable[...,
     assert reply["id"] == "abc" and reply["error"] == "UNKNOWN_OP"
 
 
+def test_any_envelope_before_the_body_comes_back_with_the_reply(
+        cluster_factory: Callable[..., ClusterHarness], zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    """The node answers with every frame before the body, whatever their number (none, a
+    delimiter, a proxy's extra routing frames), and a message never spills into the next one."""
+    cluster = cluster_factory(1)
+    dealer = zmq_socket(zmq.DEALER)
+    dealer.connect(cluster.addr("n1"))
+    envelopes: list[list[bytes]] = [[], [b""], [b"hop", b""], [b"a", b"b", b""], [b"", b""]]
+    for i, envelope in enumerate(envelopes):
+        dealer.send_multipart([*envelope, msgpack.packb({"op": "PING", "id": i})])
+    for i, envelope in enumerate(envelopes):
+        assert dealer.poll(2000)
+        *got, body = dealer.recv_multipart()
+        assert got == envelope
+        reply = msgpack.unpackb(body, raw=False)
+        assert reply["id"] == i and reply["op"] == "PONG"
+    dealer.send_multipart([b""])  # only a delimiter: an empty body, refused, and nothing else disturbed
+    dealer.send_multipart([b"", msgpack.packb({"op": "PING", "id": "after"})])
+    assert dealer.poll(2000)
+    assert msgpack.unpackb(dealer.recv_multipart()[-1], raw=False)["error"] == "BAD_REQUEST"
+    assert dealer.poll(2000)
+    assert msgpack.unpackb(dealer.recv_multipart()[-1], raw=False)["id"] == "after"
+
+
 def test_status_reports_peer_contact(cluster_factory: Callable[..., ClusterHarness]) -> None:
     cluster = cluster_factory(3)
 
