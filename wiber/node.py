@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import random
 import signal
@@ -221,7 +222,7 @@ class Node:
             release_at = self._reorder.next_release()
             if release_at is not None:
                 deadline = min(deadline, now + max(0.0, release_at - self.synced.now()))
-        timeout_ms = int(max(0.0, deadline - now) * 1000)
+        timeout_ms = math.ceil(max(0.0, deadline - now) * 1000)  # never 0 ahead of a timer: no spinning
         clients_ready, peers_ready, subscriptions_changed = self.transport.poll(timeout_ms)
         if subscriptions_changed:
             self._on_subscriptions(self.transport.recv_subscriptions())
