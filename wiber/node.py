@@ -28,7 +28,7 @@ import msgpack
 import zmq
 
 from wiber import chunks, protocol, timesync
-from wiber.broker import Broker, BrokerSettings, PubOp, PubResult, encode_entry, pub_op_from_request
+from wiber.broker import Broker, BrokerSettings, PubOp, PubResult, encode_entry, pub_op_from_request, record_to_wire
 from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
 from wiber.errors import NotLeader, StorageError, Unavailable, WireError
@@ -398,9 +398,9 @@ class Node:
                 else:  # a follower, or an entry of another leader: decode what the log holds
                     results = self.broker.apply(entry.index, entry.data)
                 for result in results:
-                    if result.records and self._has_subscribers(result.records[0].topic):
+                    if result.records and self._has_subscribers(result.records[0][0]):
                         for record in result.records:
-                            self.transport.publish(protocol.fanout_frames(record.topic, record.to_wire()))
+                            self.transport.publish(protocol.fanout_frames(record[0], record_to_wire(record)))
             waiters, ours = self._writes.take(entry.index, entry.term)
             if not waiters:
                 continue
