@@ -82,7 +82,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple, TypeVar
 
@@ -144,9 +144,9 @@ class SnapshotError(WiberError):
 # Values
 
 
-@dataclass(frozen=True, slots=True)
-class PubOp:
-    """One client request (PUB or PUB_BATCH) inside a log entry.
+class PubOp(NamedTuple):
+    """One client request (PUB or PUB_BATCH) inside a log entry (a NamedTuple: built per message
+    on every node, it costs less than half a frozen dataclass; see `_tuple_constructor`).
 
     Attributes:
         topic: the topic to append to.
@@ -261,8 +261,7 @@ def record_to_wire(record: StoredRecord) -> dict[str, Any]:
     return wire
 
 
-@dataclass(frozen=True, slots=True)
-class PubResult:
+class PubResult(NamedTuple):
     """The outcome of one `PubOp`, in entry order.
 
     Attributes:
@@ -289,29 +288,23 @@ class PubResult:
         return fields
 
 
-def _slot_constructor(cls: type[_T]) -> Callable[..., _T]:
-    """Returns: a constructor of the frozen slotted dataclass `cls` taking every field positionally.
+def _tuple_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """Returns: a constructor of the NamedTuple `cls` taking every field positionally.
 
-    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, about 0.9 us
-    for seven fields; setting the slots through their descriptors takes half that. The hot path of
-    `Broker.apply` builds a Record, a PubResult and a PubOp per op, so this saves about 1 ms per
-    1,000 ops. The result is an ordinary instance (equal to, and indistinguishable from, one built
-    by ``cls(...)``; a test checks it). The source is generated, as `dataclasses` does itself.
+    It skips the Python-level ``__new__`` that NamedTuple generates (defaults and keywords), the
+    hot path of `Broker.apply` building a PubOp and a PubResult per op: 0.19 us each instead of
+    0.28 (and 0.50 for the slotted frozen dataclasses they were). The result equals ``cls(...)``.
     """
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]  # every caller passes a dataclass
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    for name in names:
-        namespace[f"_set_{name}"] = getattr(cls, name).__set__
-    lines = [f"def make({', '.join(names)}):", "    self = _new(_cls)"]
-    lines += [f"    _set_{name}(self, {name})" for name in names]
-    lines.append("    return self")
-    exec("\n".join(lines), namespace)  # noqa: S102 - fixed source built from field names
-    constructor: Callable[..., _T] = namespace["make"]
-    return constructor
+    new = tuple.__new__
+
+    def make(*fields: Any) -> _T:
+        return new(cls, fields)  # type: ignore[type-var]
+
+    return make
 
 
-_make_pub_op = _slot_constructor(PubOp)
-_make_result = _slot_constructor(PubResult)
+_make_pub_op = _tuple_constructor(PubOp)
+_make_result = _tuple_constructor(PubResult)
 
 
 # --------------------------------------------------------------------------------------------------

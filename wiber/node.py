@@ -15,7 +15,6 @@ leader sends one message per peer per turn. The node is the only place in Wiber 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -522,7 +521,7 @@ class Node:
             if self._reorder.add(waiter, float(sent_at), msg.get("client_id") or "", msg.get("seq") or 0,
                                  self.synced.now()):
                 return None  # held until its window passes (DESIGN section 5)
-            waiter.request = dataclasses.replace(waiter.request, late=True)
+            waiter.request = waiter.request._replace(late=True)
         self._turn_writes.append(waiter)
         return None
 

@@ -11,7 +11,6 @@ properties (a naive model, restore mid-way, hostile bytes) are in test_broker_pr
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import itertools
 import logging
@@ -89,7 +88,7 @@ def viewed(results: list[PubResult]) -> list[PubResult]:
     for result in results:
         for record in result.records:
             assert type(record) is tuple and Record._make(record) == record  # exact tuples: untracked by gc
-    return [dataclasses.replace(r, records=tuple(map(Record._make, r.records))) for r in results]
+    return [r._replace(records=tuple(map(Record._make, r.records))) for r in results]
 
 
 def stored(results: Sequence[PubResult]) -> list[Record]:
@@ -199,7 +198,7 @@ def test_the_ts_of_an_entry_of_only_duplicates_still_counts() -> None:
 
 def test_late_ops_are_stored_marked_and_counted() -> None:
     log = Log()
-    results = log.apply(pub("t"), dataclasses.replace(batch("t", b"1", b"2"), late=True), pub("t", late=True))
+    results = log.apply(pub("t"), batch("t", b"1", b"2")._replace(late=True), pub("t", late=True))
     assert [r.late for r in stored(results)] == [False, True, True, True]
     assert log.broker.late_count == 2  # ops, not messages
     wire = stored(results)[1].to_wire()
@@ -710,7 +709,10 @@ def test_decode_refuses_malformed_entries() -> None:
 def test_fast_constructors_build_ordinary_instances() -> None:
     from wiber import broker as module
 
-    assert module._make_pub_op("t", (b"x",), False, None, None, None, 0, False) == pub("t")
+    made = module._make_pub_op("t", (b"x",), False, None, None, None, 0, False)
+    assert made == pub("t") and type(made) is PubOp and repr(made) == repr(pub("t"))
+    result = module._make_result(None, False, None, ())
+    assert type(result) is PubResult and result == PubResult(None, False, None, ()) and result.reply is None
 
 
 def test_stored_records_are_left_alone_by_the_cycle_collector() -> None:
