@@ -330,8 +330,10 @@ class Node:
         was_leader = self.raft.role is Role.LEADER
         while self.raft.has_ready():
             rd = self.raft.ready()
-            self._queue(rd.messages)
-            self._flush_outbox()  # the leader's appends overlap with its own disk write (§10.2.1)
+            writes = rd.must_sync  # False when only the commit index moved: no disk write to overlap
+            if writes:
+                self._queue(rd.messages)
+                self._flush_outbox()  # the leader's appends overlap with its own disk write (§10.2.1)
             try:
                 self._persist(rd)
             except StorageFailure as exc:
@@ -342,6 +344,9 @@ class Node:
             for read_state in rd.read_states:
                 self._reads.confirm(read_state.ctx, read_state.index)
             self._apply(rd.committed_entries)
+            if not writes:  # nothing to overlap: publishers' answers first, then the commit news
+                self._queue(rd.messages)
+                self._flush_outbox()
             self.raft.advance(rd)
         if was_leader and self.raft.role is not Role.LEADER:
             self._lost_leadership()

@@ -182,14 +182,17 @@ class Transport:
     def recv_peers(self, limit: int) -> list[list[bytes]]:
         """Returns: up to `limit` queued peer messages, each the list of its body frames, without blocking."""
         out: list[list[bytes]] = []
-        sock = self.raft_in
+        sock, recv, get = self.raft_in, _raw_recv, _raw_get
         for _ in range(limit):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+                recv(sock, _NOBLOCK)  # the sending DEALER's routing id: each message names its sender
             except zmq.Again:
                 break
-            if len(frames) >= 2:
-                out.append(frames[1:])
+            frames = []
+            while get(sock, _RCVMORE):
+                frames.append(recv(sock, _NOBLOCK))
+            if frames:
+                out.append(frames)
         return out
 
     def reply(self, envelope: list[bytes], body: bytes) -> None:
