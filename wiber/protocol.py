@@ -573,8 +573,8 @@ def _plain_pub(msg: dict[Any, Any], limits: Limits) -> dict[str, Any] | None:
     """The usual PUB checked in straight-line code, the hot path of every node and publisher.
 
     Returns: what the table would return for `msg`, or None for anything this path does not
-    decide (a `ts`, an unusual type, any problem at all): the table then checks it and names
-    the problem. A property test holds the two paths equal.
+    decide (an unusual type, any problem at all): the table then checks it and names the
+    problem. A property test holds the two paths equal.
     """
     topic = msg.get("topic")
     data = msg.get("data")
@@ -589,9 +589,12 @@ def _plain_pub(msg: dict[Any, Any], limits: Limits) -> dict[str, Any] | None:
             _CHECKED_TOPICS.clear()
         _CHECKED_TOPICS[topic] = None
     get = msg.get
-    if get("ts") is not None:
-        return None
     out: dict[str, Any] = {"op": "PUB", "topic": topic, "data": data}
+    ts = get("ts")
+    if ts is not None:
+        if not ((type(ts) is float and math.isfinite(ts) or type(ts) is int) and ts >= 0):
+            return None
+        out["ts"] = ts
     client_id = get("client_id")
     seq = get("seq")
     ack_floor = get("ack_floor")
