@@ -41,6 +41,9 @@ __all__ = ["MAX_FRAME_BYTES", "MAX_ID_LEN", "MalformedMessage", "decode_message"
 
 #: The largest frame `decode_message` accepts (the unpacker's `max_buffer_size`).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+#: Frames up to this size are decoded with one `msgpack.unpackb` call instead of an Unpacker (small
+#: enough that nested array headers, each bounded by the frame size, preallocate under a megabyte).
+ONE_CALL_BYTES = 512
 #: The longest node id accepted on the wire.
 MAX_ID_LEN = 255
 
@@ -113,6 +116,12 @@ def decode_message(frame: bytes) -> Message:
     if size > MAX_FRAME_BYTES:
         raise MalformedMessage(f"frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
     try:
+        if size <= ONE_CALL_BYTES:
+            # The same bounds in one C call (acknowledgements, heartbeats, small appends); the
+            # unpacker's setup costs more than decoding them. Trailing bytes raise ExtraData.
+            obj = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True, max_str_len=size,
+                                  max_bin_len=size, max_array_len=size, max_map_len=size // 2, max_ext_len=size)
+            return _build(obj)
         unpacker = msgpack.Unpacker(
             raw=False,
             use_list=True,

@@ -24,6 +24,7 @@ from wiber.raft.messages import (
     SnapshotMeta,
     TimeoutNow,
 )
+from wiber.raft import wire
 from wiber.raft.wire import MAX_FRAME_BYTES, MalformedMessage, decode_message, encode_message
 
 ids = st.text(min_size=1, max_size=12)
@@ -75,6 +76,30 @@ def test_mutated_frames_raise_only_malformed(msg: Message, data: st.DataObject) 
     cut = data.draw(st.integers(0, len(frame)))
     with contextlib.suppress(MalformedMessage):
         decode_message(bytes(frame[:cut]) + data.draw(st.binary(max_size=3)))
+
+
+def _decoded_by(path_limit: int, frame: bytes) -> Message | str:
+    """Returns: what decode_message makes of `frame` with `ONE_CALL_BYTES` at `path_limit`."""
+    saved = wire.ONE_CALL_BYTES
+    wire.ONE_CALL_BYTES = path_limit
+    try:
+        return decode_message(frame)
+    except MalformedMessage:
+        return "malformed"
+    finally:
+        wire.ONE_CALL_BYTES = saved
+
+
+@given(messages, st.data())
+def test_the_one_call_path_and_the_unpacker_path_agree(msg: Message, data: st.DataObject) -> None:
+    """Small frames skip the Unpacker: both paths accept and refuse exactly the same frames."""
+    frame = bytearray(encode_message(msg))
+    for _ in range(data.draw(st.integers(0, 3))):
+        k = data.draw(st.integers(0, len(frame) - 1))
+        frame[k] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(frame)))
+    mutated = bytes(frame[:cut]) + data.draw(st.binary(max_size=3))
+    assert _decoded_by(0, mutated) == _decoded_by(MAX_FRAME_BYTES, mutated)
 
 
 any_value = st.recursive(
