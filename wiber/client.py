@@ -28,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import msgpack
 import zmq
 
-from wiber import protocol
+from wiber import protocol, zmqcalls
 from wiber.clock import Clock, OffsetEstimator, SystemClock, skew_from_env
 from wiber.errors import ClientError, NotLeader, StorageError, Unavailable, WireError, error_from_reply
 
@@ -129,6 +129,7 @@ class Client:
         self._rotation = itertools.cycle(range(len(self.addresses)))
         self._current = self.addresses[next(self._rotation)]
         self._sock: zmq.Socket[bytes] | None = None
+        self._poller = zmq.Poller()
         self.client_id = uuid.uuid4().hex
         self._seq = 0
         self.lamport = 0
@@ -141,6 +142,8 @@ class Client:
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self._current)
             self._sock = sock
+            self._poller = zmq.Poller()
+            self._poller.register(sock, zmq.POLLIN)
         return self._sock
 
     def _reset(self, address: str | None = None) -> None:
@@ -156,9 +159,9 @@ class Client:
     def _try_once(self, body: bytes, timeout_s: float) -> dict[str, Any] | None:
         """Send to the current address. Returns: the reply map, or None on timeout."""
         sock = self._socket()
-        sock.send(body)
-        if sock.poll(max(1, int(timeout_s * 1000)), zmq.POLLIN):
-            return protocol.parse_reply(sock.recv())
+        zmqcalls.send(sock, body, 0)
+        if self._poller.poll(max(1, int(timeout_s * 1000))):  # one poller per socket: Socket.poll makes one a call
+            return protocol.parse_reply(zmqcalls.recv(sock, 0))
         self._reset()
         return None
 

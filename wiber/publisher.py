@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import msgpack
 import zmq
 
-from wiber import protocol
+from wiber import protocol, zmqcalls
 from wiber.client import Ack, Timeouts, normalize_address
 from wiber.errors import ClientError, NotLeader, StorageError, Unavailable, WireError, error_from_reply
 
@@ -47,12 +47,6 @@ Callback = Callable[["PublishFuture"], None]
 #: How often `publish` looks at the socket (replies, lingering batches) at most.
 POLL_INTERVAL_S = 0.0005
 
-_SNDMORE = int(zmq.SNDMORE)
-_NOBLOCK = int(zmq.NOBLOCK)
-
-# The backend's send and recv, without the sugar layer's wrapper (see wiber.transport).
-_raw_send = zmq.backend.Socket.send
-_raw_recv = zmq.backend.Socket.recv
 
 #: Frames at least this large are sent without copying.
 ZERO_COPY_BYTES = 1 << 18
@@ -333,10 +327,10 @@ class Publisher:
         request.attempts += 1
         body = self._pack(msg)
         sock = self._socket()
-        _raw_send(sock, b"", _SNDMORE)  # plain int flags: pyzmq's enum arithmetic per call is measurable
+        zmqcalls.send(sock, b"", zmqcalls.SNDMORE)
         # Zero-copy only pays for big frames: small ones would cost a trip through zmq's GC thread.
         if len(body) < ZERO_COPY_BYTES:
-            _raw_send(sock, body, 0)
+            zmqcalls.send(sock, body, 0)
         else:
             sock.send(body, 0, copy=False)
 
@@ -368,8 +362,8 @@ class Publisher:
             return
         while True:
             try:
-                first = _raw_recv(sock, _NOBLOCK)
-                body = _raw_recv(sock, _NOBLOCK) if first == b"" else first  # [b"", reply] per the contract
+                first = zmqcalls.recv(sock, zmqcalls.NOBLOCK)
+                body = zmqcalls.recv(sock, zmqcalls.NOBLOCK) if first == b"" else first  # [b"", reply] per the contract
             except zmq.Again:
                 return
             try:

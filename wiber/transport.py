@@ -22,6 +22,7 @@ from typing import Sequence
 
 import zmq
 
+from wiber import zmqcalls
 from wiber.config import NodeConfig
 from wiber.errors import NodeStartError
 
@@ -29,17 +30,6 @@ log = logging.getLogger(__name__)
 
 #: Headroom above the largest client frame for peer batches (AppendEntries of many requests).
 PEER_MAX_FRAME = 256 * 1024 * 1024
-_NOBLOCK = int(zmq.NOBLOCK)
-_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-_RCVMORE = int(zmq.RCVMORE)
-
-# pyzmq's sugar Socket wraps send and getsockopt for features the node never uses (routing_id and
-# group arguments, option numbers turned into enums); on the per-request path the node calls the
-# backend's methods, which the sugar ones end in, and which cost about half as much.
-_raw_send = zmq.backend.Socket.send
-_raw_recv = zmq.backend.Socket.recv
-_raw_get = zmq.backend.Socket.get
-
 #: How many messages a peer DEALER may queue before sends are dropped.
 PEER_SNDHWM = 10_000
 #: libzmq's own liveness check on peer connections, so a silent partition is noticed (DESIGN section 8).
@@ -164,44 +154,44 @@ class Transport:
         """Returns: up to `limit` queued client requests, without blocking."""
         out: list[ClientRequest] = []
         sock = self.client
-        recv, get = _raw_recv, _raw_get
+        recv, get = zmqcalls.recv, zmqcalls.get
         for _ in range(limit):
             try:
-                frames = [recv(sock, _NOBLOCK)]
+                frames = [recv(sock, zmqcalls.NOBLOCK)]
             except zmq.Again:
                 break
             # The routing id ROUTER puts first always has a part after it, so the first RCVMORE
             # asked is the second part's; the parts of one message arrive together.
-            part = recv(sock, _NOBLOCK)
-            while get(sock, _RCVMORE):
+            part = recv(sock, zmqcalls.NOBLOCK)
+            while get(sock, zmqcalls.RCVMORE):
                 frames.append(part)
-                part = recv(sock, _NOBLOCK)
+                part = recv(sock, zmqcalls.NOBLOCK)
             out.append(ClientRequest(envelope=frames, body=part))
         return out
 
     def recv_peers(self, limit: int) -> list[list[bytes]]:
         """Returns: up to `limit` queued peer messages, each the list of its body frames, without blocking."""
         out: list[list[bytes]] = []
-        sock, recv, get = self.raft_in, _raw_recv, _raw_get
+        sock, recv, get = self.raft_in, zmqcalls.recv, zmqcalls.get
         for _ in range(limit):
             try:
-                recv(sock, _NOBLOCK)  # the sending DEALER's routing id: each message names its sender
+                recv(sock, zmqcalls.NOBLOCK)  # the sending DEALER's routing id: each message names its sender
             except zmq.Again:
                 break
             frames = []
-            while get(sock, _RCVMORE):
-                frames.append(recv(sock, _NOBLOCK))
+            while get(sock, zmqcalls.RCVMORE):
+                frames.append(recv(sock, zmqcalls.NOBLOCK))
             if frames:
                 out.append(frames)
         return out
 
     def reply(self, envelope: list[bytes], body: bytes) -> None:
         """Answer one client; a gone client or a full queue drops the reply (the client retries)."""
-        sock, send = self.client, _raw_send
+        sock, send = self.client, zmqcalls.send
         try:
             for frame in envelope:
-                send(sock, frame, _MORE_NOBLOCK)
-            send(sock, body, _NOBLOCK)
+                send(sock, frame, zmqcalls.MORE_NOBLOCK)
+            send(sock, body, zmqcalls.NOBLOCK)
         except zmq.Again:
             self.stats.client_reply_dropped += 1
         except zmq.ZMQError as exc:  # e.g. EHOSTUNREACH with ROUTER_MANDATORY (not set) or a closed peer
@@ -227,8 +217,8 @@ class Transport:
         """Publish `[topic frame, body]` on the PUB socket (dropped, not blocked, at the high-water mark)."""
         head, body = frames
         try:
-            self.pub.send(head, _MORE_NOBLOCK)
-            self.pub.send(body, _NOBLOCK)
+            self.pub.send(head, zmqcalls.MORE_NOBLOCK)
+            self.pub.send(body, zmqcalls.NOBLOCK)
         except zmq.Again:
             self.stats.pub_dropped += 1
 
