@@ -43,7 +43,7 @@ from wiber.raft import (
     decode_message,
     encode_message,
 )
-from wiber.raft.messages import Entry, Message
+from wiber.raft.messages import AppendEntries, Entry, Message
 from wiber.reorder import ReorderBuffer
 from wiber.storage import DurableStorage, StorageFailure
 from wiber.transport import ClientRequest, Transport
@@ -59,6 +59,8 @@ TICK_MS = 10
 DRAIN_LIMIT = 10_000
 #: How long a stopping leader waits for its leadership transfer before it exits anyway.
 TRANSFER_GRACE_S = 0.6
+#: How long a commit notice may wait for an append to ride on (see Node._hold_commit_notices).
+COMMIT_NOTICE_DELAY_S = 0.001
 #: A follower measures its clock offset to the leader this often (DESIGN section 5).
 CLOCK_PROBE_S = 0.1
 
@@ -149,6 +151,8 @@ class Node:
         self._next_pub_heartbeat = now
         self._next_clock_probe = now
         self._outbox: dict[str, list[bytes]] = {}
+        self._notices: dict[str, Message] = {}  # peer -> its held commit notice (see _hold_commit_notices)
+        self._notices_due: float | None = None
         # One packer for the loop's hot replies: msgpack.packb builds a Packer per call (~0.4 us).
         self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
         self._sub_prefixes: set[bytes] = set()
@@ -221,8 +225,12 @@ class Node:
             release_at = self._reorder.next_release()
             if release_at is not None:
                 deadline = min(deadline, now + max(0.0, release_at - self.synced.now()))
+        if self._notices_due is not None:
+            deadline = min(deadline, self._notices_due)
         timeout_ms = math.ceil(max(0.0, deadline - now) * 1000)  # never 0 ahead of a timer: no spinning
         clients_ready, peers_ready, subscriptions_changed = self.transport.poll(timeout_ms)
+        if self._notices_due is not None and self.clock.monotonic() >= self._notices_due:
+            self._send_commit_notices()
         if subscriptions_changed:
             self._on_subscriptions(self.transport.recv_subscriptions())
         if peers_ready:
@@ -317,6 +325,39 @@ class Node:
                 continue
             self._outbox.setdefault(msg.to, []).append(frame)
 
+    def _hold_commit_notices(self, messages: list[Message]) -> list[Message]:
+        """Hold back empty appends (commit notices, heartbeats) for up to `COMMIT_NOTICE_DELAY_S`.
+
+        Sent the moment a write commits, they woke both followers (and their answers the leader)
+        just as the publisher's answer went out, on two shared cores; held, they usually ride on
+        the next append instead (which drops them), or go out a millisecond later. A read round's
+        heartbeats (ctx set) are never held. Dropping or delaying them is safe: Raft tolerates
+        lost messages, and the next append carries the commit index.
+
+        Returns: the messages to send now.
+        """
+        now: list[Message] = []
+        for msg in messages:
+            if isinstance(msg, AppendEntries) and not msg.entries and not msg.ctx:
+                self._notices[msg.to] = msg  # a later notice supersedes an earlier one
+            else:
+                now.append(msg)
+        if self._notices and self._notices_due is None:
+            self._notices_due = self.clock.monotonic() + COMMIT_NOTICE_DELAY_S
+        return now
+
+    def _drop_notices_for(self, messages: list[Message]) -> None:
+        """An append about to go to a peer carries the commit index too: its held notice is moot."""
+        for msg in messages:
+            if isinstance(msg, AppendEntries):
+                self._notices.pop(msg.to, None)
+
+    def _send_commit_notices(self) -> None:
+        self._queue(list(self._notices.values()))
+        self._notices.clear()
+        self._notices_due = None
+        self._flush_outbox()
+
     def _flush_outbox(self) -> None:
         """Send everything queued per peer as one multipart message (one send per peer per turn)."""
         for peer, frames in self._outbox.items():
@@ -332,6 +373,7 @@ class Node:
             rd = self.raft.ready()
             writes = rd.must_sync  # False when only the commit index moved: no disk write to overlap
             if writes:
+                self._drop_notices_for(rd.messages)
                 self._queue(rd.messages)
                 self._flush_outbox()  # the leader's appends overlap with its own disk write (§10.2.1)
             try:
@@ -345,7 +387,7 @@ class Node:
                 self._reads.confirm(read_state.ctx, read_state.index)
             self._apply(rd.committed_entries)
             if not writes:  # nothing to overlap: publishers' answers first, then the commit news
-                self._queue(rd.messages)
+                self._queue(self._hold_commit_notices(rd.messages))
                 self._flush_outbox()
             self.raft.advance(rd)
         if was_leader and self.raft.role is not Role.LEADER:
@@ -445,6 +487,7 @@ class Node:
         """Whoever waited on this node's leadership learns that the outcome is unknown."""
         log.info("node %s is no longer leader (term %d)", self.id, self.raft.term)
         self._proposed.clear()  # a later leader decides what these indexes hold
+        self._notices.clear()  # a deposed leader's commit notices are stale
         self._fail(self._writes.drain(), Unavailable(
             f"node {self.id} lost leadership; the write's outcome is unknown, retry with the same client_id and seq"))
         self._fail(self._reads.drain(), self._not_leader())

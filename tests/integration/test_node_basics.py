@@ -286,3 +286,37 @@ def test_the_loop_sleeps_until_its_next_timer_instead_of_spinning(
     finally:
         node.close()
     assert timeouts[-1] == 1, timeouts
+
+
+def test_commit_notices_wait_a_millisecond_for_an_append_to_ride_on(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """Empty appends (commit notices, heartbeats) are held; a read round's heartbeat and appends
+    with entries go at once; an append to the same peer supersedes its held notice."""
+    from wiber.clock import FakeClock
+    from wiber.node import COMMIT_NOTICE_DELAY_S, Node
+    from wiber.raft.messages import AppendEntries, Entry, EntryKind
+
+    cluster = cluster_factory(3, start=False)
+    clock = FakeClock()
+    node = Node(cluster.config, "n1", clock=clock)
+    try:
+        def append(to: str, entries: tuple[Entry, ...] = (), ctx: int = 0) -> AppendEntries:
+            return AppendEntries(1, "n1", to, 4, 1, entries, 4, ctx)
+
+        notice2, notice3, read_round = append("n2"), append("n3"), append("n3", ctx=7)
+        with_entry = append("n3", (Entry(5, 1, EntryKind.NORMAL, b"x"),))
+        assert node._hold_commit_notices([notice2, read_round, notice3, with_entry]) == [read_round, with_entry]
+        assert node._notices == {"n2": notice2, "n3": notice3}
+        assert node._notices_due == clock.monotonic() + COMMIT_NOTICE_DELAY_S
+        newer = append("n2")
+        assert node._hold_commit_notices([newer]) == [] and node._notices["n2"] is newer
+        node._drop_notices_for([with_entry])  # the append to n3 carries the commit index
+        assert node._notices == {"n2": newer}
+        node._notices["n3"] = notice3
+        sent: list[tuple[str, list[bytes]]] = []
+        node.transport.send_peer_frames = lambda peer, frames: sent.append((peer, frames)) or True  # type: ignore[method-assign]
+        node._send_commit_notices()
+        assert sorted(peer for peer, _ in sent) == ["n2", "n3"] and node._notices == {}
+        assert node._notices_due is None
+    finally:
+        node.close()
