@@ -206,8 +206,11 @@ class Transport:
         sock = self.peers.get(peer_id)
         if sock is None or not frames:
             return False
+        send = zmqcalls.send
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            for frame in frames[:-1]:  # the parts of a message are queued all or none
+                send(sock, frame, zmqcalls.MORE_NOBLOCK)
+            send(sock, frames[-1], zmqcalls.NOBLOCK)
             return True
         except zmq.Again:
             self.stats.peer_send_dropped += 1
@@ -217,8 +220,8 @@ class Transport:
         """Publish `[topic frame, body]` on the PUB socket (dropped, not blocked, at the high-water mark)."""
         head, body = frames
         try:
-            self.pub.send(head, zmqcalls.MORE_NOBLOCK)
-            self.pub.send(body, zmqcalls.NOBLOCK)
+            zmqcalls.send(self.pub, head, zmqcalls.MORE_NOBLOCK)
+            zmqcalls.send(self.pub, body, zmqcalls.NOBLOCK)
         except zmq.Again:
             self.stats.pub_dropped += 1
 
