@@ -446,7 +446,7 @@ class Node:
                 for result in results:
                     if result.records and self._has_subscribers(result.records[0][0]):
                         for record in result.records:
-                            self.transport.publish(protocol.fanout_frames(record[0], record_to_wire(record)))
+                            self.transport.publish(protocol.fanout_frames(record[0], record_to_wire(record), self._pack))
             waiters, ours = self._writes.take(entry.index, entry.term)
             if not waiters:
                 continue
