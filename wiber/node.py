@@ -151,9 +151,11 @@ class Node:
         self._next_pub_heartbeat = now
         self._next_clock_probe = now
         self._outbox: dict[str, list[bytes]] = {}
-        self._notices: dict[str, Message] = {}  # peer -> its held commit notice (see _hold_commit_notices)
+        self._notices: dict[str, list[Message]] = {}  # peer -> its held empty appends (_hold_commit_notices)
+        self._was_leader = False  # the role at the end of the last _process_ready
         self._notices_due: float | None = None
-        # One packer for the loop's hot replies: msgpack.packb builds a Packer per call (~0.4 us).
+        # One packer for the loop's hot replies and fan-out: msgpack.packb builds a Packer per call
+        # (~0.4 us). It keeps its largest buffer for good, so big messages are packed by packb.
         self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
         self._sub_prefixes: set[bytes] = set()
         self._topic_has_subscribers: dict[str, bool] = {}
@@ -326,20 +328,22 @@ class Node:
             self._outbox.setdefault(msg.to, []).append(frame)
 
     def _hold_commit_notices(self, messages: list[Message]) -> list[Message]:
-        """Hold back empty appends (commit notices, heartbeats) for up to `COMMIT_NOTICE_DELAY_S`.
+        """Hold back empty appends without a heartbeat round (commit notices, and the probes for a
+        lost tail) for up to `COMMIT_NOTICE_DELAY_S`.
 
-        Sent the moment a write commits, they woke both followers (and their answers the leader)
-        just as the publisher's answer went out, on two shared cores; held, they usually ride on
-        the next append instead (which drops them), or go out a millisecond later. A read round's
-        heartbeats (ctx set) are never held. Dropping or delaying them is safe: Raft tolerates
-        lost messages, and the next append carries the commit index.
+        Sent the moment a write commits, commit notices woke both followers (and their answers the
+        leader) just as the publisher's answer went out, on two shared cores; held, they usually
+        ride on the next append to the peer instead (which drops them), or go out a millisecond
+        later, in order. Heartbeats carry a round (ctx) and are never held. Delaying or dropping
+        them is safe: Raft tolerates lost messages, and any later append to the peer carries the
+        commit index and is answered as a probe would be.
 
         Returns: the messages to send now.
         """
         now: list[Message] = []
         for msg in messages:
             if isinstance(msg, AppendEntries) and not msg.entries and not msg.ctx:
-                self._notices[msg.to] = msg  # a later notice supersedes an earlier one
+                self._notices.setdefault(msg.to, []).append(msg)
             else:
                 now.append(msg)
         if self._notices and self._notices_due is None:
@@ -347,13 +351,15 @@ class Node:
         return now
 
     def _drop_notices_for(self, messages: list[Message]) -> None:
-        """An append about to go to a peer carries the commit index too: its held notice is moot."""
+        """An append with entries about to go to a peer carries the commit index and is refused if
+        a tail was lost, as a probe would be: that peer's held empty appends are moot. (A heartbeat
+        is anchored at the peer's match index, never refused, so it does not replace a probe.)"""
         for msg in messages:
-            if isinstance(msg, AppendEntries):
+            if isinstance(msg, AppendEntries) and msg.entries:
                 self._notices.pop(msg.to, None)
 
     def _send_commit_notices(self) -> None:
-        self._queue(list(self._notices.values()))
+        self._queue([msg for held in self._notices.values() for msg in held])
         self._notices.clear()
         self._notices_due = None
         self._flush_outbox()
@@ -368,14 +374,14 @@ class Node:
         """Persist, send, apply, advance: the order of `wiber.raft.ready`'s docstring."""
         if self._storage_failure is not None:
             return
-        was_leader = self.raft.role is Role.LEADER
         while self.raft.has_ready():
             rd = self.raft.ready()
-            writes = rd.must_sync  # False when only the commit index moved: no disk write to overlap
-            if writes:
+            if rd.must_sync:  # the leader's appends overlap with its own disk write (§10.2.1)
                 self._drop_notices_for(rd.messages)
                 self._queue(rd.messages)
-                self._flush_outbox()  # the leader's appends overlap with its own disk write (§10.2.1)
+            else:  # nothing to persist: empty appends may wait for an append to ride on
+                self._queue(self._hold_commit_notices(rd.messages))
+            self._flush_outbox()
             try:
                 self._persist(rd)
             except StorageFailure as exc:
@@ -386,12 +392,12 @@ class Node:
             for read_state in rd.read_states:
                 self._reads.confirm(read_state.ctx, read_state.index)
             self._apply(rd.committed_entries)
-            if not writes:  # nothing to overlap: publishers' answers first, then the commit news
-                self._queue(self._hold_commit_notices(rd.messages))
-                self._flush_outbox()
             self.raft.advance(rd)
-        if was_leader and self.raft.role is not Role.LEADER:
+        # The core steps down inside step() or tick(), before this runs: compare across turns.
+        is_leader = self.raft.role is Role.LEADER
+        if self._was_leader and not is_leader:
             self._lost_leadership()
+        self._was_leader = is_leader
         self._maybe_snapshot()
 
     def _persist(self, rd: Ready) -> None:
@@ -446,7 +452,9 @@ class Node:
                 for result in results:
                     if result.records and self._has_subscribers(result.records[0][0]):
                         for record in result.records:
-                            self.transport.publish(protocol.fanout_frames(record[0], record_to_wire(record), self._pack))
+                            small = len(record[2]) <= protocol.REUSED_PACKER_MAX_BYTES
+                            packer = self._pack if small else protocol.pack
+                            self.transport.publish(protocol.fanout_frames(record[0], record_to_wire(record), packer))
             waiters, ours = self._writes.take(entry.index, entry.term)
             if not waiters:
                 continue

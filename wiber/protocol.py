@@ -63,6 +63,7 @@ __all__ = [
     "HISTORY_MAX_LIMIT",
     "MAX_BATCH_MESSAGES",
     "OPS",
+    "REUSED_PACKER_MAX_BYTES",
     "TOPIC_MAX_BYTES",
     "WRITE_OPS",
     "FieldSpec",
@@ -158,6 +159,10 @@ class Limits:
 
 # ----------------------------------------------------------------------------- codec
 
+
+#: A reused `msgpack.Packer` keeps the largest buffer it ever grew for good: the hot paths that reuse
+#: one (node replies and fan-out, the Publisher) pack anything with payloads over this with `pack`.
+REUSED_PACKER_MAX_BYTES: Final = 1 << 20
 
 #: Frames up to this size are decoded in one C call rather than header by header (the hot path).
 FAST_PATH_BYTES = 512

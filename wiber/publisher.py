@@ -325,7 +325,9 @@ class Publisher:
             msg["messages"] = request.messages
         request.sent_at = time.monotonic()
         request.attempts += 1
-        body = self._pack(msg)
+        size = len(request.messages[0]) if len(request.messages) == 1 else sum(map(len, request.messages))
+        # The reused Packer keeps its largest buffer for good: only requests of ordinary size use it.
+        body = self._pack(msg) if size <= protocol.REUSED_PACKER_MAX_BYTES else protocol.pack(msg)
         sock = self._socket()
         zmqcalls.send(sock, b"", zmqcalls.SNDMORE)
         # Zero-copy only pays for big frames: small ones would cost a trip through zmq's GC thread.

@@ -6,6 +6,9 @@ import signal
 import time
 from typing import Any, Callable
 
+import msgpack
+import zmq
+
 from tests.conftest import ClusterHarness, wait_for
 
 
@@ -78,6 +81,28 @@ def test_leader_cut_off_from_both_followers_steps_down(cluster_factory: Callable
         for nid in followers:
             cluster.signal(nid, signal.SIGCONT)
     wait_for(lambda: agreed_leader(cluster), 10, "a leader again after SIGCONT")
+
+
+def test_a_deposed_leader_answers_its_waiting_publisher_at_once(
+        cluster_factory: Callable[..., ClusterHarness], zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    """A write parked on a leader that loses its quorum is answered UNAVAILABLE when it steps down
+    (not when the request timeout, set to a minute here, runs out): the outcome is unknown."""
+    cluster = cluster_factory(3, request_timeout_ms=60_000)
+    leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
+    followers = [nid for nid in cluster.nodes if nid != leader]
+    dealer = zmq_socket(zmq.DEALER)
+    dealer.connect(cluster.addr(leader))
+    for nid in followers:
+        cluster.signal(nid, signal.SIGSTOP)
+    try:
+        dealer.send_multipart([b"", msgpack.packb({"op": "PUB", "topic": "t", "data": b"x", "id": 1})])
+        assert dealer.poll(10_000), "no answer within 10 s of losing the quorum"
+        reply = msgpack.unpackb(dealer.recv_multipart()[-1], raw=False)
+        assert reply["ok"] is False and reply["error"] == "UNAVAILABLE" and reply["id"] == 1
+        assert "lost leadership" in reply["message"]
+    finally:
+        for nid in followers:
+            cluster.signal(nid, signal.SIGCONT)
 
 
 def test_sigterm_to_the_leader_hands_leadership_over(cluster_factory: Callable[..., ClusterHarness]) -> None:
