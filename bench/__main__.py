@@ -35,8 +35,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="all", metavar="LIST",
                    help=f"comma-separated systems: {', '.join(SYSTEMS)}, nats (= both NATS runs), all")
     p.add_argument("--messages", type=int, metavar="N",
-                   help="messages for the pipelined workloads (default 30000, quick 2000); sequential uses N/10, "
-                        "subscriber N*5, auto-batching and replay N*10")
+                   help="messages for the pipelined workloads (default 100000, quick 6000); sequential uses "
+                        "N/30, subscriber N*1.5, auto-batching and replay N*3")
     p.add_argument("--seconds", type=float, metavar="S", help="deadline of each workload (default 30, quick 8)")
     p.add_argument("--kills", type=int, metavar="K", help="failovers per system, median reported (default 3, quick 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -50,7 +50,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--only: unknown system {unknown[0]!r} (choose from {', '.join(SYSTEMS)}, nats, all)")
         wanted += [n for n in names if n not in wanted]
     args.systems = [s for s in SYSTEMS if s in wanted]
-    messages = args.messages or (2000 if args.quick else 30_000)
+    messages = args.messages or (6000 if args.quick else 100_000)
     seconds = args.seconds or (8.0 if args.quick else 30.0)
     kills = args.kills or (1 if args.quick else 3)
     if messages < 10 or seconds <= 0 or kills < 1:

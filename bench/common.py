@@ -96,7 +96,7 @@ class Bounds:
     kills: failovers measured per system (the median is reported).
     """
 
-    messages: int = 30_000
+    messages: int = 100_000
     sequential: int = 3_000
     subscriber: int = 150_000
     batched: int = 300_000
@@ -105,10 +105,13 @@ class Bounds:
 
     @classmethod
     def make(cls, messages: int, seconds: float, kills: int) -> Bounds:
-        """Returns: bounds derived from one message count (sequential /10, subscriber x5, batched x10)."""
-        return cls(messages=messages, sequential=max(50, messages // 10), subscriber=messages * 5,
-                   batched=messages * 10,
-                   seconds=seconds, kills=kills)
+        """Returns: bounds derived from one message count (sequential /30, subscriber x1.5, batched x3).
+
+        The pipelined count is the largest so that each system's pipelined run lasts seconds, long
+        enough for its steady state to outweigh its first turns and the machine's hiccups.
+        """
+        return cls(messages=messages, sequential=max(50, messages // 30), subscriber=messages * 3 // 2,
+                   batched=messages * 3, seconds=seconds, kills=kills)
 
 
 # ---------------------------------------------------------------------------------------- statistics
