@@ -81,11 +81,6 @@ class PublishFuture:
         if self._callback is not None:
             self._publisher._callbacks_due.append(self)  # run once the I/O is done: see the module docstring
 
-    def _run_callback(self) -> None:
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            callback(self)
-
     def result(self, timeout: float | None = None) -> Ack:
         """Wait for the acknowledgement (driving the publisher's I/O). Returns: this message's Ack.
 
@@ -227,9 +222,13 @@ class Publisher:
         if self._running_callbacks:
             return
         self._running_callbacks = True
+        due = self._callbacks_due
         try:
-            while self._callbacks_due:
-                self._callbacks_due.popleft()._run_callback()
+            while due:
+                future = due.popleft()
+                callback, future._callback = future._callback, None  # at most once per future
+                if callback is not None:
+                    callback(future)
         finally:
             self._running_callbacks = False
 
@@ -407,5 +406,9 @@ class Publisher:
         last_lamport = reply["lamport"] + len(request.futures) - 1
         if last_lamport > self.lamport:
             self.lamport = last_lamport
-        for i, future in enumerate(request.futures):
-            future._resolve(reply, i, None)
+        due = self._callbacks_due
+        for i, future in enumerate(request.futures):  # PublishFuture._resolve, inlined: per message
+            if future._first is None and future._error is None:
+                future._first, future._position = reply, i
+                if future._callback is not None:
+                    due.append(future)
