@@ -185,7 +185,9 @@ def unpack_frame(frame: bytes, limits: Limits) -> Any:
             UTF-8, trailing bytes, a declared length the frame cannot hold, unhashable map keys.
     """
     size = len(frame)
-    if size > limits.max_frame_bytes:
+    # (A frame within FAST_PATH_BYTES is always within max_frame_bytes, at least 64 KiB: the
+    # property, two additions per call, is asked only for larger ones.)
+    if size > FAST_PATH_BYTES and size > limits.max_frame_bytes:
         raise TooLarge(f"request frame is {size} bytes, over the limit of {limits.max_frame_bytes}")
     if size == 0:
         raise BadRequest("not msgpack: empty frame")
@@ -506,7 +508,7 @@ def request_id(msg: Any) -> Any:
     if not isinstance(msg, dict):
         return None
     rid = msg.get("id")
-    if isinstance(rid, (str, bytes)) or _is_int(rid):
+    if type(rid) is int or isinstance(rid, (str, bytes)) or _is_int(rid):  # the usual int first
         return rid
     return None
 
