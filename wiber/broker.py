@@ -305,6 +305,7 @@ def _tuple_constructor(cls: type[_T]) -> Callable[..., _T]:
 
 _make_pub_op = _tuple_constructor(PubOp)
 _make_result = _tuple_constructor(PubResult)
+_new_tuple = tuple.__new__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -571,6 +572,7 @@ class Broker:
 
     def __init__(self, settings: BrokerSettings) -> None:
         self._settings = settings
+        self._session_window = settings.session_window  # read per stored op
         self._topics: dict[str, _Topic] = {}
         """Topics in creation order (deterministic: log order), never removed (offsets are never reused)."""
         self._sessions: dict[str, _Session] = {}
@@ -724,13 +726,13 @@ class Broker:
         results: list[PubResult] = []
         touched: dict[str, _Topic] = {}
         for op in ops:
-            client_id = op.client_id
+            client_id = op[3]  # op.client_id, op.seq, op.ack_floor by position: the per-op hot path
             if client_id is None:
                 results.append(self._store(op, index, ts, touched, None))
                 continue
             session = self._sessions.get(client_id)
-            seq: int = op.seq  # type: ignore[assignment]  # set whenever client_id is
-            ack_floor = op.ack_floor
+            seq: int = op[4]  # type: ignore[assignment]  # set whenever client_id is
+            ack_floor = op[5]
             if session is None:
                 if client_id in self._evicted:
                     results.append(_make_result(None, False, _expired(client_id, seq, None), ()))
@@ -770,22 +772,21 @@ class Broker:
 
         Returns: the op's PubResult.
         """
-        topic = touched.get(op.topic)
+        op_topic, messages, batch, _, seq, _, op_lamport, late = op  # one unpack, not eight lookups
+        topic = touched.get(op_topic)
         if topic is None:
-            topic = self._topics.get(op.topic)
+            topic = self._topics.get(op_topic)
             if topic is None:
-                topic = _Topic(op.topic, self._settings.retention_of(op.topic))
-                self._topics[op.topic] = topic
-            touched[op.topic] = topic
+                topic = _Topic(op_topic, self._settings.retention_of(op_topic))
+                self._topics[op_topic] = topic
+            touched[op_topic] = topic
         name = topic.name  # one str object per topic, not one per decoded op, in every Record and answer
-        late = op.late
         if late:
             self._late_count += 1
         lamport = self._last_lamport + 1
-        if op.lamport >= lamport:
-            lamport = op.lamport + 1
+        if op_lamport >= lamport:
+            lamport = op_lamport + 1
         offset = topic.end
-        messages = op.messages
         records_list = topic.records
         if len(messages) == 1:
             data = messages[0]
@@ -807,14 +808,14 @@ class Broker:
         self._last_lamport = lamport + count - 1
         if not topic.aging and topic.retention.max_age_s is not None:
             self._start_aging(topic, topic.retention.max_age_s, ts)
-        answer = (name, offset, count if op.batch else 0, index, lamport, ts)
+        answer = (name, offset, count if batch else 0, index, lamport, ts)
         if session is not None:
             session.keep(
-                op.seq,  # type: ignore[arg-type]  # set whenever client_id is
+                seq,  # type: ignore[arg-type]  # set whenever client_id is
                 answer,
-                self._settings.session_window,
+                self._session_window,
             )
-        return _make_result(answer, False, None, records)
+        return _new_tuple(PubResult, (answer, False, None, records))
 
     def _new_session(self, client_id: str, floor: int, index: int) -> _Session:
         """Create `client_id`'s session, first evicting the least recently active while at the limit.
