@@ -9,6 +9,7 @@ killed by its pid when its section ends, whatever happens.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.common import CHILDREN, PAYLOAD_BYTES, REPO, Bounds, Section, install_signal_handlers, say
+from bench.common import CHILDREN, PAYLOAD_BYTES, REPO, Bounds, Figure, Section, install_signal_handlers, median, say
 
 SYSTEMS = ["raw", "wiber", "nats_default", "nats_always", "pysyncobj"]
 ALIASES = {"nats": ["nats_default", "nats_always"], "all": SYSTEMS}
@@ -39,6 +40,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         "N/30, subscriber N*1.5, auto-batching and replay N*3")
     p.add_argument("--seconds", type=float, metavar="S", help="deadline of each workload (default 30, quick 8)")
     p.add_argument("--kills", type=int, metavar="K", help="failovers per system, median reported (default 3, quick 1)")
+    p.add_argument("--rounds", type=int, metavar="R",
+                   help="run every system R times, interleaved, and report each figure's median (default 3, "
+                        "quick 1): a shared machine's speed drifts within minutes, and rounds spread the "
+                        "drift over every system; failovers are split between the rounds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
     args = p.parse_args(argv)
@@ -53,10 +58,44 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     messages = args.messages or (6000 if args.quick else 100_000)
     seconds = args.seconds or (8.0 if args.quick else 30.0)
     kills = args.kills or (1 if args.quick else 3)
-    if messages < 10 or seconds <= 0 or kills < 1:
-        p.error("--messages must be >= 10, --seconds > 0, --kills >= 1")
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    if messages < 10 or seconds <= 0 or kills < 1 or args.rounds < 1:
+        p.error("--messages must be >= 10, --seconds > 0, --kills >= 1, --rounds >= 1")
     args.bounds = Bounds.make(messages, seconds, kills)
     return args
+
+
+def _round_bounds(bounds: Bounds, rounds: int, k: int) -> Bounds:
+    """Returns: the bounds of round `k` (0-based): the failovers are split between the rounds."""
+    kills = bounds.kills // rounds + (1 if k < bounds.kills % rounds else 0)
+    return dataclasses.replace(bounds, kills=kills)
+
+
+def merge_rounds(rounds: list[Section]) -> Section:
+    """Returns: one section whose figures are, workload by workload, the median of the rounds'.
+
+    A figure with raw measurements (failovers: each round did some of the kills) merges into the
+    median of all of them.
+    """
+    first = rounds[0]
+    merged = Section(first.system, first.label, first.durability,
+                     error=next((r.error for r in rounds if r.error), None),
+                     seconds=sum(r.seconds for r in rounds))
+    by_workload: dict[str, list[Figure]] = {}
+    for section in rounds:
+        for figure in section.figures:
+            by_workload.setdefault(figure.workload, []).append(figure)
+    for workload, figures in by_workload.items():
+        values = [f.value for f in figures if f.value is not None]
+        raw = tuple(v for f in figures for v in f.raw)
+        head = figures[0]
+        note = head.note
+        if len(figures) > 1 and not raw:
+            rounds_note = f"median of {len(values)} rounds ({', '.join(f'{v:.3g}' for v in values)})"
+            note = f"{note}; {rounds_note}" if note else rounds_note
+        merged.figures.append(Figure(head.system, workload, median(raw) if raw else median(values), head.unit,
+                                     head.durability, sum(f.samples for f in figures), head.better, note, raw))
+    return merged
 
 
 def _runner(system: str) -> Callable[[Bounds, bool], Section]:
@@ -107,25 +146,29 @@ def main(argv: list[str] | None = None) -> int:
     commit = _git_head()
     t_start = time.monotonic()
     load: dict[str, Any] = {"start": list(os.getloadavg()), "sections": {}}
-    sections: dict[str, Section] = {}
-    say(f"bench: {', '.join(args.systems)}; {bounds}; load average {load['start'][0]:.2f} on {os.cpu_count()} CPUs")
+    per_round: dict[str, list[Section]] = {system: [] for system in args.systems}
+    say(f"bench: {', '.join(args.systems)}; {bounds}; {args.rounds} round(s); "
+        f"load average {load['start'][0]:.2f} on {os.cpu_count()} CPUs")
     try:
-        for system in args.systems:
-            t0 = time.monotonic()
-            say(f"== {system}")
-            try:
-                section = _runner(system)(bounds, progress)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # noqa: BLE001 - one peer failing must not lose the others' figures
-                traceback.print_exc()
-                section = Section(system, system, "", error=f"{type(exc).__name__}: {exc}")
-            section.seconds = time.monotonic() - t0
-            sections[system] = section
-            load["sections"][system] = list(os.getloadavg())
-            say(f"   {system} done in {section.seconds:.1f} s")
+        for k in range(args.rounds):
+            round_bounds = _round_bounds(bounds, args.rounds, k)
+            for system in args.systems:
+                t0 = time.monotonic()
+                say(f"== {system}" + (f" (round {k + 1} of {args.rounds})" if args.rounds > 1 else ""))
+                try:
+                    section = _runner(system)(round_bounds, progress)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one peer failing must not lose the others' figures
+                    traceback.print_exc()
+                    section = Section(system, system, "", error=f"{type(exc).__name__}: {exc}")
+                section.seconds = time.monotonic() - t0
+                per_round[system].append(section)
+                load["sections"].setdefault(system, []).append(list(os.getloadavg()))
+                say(f"   {system} done in {section.seconds:.1f} s")
     finally:
         CHILDREN.kill_all()
+    sections = {system: merge_rounds(rounds) for system, rounds in per_round.items() if rounds}
     load["end"] = list(os.getloadavg())
     rows = report.build_rows(sections)
     meta = {"cpus": os.cpu_count(), "load": load}
@@ -137,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load,
                     "versions": _versions()},
         "settings": {"payload_bytes": PAYLOAD_BYTES, "quick": args.quick, "systems": args.systems,
+                     "rounds": args.rounds,
                      "bounds": {"messages": bounds.messages, "sequential": bounds.sequential,
                                 "batched": bounds.batched, "seconds": bounds.seconds, "kills": bounds.kills}},
         "rows": rows,

@@ -62,6 +62,8 @@ class Figure:
     samples: int = 0
     better: str = "higher"
     note: str = ""
+    raw: tuple[float, ...] = ()
+    """The individual measurements `value` is the median of, when there are few (failovers)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,9 +81,9 @@ class Section:
     seconds: float = 0.0
 
     def add(self, workload: str, value: float | None, unit: str, samples: int = 0, better: str = "higher",
-            note: str = "") -> None:
+            note: str = "", raw: tuple[float, ...] = ()) -> None:
         """Record one figure under this section's system and durability."""
-        self.figures.append(Figure(self.system, workload, value, unit, self.durability, samples, better, note))
+        self.figures.append(Figure(self.system, workload, value, unit, self.durability, samples, better, note, raw))
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,13 +165,15 @@ def render_table(rows: list[dict[str, Any]], sections: dict[str, Section], meta:
             out.append(f"  {section.label}: FAILED: {section.error}")
     for section in sections.values():
         for fig in section.figures:
-            if fig.workload == "failover_s" and fig.note:
-                out.append(f"  {section.label} failover: {fig.note}")
+            if fig.workload == "failover_s" and fig.raw:
+                out.append(f"  {section.label} failover: median of {len(fig.raw)}: {fig.note}; "
+                           f"all: {', '.join(f'{t:.2f}' for t in fig.raw)}")
     load = meta.get("load")
     if load:
         out.append(f"  machine: {meta.get('cpus')} CPUs; load average (1 min) at start {load['start'][0]:.2f}, "
                    f"end {load['end'][0]:.2f}; per section: "
-                   + ", ".join(f"{k} {v[0]:.2f}" for k, v in load.get("sections", {}).items()))
+                   + ", ".join(f"{k} {'/'.join(f'{one[0]:.2f}' for one in v)}"
+                               for k, v in load.get("sections", {}).items()))
     return "\n".join(out)
 
 
