@@ -66,16 +66,21 @@ def test_random_bytes_raise_only_malformed(frame: bytes) -> None:
         decode_message(frame)
 
 
-@given(messages, st.data())
-def test_mutated_frames_raise_only_malformed(msg: Message, data: st.DataObject) -> None:
-    """A valid frame with bytes flipped, cut or appended decodes or raises MalformedMessage."""
+def mutated(msg: Message, data: st.DataObject, min_flips: int) -> bytes:
+    """Returns: `msg`'s frame with `min_flips` to 4 bytes changed, then cut and 0-3 bytes appended."""
     frame = bytearray(encode_message(msg))
-    for _ in range(data.draw(st.integers(1, 4))):
+    for _ in range(data.draw(st.integers(min_flips, 4))):
         k = data.draw(st.integers(0, len(frame) - 1))
         frame[k] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(frame)))
+    return bytes(frame[:cut]) + data.draw(st.binary(max_size=3))
+
+
+@given(messages, st.data())
+def test_mutated_frames_raise_only_malformed(msg: Message, data: st.DataObject) -> None:
+    """A valid frame with bytes flipped, cut or appended decodes or raises MalformedMessage."""
     with contextlib.suppress(MalformedMessage):
-        decode_message(bytes(frame[:cut]) + data.draw(st.binary(max_size=3)))
+        decode_message(mutated(msg, data, 1))
 
 
 def _decoded_by(path_limit: int, frame: bytes) -> Message | str:
@@ -93,13 +98,8 @@ def _decoded_by(path_limit: int, frame: bytes) -> Message | str:
 @given(messages, st.data())
 def test_the_one_call_path_and_the_unpacker_path_agree(msg: Message, data: st.DataObject) -> None:
     """Small frames skip the Unpacker: both paths accept and refuse exactly the same frames."""
-    frame = bytearray(encode_message(msg))
-    for _ in range(data.draw(st.integers(0, 3))):
-        k = data.draw(st.integers(0, len(frame) - 1))
-        frame[k] = data.draw(st.integers(0, 255))
-    cut = data.draw(st.integers(0, len(frame)))
-    mutated = bytes(frame[:cut]) + data.draw(st.binary(max_size=3))
-    assert _decoded_by(0, mutated) == _decoded_by(MAX_FRAME_BYTES, mutated)
+    frame = mutated(msg, data, 0)
+    assert _decoded_by(0, frame) == _decoded_by(MAX_FRAME_BYTES, frame)
 
 
 any_value = st.recursive(
