@@ -115,24 +115,15 @@ def decode_message(frame: bytes) -> Message:
     size = len(frame)
     if size > MAX_FRAME_BYTES:
         raise MalformedMessage(f"frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+    bounds: dict[str, Any] = {"raw": False, "use_list": True, "strict_map_key": True, "max_str_len": size,
+                              "max_bin_len": size, "max_array_len": size, "max_map_len": size // 2,
+                              "max_ext_len": size}
     try:
         if size <= ONE_CALL_BYTES:
             # The same bounds in one C call (acknowledgements, heartbeats, small appends); the
             # unpacker's setup costs more than decoding them. Trailing bytes raise ExtraData.
-            obj = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True, max_str_len=size,
-                                  max_bin_len=size, max_array_len=size, max_map_len=size // 2, max_ext_len=size)
-            return _build(obj)
-        unpacker = msgpack.Unpacker(
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_buffer_size=MAX_FRAME_BYTES,
-            max_str_len=size,
-            max_bin_len=size,
-            max_array_len=size,
-            max_map_len=size // 2,
-            max_ext_len=size,
-        )
+            return _build(msgpack.unpackb(frame, **bounds))
+        unpacker = msgpack.Unpacker(max_buffer_size=MAX_FRAME_BYTES, **bounds)
         unpacker.feed(frame)
         obj = unpacker.unpack()
         if unpacker.tell() != size:
