@@ -406,9 +406,5 @@ class Publisher:
         last_lamport = reply["lamport"] + len(request.futures) - 1
         if last_lamport > self.lamport:
             self.lamport = last_lamport
-        due = self._callbacks_due
-        for i, future in enumerate(request.futures):  # PublishFuture._resolve, inlined: per message
-            if future._first is None and future._error is None:
-                future._first, future._position = reply, i
-                if future._callback is not None:
-                    due.append(future)
+        for i, future in enumerate(request.futures):
+            future._resolve(reply, i, None)
