@@ -63,6 +63,10 @@ TRANSFER_GRACE_S = 0.6
 COMMIT_NOTICE_DELAY_S = 0.001
 #: A follower measures its clock offset to the leader this often (DESIGN section 5).
 CLOCK_PROBE_S = 0.1
+#: A wait on the node's own disk this long or longer stops Raft's clock for its duration (Node._disk_waited).
+DISK_WAIT_PAUSES_S = TICK_MS / 1000
+#: A wait on the disk this long or longer is logged as a warning: it risks elections on peers with other disks.
+DISK_WAIT_WARN_S = 0.1
 
 #: A handler answers at once (a reply map) or parks the client and answers later (None).
 Handler = Callable[[dict[str, Any], ClientRequest, Any], "dict[str, Any] | None"]
@@ -382,11 +386,13 @@ class Node:
             else:  # nothing to persist: empty appends may wait for an append to ride on
                 self._queue(self._hold_commit_notices(rd.messages))
             self._flush_outbox()
+            started = self.clock.monotonic()
             try:
                 self._persist(rd)
             except StorageFailure as exc:
                 self._on_storage_failure(exc)
                 return
+            self._disk_waited(started, "log write and fsync")
             self._queue(rd.messages_after_persist)
             self._flush_outbox()
             for read_state in rd.read_states:
@@ -415,6 +421,24 @@ class Node:
         if rd.must_sync:
             self.storage.sync()
 
+    def _disk_waited(self, started: float, what: str) -> None:
+        """Stop Raft's clock for a long wait on this node's own disk (fsync, snapshot).
+
+        While the loop is blocked it hears no peer and sends nothing, so a follower would count the
+        wait as the leader's silence and campaign, and a leader as its followers' silence and step
+        down (CheckQuorum) — though nobody was heard only because nobody was listening or asked. On
+        one shared disk every node stalls together: 0.1-0.9 s fsyncs, a few per minute on this
+        benchmark machine, deposed a healthy leader. Only timing changes (heartbeats, elections,
+        CheckQuorum), never safety: no read relies on a lease.
+        """
+        waited = self.clock.monotonic() - started
+        if waited < DISK_WAIT_PAUSES_S:
+            return
+        self._next_tick += waited
+        if waited >= DISK_WAIT_WARN_S:
+            log.warning("node %s waited %.0f ms on its disk (%s); Raft timers paused meanwhile",
+                        self.id, waited * 1000, what)
+
     def _on_storage_failure(self, exc: StorageFailure) -> None:
         """Stop acknowledging and campaigning; keep serving reads; answer writes with STORAGE."""
         self._storage_failure = str(exc)
@@ -427,11 +451,14 @@ class Node:
         """Every `snapshot_every` applied entries, snapshot the broker and drop the log before it."""
         if self.applied_index - self.storage.last_snapshot_index < self._snapshot_every:
             return
+        data = self.broker.snapshot()
+        started = self.clock.monotonic()
         try:
-            self.storage.compact(self.applied_index, self.broker.snapshot())
+            self.storage.compact(self.applied_index, data)
         except StorageFailure as exc:
             self._on_storage_failure(exc)
             return
+        self._disk_waited(started, "snapshot")
         log.info("node %s took a snapshot at index %d", self.id, self.applied_index)
 
     def _apply(self, entries: list[Entry]) -> None:

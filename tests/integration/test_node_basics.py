@@ -320,3 +320,62 @@ def test_commit_notices_wait_a_millisecond_for_an_append_to_ride_on(
         assert node._notices == {} and node._notices_due is None
     finally:
         node.close()
+
+
+def test_a_long_wait_on_the_disk_stops_raft_clock_but_a_slow_turn_does_not(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """While blocked in its own fsync a node hears nobody, so that time must not count as its
+    peers' silence (0.1-0.9 s fsync stalls of a shared disk deposed healthy leaders by CheckQuorum).
+    Time spent anywhere else in a turn still counts: a slow turn must not slow Raft's clock."""
+    from wiber.clock import FakeClock
+    from wiber.node import TICK_MS, Node
+    from wiber.raft import Role
+    from wiber.transport import ClientRequest
+
+    cluster = cluster_factory(1, start=False)
+    clock = FakeClock()
+    node = Node(cluster.config, "n1", clock=clock)
+    real_poll, real_sync, real_tick = node.transport.poll, node.storage.sync, node.raft.tick
+    node.transport.poll = lambda timeout_ms: real_poll(0)  # type: ignore[method-assign]  # fake time
+    ticks: list[float] = []
+    node.raft.tick = lambda: (ticks.append(clock.monotonic()), real_tick())[1]  # type: ignore[method-assign]
+    stall = [0.0]
+
+    def stalling_sync() -> None:
+        real_sync()
+        clock.advance(stall[0])
+
+    node.storage.sync = stalling_sync  # type: ignore[method-assign]
+    tick_s = TICK_MS / 1000
+    try:
+        for _ in range(200):  # a single node elects itself after its election timeout
+            clock.advance(tick_s)
+            node.run_once()
+            if node.raft.role is Role.LEADER:
+                break
+        assert node.raft.role is Role.LEADER
+        node.run_once()
+
+        def publish_with_stall(seconds: float) -> int:
+            ticks.clear()
+            stall[0] = seconds
+            body = msgpack.packb({"op": "PUB", "topic": "t", "data": b"x"}, use_bin_type=True)
+            node._on_client_request(ClientRequest(envelope=[b"gone-client", b""], body=body))
+            node.run_once()  # proposes, persists (the stall), commits
+            stall[0] = 0.0
+            node.run_once()
+            return len(ticks)
+
+        before = node.applied_index
+        assert publish_with_stall(0.5) == 0  # 50 ticks' worth of fsync: none of it counts
+        assert node.applied_index > before
+        clock.advance(1.5 * tick_s)
+        node.run_once()
+        assert len(ticks) == 1  # the clock runs again afterwards
+
+        ticks.clear()
+        clock.advance(0.2 + tick_s / 2)  # a slow turn elsewhere (CPU, a stopped process): every tick counts
+        node.run_once()
+        assert len(ticks) == 20
+    finally:
+        node.close()
