@@ -2,7 +2,7 @@
 
 Starts three nodes (as `make bench` does), runs one workload from this process and prints, per
 process, the CPU time per message (user + system of every thread, ZeroMQ's I/O thread included,
-from /proc/<pid>/stat) and its utilization. With ``--spy leader`` (or ``follower``) it also runs
+from /proc/<pid>/stat), how much of it ZeroMQ's own threads took, and its utilization. With ``--spy leader`` (or ``follower``) it also runs
 py-spy on that node during the load and prints the functions with the most samples, by own time and
 including callees (the raw samples stay in the output directory for a flame graph).
 
@@ -32,13 +32,25 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> float:
     """Returns: user + system CPU seconds of process `pid`, all its threads together."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def zmq_thread_cpu_seconds(pid: int) -> float:
+    """Returns: CPU seconds of every thread of `pid` but its main one (ZeroMQ's I/O and reaper threads)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if task.name != str(pid):
+            try:
+                total += cpu_seconds_of(task / "stat")
+            except FileNotFoundError:  # the thread ended
+                continue
+    return total
+
+
+def cpu_seconds_of(stat: Path) -> float:
+    """Returns: user + system CPU seconds from a /proc `stat` file."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def top_frames(raw: Path, count: int = 20) -> str:
@@ -83,22 +95,27 @@ def run(args: argparse.Namespace) -> None:
                      "--output", str(raw), "--pid", str(cluster.nodes[target].pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)  # py-spy attaches
-            before = {nid: cpu_seconds(child.pid) for nid, child in cluster.nodes.items()}
-            mine = own_cpu_seconds()
+            pids = {nid: child.pid for nid, child in cluster.nodes.items()}
+            pids["client"] = os.getpid()
+            before = {nid: cpu_seconds(pid) for nid, pid in pids.items()}
+            before_io = {nid: zmq_thread_cpu_seconds(pid) for nid, pid in pids.items()}
             start = time.perf_counter()
             summary = _sequential(addrs, args) if args.workload == "sequential" else _pipelined(addrs, args)
             elapsed = time.perf_counter() - start
-            after = {nid: cpu_seconds(child.pid) for nid, child in cluster.nodes.items()}
-            mine = own_cpu_seconds() - mine
+            after = {nid: cpu_seconds(pid) for nid, pid in pids.items()}
+            after_io = {nid: zmq_thread_cpu_seconds(pid) for nid, pid in pids.items()}
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=30)
             print(f"run {attempt + 1}: {summary} ({elapsed:.2f} s)")
-            for nid in cluster.addr:
-                used = after[nid] - before[nid]
-                print(f"  {nid} {roles[nid]:8s} {1e6 * used / args.messages:6.1f} us CPU/msg  "
-                      f"{100 * used / elapsed:5.1f}% of a core")
-            print(f"  client      {1e6 * mine / args.messages:6.1f} us CPU/msg  {100 * mine / elapsed:5.1f}% of a core")
+            roles["client"], after_io["client"], before_io["client"] = "", 0.0, 0.0  # its context is gone
+            now_leader = cluster.leader()
+            if now_leader != leader:
+                say(f"  (the leader changed during the run: now {now_leader})")
+            for nid in pids:
+                used, io = after[nid] - before[nid], after_io[nid] - before_io[nid]
+                print(f"  {nid:6s} {roles[nid]:8s} {1e6 * used / args.messages:6.1f} us CPU/msg "
+                      f"(ZeroMQ threads {1e6 * io / args.messages:4.1f})  {100 * used / elapsed:5.1f}% of a core")
             if spy is not None and raw.exists():
                 print(f"  py-spy on the {args.spy} ({raw}):")
                 print(top_frames(raw))
