@@ -287,6 +287,20 @@ def test_session_window_overflow_drops_the_lowest_answers_and_raises_the_floor()
     assert log2.broker.end_offset("t") == 4
 
 
+def test_window_overflow_drops_the_lowest_seq_even_when_seqs_arrived_out_of_order() -> None:
+    log = Log(BrokerSettings(session_window=3))
+    for seq in (5, 3, 4, 6):  # 3 and 4 are kept below 5; 6 overflows the window: 3 goes
+        log.one(pub("t", bytes([seq]), client_id="c", seq=seq))
+    assert isinstance(log.one(pub("t", client_id="c", seq=3)).error, SessionExpired)
+    for seq, offset in ((4, 2), (5, 0), (6, 3)):
+        retry = log.one(pub("t", client_id="c", seq=seq))
+        assert retry.reply is not None and retry.reply["duplicate"] and retry.reply["offset"] == offset
+    restored = Log(broker=Broker.restore(log.broker.snapshot(), BrokerSettings(session_window=3)))
+    restored.one(pub("t", client_id="c", seq=7))  # the restored session drops its lowest, 4, too
+    assert isinstance(restored.one(pub("t", client_id="c", seq=4)).error, SessionExpired)
+    assert restored.one(pub("t", client_id="c", seq=5)).reply["duplicate"]  # type: ignore[index]
+
+
 def test_max_sessions_evicts_the_least_recently_active_by_log_index() -> None:
     log = Log(BrokerSettings(max_sessions=3))
     log.apply(pub("t", client_id="b", seq=1), pub("t", client_id="a", seq=1))  # index 1
