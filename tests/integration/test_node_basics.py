@@ -373,6 +373,18 @@ def test_a_long_wait_on_the_disk_stops_raft_clock_but_a_slow_turn_does_not(
         node.run_once()
         assert len(ticks) == 1  # the clock runs again afterwards
 
+        # A disk slow on every write may pause the clock only between ticks: it runs at half speed
+        # at worst, so a cut-off leader on such a disk still steps down.
+        stall[0] = 0.5
+        body = msgpack.packb({"op": "PUB", "topic": "t", "data": b"y"}, use_bin_type=True)
+        ticks.clear()
+        for _ in range(2):
+            node._on_client_request(ClientRequest(envelope=[b"gone-client", b""], body=body))
+            node.run_once()
+        stall[0] = 0.0
+        node.run_once()
+        assert 45 <= len(ticks) <= 55  # the first stall paused the clock, the second (no tick between) did not
+
         ticks.clear()
         clock.advance(0.2 + tick_s / 2)  # a slow turn elsewhere (CPU, a stopped process): every tick counts
         node.run_once()
