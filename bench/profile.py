@@ -2,9 +2,11 @@
 
 Starts three nodes (as `make bench` does), runs one workload from this process and prints, per
 process, the CPU time per message (user + system of every thread, ZeroMQ's I/O thread included,
-from /proc/<pid>/stat), how much of it ZeroMQ's own threads took, and its utilization. With ``--spy leader`` (or ``follower``) it also runs
-py-spy on that node during the load and prints the functions with the most samples, by own time and
-including callees (the raw samples stay in the output directory for a flame graph).
+from /proc/<pid>/stat), how much of it ZeroMQ's own threads took, its utilization, and how often
+per message its loop (and ZeroMQ's threads) slept and woke. With ``--spy leader`` (or
+``follower``) it also runs py-spy on that node during the load and prints the functions with the
+most samples, by own time and including callees (the raw samples stay in the output directory for
+a flame graph).
 
 That is how the hot-path changes listed in bench/README.md were found and measured. The machine is
 noisy: compare CPU per message, which moves less than rates, and repeat (``--repeat``).
@@ -45,6 +47,23 @@ def zmq_thread_cpu_seconds(pid: int) -> float:
             except FileNotFoundError:  # the thread ended
                 continue
     return total
+
+
+def wakeups(pid: int) -> tuple[int, int]:
+    """Returns: how often `pid`'s main thread, and its other threads together, went to sleep and woke
+    (voluntary context switches: a poll that waited, an fsync)."""
+    main = other = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # the thread ended
+            continue
+        count = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        if task.name == str(pid):
+            main += count
+        else:
+            other += count
+    return main, other
 
 
 def cpu_seconds_of(stat: Path) -> float:
@@ -99,11 +118,13 @@ def run(args: argparse.Namespace) -> None:
             pids["client"] = os.getpid()
             before = {nid: cpu_seconds(pid) for nid, pid in pids.items()}
             before_io = {nid: zmq_thread_cpu_seconds(pid) for nid, pid in pids.items()}
+            before_wake = {nid: wakeups(pid) for nid, pid in pids.items()}
             start = time.perf_counter()
             summary = _sequential(addrs, args) if args.workload == "sequential" else _pipelined(addrs, args)
             elapsed = time.perf_counter() - start
             after = {nid: cpu_seconds(pid) for nid, pid in pids.items()}
             after_io = {nid: zmq_thread_cpu_seconds(pid) for nid, pid in pids.items()}
+            after_wake = {nid: wakeups(pid) for nid, pid in pids.items()}
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=30)
@@ -115,7 +136,9 @@ def run(args: argparse.Namespace) -> None:
             for nid in pids:
                 used, io = after[nid] - before[nid], after_io[nid] - before_io[nid]
                 print(f"  {nid:6s} {roles[nid]:8s} {1e6 * used / args.messages:6.1f} us CPU/msg "
-                      f"(ZeroMQ threads {1e6 * io / args.messages:4.1f})  {100 * used / elapsed:5.1f}% of a core")
+                      f"(ZeroMQ threads {1e6 * io / args.messages:4.1f})  {100 * used / elapsed:5.1f}% of a core  "
+                      f"wake-ups/msg {(after_wake[nid][0] - before_wake[nid][0]) / args.messages:.2f} "
+                      f"(ZeroMQ {(after_wake[nid][1] - before_wake[nid][1]) / args.messages:.2f})")
             if spy is not None and raw.exists():
                 print(f"  py-spy on the {args.spy} ({raw}):")
                 print(top_frames(raw))
