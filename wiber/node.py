@@ -63,8 +63,10 @@ TRANSFER_GRACE_S = 0.6
 COMMIT_NOTICE_DELAY_S = 0.001
 #: A follower measures its clock offset to the leader this often (DESIGN section 5).
 CLOCK_PROBE_S = 0.1
-#: A wait on the node's own disk this long or longer stops Raft's clock for its duration (Node._disk_waited).
+#: A wait on the node's own disk this long or longer is taken off Raft's clock (Node._disk_waited).
 DISK_WAIT_PAUSES_S = TICK_MS / 1000
+#: At most this much Raft time, earned by ticks, is banked for taking disk waits off the clock.
+DISK_WAIT_CREDIT_MAX_S = 1.0
 #: A wait on the disk this long or longer is logged as a warning: it risks elections on peers with other disks.
 DISK_WAIT_WARN_S = 0.1
 
@@ -122,7 +124,10 @@ class Node:
         )
         # The node is the I/O layer: seeding the core's randomness from the OS belongs here.
         self.raft = Raft(raft_config, self.storage, rng or random.Random(os.urandom(16)))
-        self._max_catch_up_ticks = 2 * raft_config.election_ticks
+        # One election timeout of ticks at most per batch: one batch then crosses at most one
+        # CheckQuorum boundary, whose flags the peers' messages before a stall have set (two
+        # crossings with nothing stepped between deposed a healthy leader after a long stall).
+        self._max_catch_up_ticks = raft_config.election_ticks
         self._broker_settings = BrokerSettings.from_cluster(config.cluster)
         self.broker = Broker(self._broker_settings)
         self.applied_index = 0
@@ -152,7 +157,7 @@ class Node:
         self._peer_contact: dict[str, float | None] = {p: None for p in self.peer_ids}
         self._tick_s = TICK_MS / 1000.0
         self._next_tick = now + self._tick_s
-        self._ticked_since_pause = True  # see _disk_waited: a pause must be followed by a tick
+        self._pause_credit = 0.0  # Raft time ticked and not yet spent on disk waits (_disk_waited)
         self._next_pub_heartbeat = now
         self._next_clock_probe = now
         self._outbox: dict[str, list[bytes]] = {}
@@ -260,11 +265,13 @@ class Node:
         if now >= self._next_tick:
             ticks = int((now - self._next_tick) / self._tick_s) + 1
             # Every elapsed tick counts (a slow turn must not slow Raft's clock down), but after a
-            # long stall (SIGSTOP) two election timeouts' worth is all any timer needs.
-            for _ in range(min(ticks, self._max_catch_up_ticks) if self._storage_failure is None else 0):
+            # long stall (SIGSTOP) one election timeout's worth is all any timer needs; time spent
+            # waiting on the node's own disk is taken off beforehand (_disk_waited).
+            fired = min(ticks, self._max_catch_up_ticks) if self._storage_failure is None else 0
+            for _ in range(fired):
                 self.raft.tick()
             self._next_tick = now + self._tick_s
-            self._ticked_since_pause = True
+            self._pause_credit = min(DISK_WAIT_CREDIT_MAX_S, self._pause_credit + fired * self._tick_s)
         if now >= self._next_pub_heartbeat:
             self.transport.publish(protocol.heartbeat_frames(self._pub_heartbeat()))
             self._next_pub_heartbeat = now + PUB_HEARTBEAT_S
@@ -388,13 +395,11 @@ class Node:
             else:  # nothing to persist: empty appends may wait for an append to ride on
                 self._queue(self._hold_commit_notices(rd.messages))
             self._flush_outbox()
-            started = self.clock.monotonic()
             try:
                 self._persist(rd)
             except StorageFailure as exc:
                 self._on_storage_failure(exc)
                 return
-            self._disk_waited(started, "log write and fsync")
             self._queue(rd.messages_after_persist)
             self._flush_outbox()
             for read_state in rd.read_states:
@@ -410,42 +415,50 @@ class Node:
 
     def _persist(self, rd: Ready) -> None:
         """Make the Ready durable: snapshot, entries, hard state, then one fsync for all of it."""
+        clock = self.clock.monotonic
+        on_disk = 0.0
         if rd.snapshot is not None:
             meta, data = rd.snapshot
+            started = clock()
             self.storage.apply_snapshot(meta, data)
+            on_disk = clock() - started
             self.broker = Broker.restore(data, self._broker_settings)
             self.applied_index = meta.index
             log.info("node %s installed the leader's snapshot at index %d", self.id, meta.index)
+        started = clock()
         if rd.entries:
             self.storage.append(rd.entries)
         if rd.hard_state is not None:
             self.storage.set_hard_state(rd.hard_state)
         if rd.must_sync:
             self.storage.sync()
+        self._disk_waited(on_disk + clock() - started, "log write and fsync")
 
-    def _disk_waited(self, started: float, what: str) -> None:
-        """Stop Raft's clock for a long wait on this node's own disk (fsync, snapshot).
+    def _disk_waited(self, waited: float, what: str) -> None:
+        """Take a long wait on this node's own disk (fsync, snapshot) off Raft's clock.
 
-        While the loop is blocked it hears no peer and sends nothing, so a follower would count the
-        wait as the leader's silence and campaign, and a leader as its followers' silence and step
-        down (CheckQuorum) — though nobody was heard only because nobody was listening or asked. On
-        one shared disk every node stalls together: 0.1-0.9 s fsyncs, a few per minute on this
-        benchmark machine, deposed a healthy leader. Only timing changes (heartbeats, elections,
-        CheckQuorum), never safety: no read relies on a lease.
+        On one shared disk every node stalls at once (0.1-0.9 s fsyncs, a few a minute on the
+        benchmark machine): no leader sends, no follower answers, and the catch-up ticks afterwards
+        counted that silence, so a follower campaigned (its peer, stalled too, was out of its lease
+        and granted the pre-vote) or the leader stepped down (CheckQuorum). The wait is taken off
+        the clock by moving the next tick later, as far as the credit allows: Raft time ticked
+        since, capped at `DISK_WAIT_CREDIT_MAX_S`. So over any stretch the clock runs at least half
+        as fast as real time (less the cap), however the disk behaves: a cut-off leader on a disk
+        slow at every write still steps down, within about twice its usual time plus the cap.
 
-        A pause must be followed by at least one tick before the next one, so a disk that is slow on
-        every write slows Raft's clock by half at most: a cut-off leader on such a disk still steps
-        down, within two election timeouts instead of one.
+        Only timing changes, never safety: reads use ReadIndex and no lease; the lease only keeps
+        a node that heard a leader recently from voting, and it lasts longer by what was taken off,
+        which can delay an election by that much. A SIGSTOP that lands inside an fsync is taken
+        off too: the clock cannot tell it from the disk.
         """
-        waited = self.clock.monotonic() - started
         if waited < DISK_WAIT_PAUSES_S:
             return
-        if self._ticked_since_pause:
-            self._next_tick += waited
-            self._ticked_since_pause = False
+        paused = min(waited, self._pause_credit)
+        self._pause_credit -= paused
+        self._next_tick += paused
         if waited >= DISK_WAIT_WARN_S:
-            log.warning("node %s waited %.0f ms on its disk (%s); Raft timers paused meanwhile",
-                        self.id, waited * 1000, what)
+            log.warning("node %s waited %.0f ms on its disk (%s); %.0f ms of it taken off Raft's timers",
+                        self.id, waited * 1000, what, paused * 1000)
 
     def _on_storage_failure(self, exc: StorageFailure) -> None:
         """Stop acknowledging and campaigning; keep serving reads; answer writes with STORAGE."""
@@ -466,7 +479,7 @@ class Node:
         except StorageFailure as exc:
             self._on_storage_failure(exc)
             return
-        self._disk_waited(started, "snapshot")
+        self._disk_waited(self.clock.monotonic() - started, "snapshot")
         log.info("node %s took a snapshot at index %d", self.id, self.applied_index)
 
     def _apply(self, entries: list[Entry]) -> None:

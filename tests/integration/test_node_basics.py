@@ -322,72 +322,102 @@ def test_commit_notices_wait_a_millisecond_for_an_append_to_ride_on(
         node.close()
 
 
-def test_a_long_wait_on_the_disk_stops_raft_clock_but_a_slow_turn_does_not(
-        cluster_factory: Callable[..., ClusterHarness]) -> None:
-    """While blocked in its own fsync a node hears nobody, so that time must not count as its
-    peers' silence (0.1-0.9 s fsync stalls of a shared disk deposed healthy leaders by CheckQuorum).
-    Time spent anywhere else in a turn still counts: a slow turn must not slow Raft's clock."""
-    from wiber.clock import FakeClock
-    from wiber.node import TICK_MS, Node
-    from wiber.raft import Role
-    from wiber.transport import ClientRequest
+class _SteppedNode:
+    """A single-node leader on a FakeClock, whose disk can be made to stall, counting Raft ticks."""
 
-    cluster = cluster_factory(1, start=False)
-    clock = FakeClock()
-    node = Node(cluster.config, "n1", clock=clock)
-    real_poll, real_sync, real_tick = node.transport.poll, node.storage.sync, node.raft.tick
-    node.transport.poll = lambda timeout_ms: real_poll(0)  # type: ignore[method-assign]  # fake time
-    ticks: list[float] = []
-    node.raft.tick = lambda: (ticks.append(clock.monotonic()), real_tick())[1]  # type: ignore[method-assign]
-    stall = [0.0]
+    def __init__(self, cluster: ClusterHarness) -> None:
+        from wiber.clock import FakeClock
+        from wiber.node import TICK_MS, Node
+        from wiber.raft import Role
 
-    def stalling_sync() -> None:
-        real_sync()
-        clock.advance(stall[0])
+        self.clock = FakeClock()
+        self.node = node = Node(cluster.config, "n1", clock=self.clock)
+        self.tick_s = TICK_MS / 1000
+        self.ticks = 0
+        self.stall_s = 0.0
+        real_poll, real_tick = node.transport.poll, node.raft.tick
+        node.transport.poll = lambda timeout_ms: real_poll(0)  # type: ignore[method-assign]  # fake time
 
-    node.storage.sync = stalling_sync  # type: ignore[method-assign]
-    tick_s = TICK_MS / 1000
-    try:
+        def counting_tick() -> None:
+            self.ticks += 1
+            real_tick()
+
+        node.raft.tick = counting_tick  # type: ignore[method-assign]
         for _ in range(200):  # a single node elects itself after its election timeout
-            clock.advance(tick_s)
-            node.run_once()
+            self.idle(self.tick_s)
             if node.raft.role is Role.LEADER:
                 break
         assert node.raft.role is Role.LEADER
-        node.run_once()
 
-        def publish_with_stall(seconds: float) -> int:
-            ticks.clear()
-            stall[0] = seconds
-            body = msgpack.packb({"op": "PUB", "topic": "t", "data": b"x"}, use_bin_type=True)
-            node._on_client_request(ClientRequest(envelope=[b"gone-client", b""], body=body))
-            node.run_once()  # proposes, persists (the stall), commits
-            stall[0] = 0.0
-            node.run_once()
-            return len(ticks)
+    def stalling(self, real: Callable[..., None]) -> Callable[..., None]:
+        """Returns: `real`, made to take `stall_s` of the node's clock."""
+        def call(*args: Any) -> None:
+            real(*args)
+            self.clock.advance(self.stall_s)
+        return call
 
-        before = node.applied_index
-        assert publish_with_stall(0.5) == 0  # 50 ticks' worth of fsync: none of it counts
-        assert node.applied_index > before
-        clock.advance(1.5 * tick_s)
-        node.run_once()
-        assert len(ticks) == 1  # the clock runs again afterwards
+    def idle(self, seconds: float) -> int:
+        """Returns: the ticks fired by a turn `seconds` after the last one, with nothing to do."""
+        before = self.ticks
+        self.clock.advance(seconds)
+        self.node.run_once()
+        return self.ticks - before
 
-        # A disk slow on every write may pause the clock only between ticks: it runs at half speed
-        # at worst, so a cut-off leader on such a disk still steps down.
-        stall[0] = 0.5
-        body = msgpack.packb({"op": "PUB", "topic": "t", "data": b"y"}, use_bin_type=True)
-        ticks.clear()
-        for _ in range(2):
-            node._on_client_request(ClientRequest(envelope=[b"gone-client", b""], body=body))
-            node.run_once()
-        stall[0] = 0.0
-        node.run_once()
-        assert 45 <= len(ticks) <= 55  # the first stall paused the clock, the second (no tick between) did not
+    def publish(self, stall_s: float) -> int:
+        """Returns: the ticks fired while one PUB is written (its disk taking `stall_s`) and applied."""
+        from wiber.transport import ClientRequest
 
-        ticks.clear()
-        clock.advance(0.2 + tick_s / 2)  # a slow turn elsewhere (CPU, a stopped process): every tick counts
-        node.run_once()
-        assert len(ticks) == 20
+        before, applied = self.ticks, self.node.applied_index
+        self.stall_s = stall_s
+        body = msgpack.packb({"op": "PUB", "topic": "t", "data": b"x"}, use_bin_type=True)
+        self.node._on_client_request(ClientRequest(envelope=[b"gone-client", b""], body=body))
+        self.node.run_once()  # proposes, persists (the stall), commits, applies
+        self.stall_s = 0.0
+        self.node.run_once()
+        assert self.node.applied_index > applied
+        return self.ticks - before
+
+
+def test_a_long_wait_on_the_disk_is_taken_off_raft_clock_but_a_slow_turn_is_not(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """While blocked in its own fsync a node hears nobody (on a shared disk its peers stall too),
+    so that time must not count as their silence: 0.1-0.9 s stalls of one disk deposed healthy
+    leaders through CheckQuorum. The time taken off is bounded by the Raft time ticked since, so the
+    clock runs at least half as fast as real time whatever the disk does. Time spent anywhere else
+    in a turn still counts, one election timeout of ticks at most per turn."""
+    from wiber.node import DISK_WAIT_CREDIT_MAX_S, ms_to_ticks
+
+    cluster = cluster_factory(1, start=False)
+    stepped = _SteppedNode(cluster)
+    node, tick_s = stepped.node, stepped.tick_s
+    node.storage.sync = stepped.stalling(node.storage.sync)  # type: ignore[method-assign]
+    election_ticks = ms_to_ticks(cluster.config.cluster.election_timeout_ms)
+    try:
+        for _ in range(5):  # earn the full credit: a second of Raft time
+            stepped.idle(0.25)
+        assert node._pause_credit == DISK_WAIT_CREDIT_MAX_S
+        assert stepped.publish(0.5) == 0  # 50 ticks' worth of fsync: none of it counts
+        assert stepped.idle(1.5 * tick_s) == 1  # the clock runs again afterwards
+        assert stepped.publish(0.49) == 0  # the rest of the credit
+        assert 15 <= stepped.publish(0.2) <= 20  # the credit is spent: the stall counts (but 0.02 s)
+        assert stepped.idle(1.5 * tick_s) == 1  # one tick earns one tick of credit, so a disk slow
+        assert stepped.publish(0.5) == election_ticks  # at every write still moves the clock on
+        assert 19 <= stepped.idle(0.2 + tick_s / 2) <= 21  # a slow turn elsewhere: every tick counts
+        assert stepped.idle(2.0) == election_ticks  # after a long stop: one election timeout at most
+    finally:
+        node.close()
+
+
+def test_a_long_snapshot_write_is_taken_off_raft_clock(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(1, start=False, snapshot_every=1)
+    stepped = _SteppedNode(cluster)
+    node = stepped.node
+    node.storage.compact = stepped.stalling(node.storage.compact)  # type: ignore[method-assign]
+    try:
+        for _ in range(5):
+            stepped.idle(0.25)
+        snapshots = node.storage.last_snapshot_index
+        assert stepped.publish(0.5) == 0
+        assert node.storage.last_snapshot_index > snapshots
     finally:
         node.close()
