@@ -67,7 +67,11 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One stored message, as HISTORY and subscriptions deliver it."""
+    """One stored message, as HISTORY and subscriptions deliver it.
+
+    `late` is True for a message that reached a leader with a reorder window after its slot had
+    passed: stored at once, out of `ts` order (DESIGN section 5).
+    """
 
     topic: str
     offset: int
@@ -75,11 +79,12 @@ class Message:
     lamport: int
     ts: float
     index: int
+    late: bool = False
 
     @classmethod
     def from_wire(cls, topic: str, item: dict[str, Any]) -> Message:
         return cls(topic, int(item["offset"]), bytes(item["data"]), int(item["lamport"]), float(item["ts"]),
-                   int(item["index"]))
+                   int(item["index"]), item.get("late") is True)
 
 
 @dataclass(frozen=True, slots=True)
