@@ -129,16 +129,23 @@ def run(args: argparse.Namespace) -> None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=30)
             print(f"run {attempt + 1}: {summary} ({elapsed:.2f} s)")
-            roles["client"], after_io["client"], before_io["client"] = "", 0.0, 0.0  # its context is gone
-            now_leader = cluster.leader()
-            if now_leader != leader:
-                say(f"  (the leader changed during the run: now {now_leader})")
             for nid in pids:
-                used, io = after[nid] - before[nid], after_io[nid] - before_io[nid]
-                print(f"  {nid:6s} {roles[nid]:8s} {1e6 * used / args.messages:6.1f} us CPU/msg "
-                      f"(ZeroMQ threads {1e6 * io / args.messages:4.1f})  {100 * used / elapsed:5.1f}% of a core  "
+                used = after[nid] - before[nid]
+                if nid == "client":  # its context, and so ZeroMQ's threads, ended with the workload
+                    zmq_cpu = zmq_wakes = "   -"
+                else:
+                    zmq_cpu = f"{1e6 * (after_io[nid] - before_io[nid]) / args.messages:4.1f}"
+                    zmq_wakes = f"{(after_wake[nid][1] - before_wake[nid][1]) / args.messages:.2f}"
+                print(f"  {nid:6s} {roles.get(nid, ''):8s} {1e6 * used / args.messages:6.1f} us CPU/msg "
+                      f"(ZeroMQ threads {zmq_cpu})  {100 * used / elapsed:5.1f}% of a core  "
                       f"wake-ups/msg {(after_wake[nid][0] - before_wake[nid][0]) / args.messages:.2f} "
-                      f"(ZeroMQ {(after_wake[nid][1] - before_wake[nid][1]) / args.messages:.2f})")
+                      f"(ZeroMQ {zmq_wakes})")
+            now_leader = cluster.leader()
+            if now_leader != leader:  # the roles above are those at the start of the run
+                say(f"  (the leader changed during the run: now {now_leader}; the next run uses it)")
+                leader = now_leader
+                addrs = [cluster.addr[leader], *(cluster.addr[f] for f in cluster.followers(leader))]
+                roles = {nid: ("leader" if nid == leader else "follower") for nid in cluster.addr}
             if spy is not None and raw.exists():
                 print(f"  py-spy on the {args.spy} ({raw}):")
                 print(top_frames(raw))

@@ -200,7 +200,7 @@ def format_message(message: Message, as_json: bool) -> str:
         data, encoding = base64.b64encode(message.data).decode("ascii"), "base64"
     return json.dumps({
         "topic": message.topic, "offset": message.offset, "data": data, "encoding": encoding,
-        "lamport": message.lamport, "ts": message.ts, "index": message.index,
+        "lamport": message.lamport, "ts": message.ts, "index": message.index, "late": message.late,
     }, ensure_ascii=False)
 
 

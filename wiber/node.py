@@ -442,9 +442,11 @@ class Node:
         counted that silence, so a follower campaigned (its peer, stalled too, was out of its lease
         and granted the pre-vote) or the leader stepped down (CheckQuorum). The wait is taken off
         the clock by moving the next tick later, as far as the credit allows: Raft time ticked
-        since, capped at `DISK_WAIT_CREDIT_MAX_S`. So over any stretch the clock runs at least half
-        as fast as real time (less the cap), however the disk behaves: a cut-off leader on a disk
-        slow at every write still steps down, within about twice its usual time plus the cap.
+        since, capped at `DISK_WAIT_CREDIT_MAX_S`. So the disk can never take off more Raft time
+        than was ticked (plus the cap): with waits up to an election timeout the clock runs at
+        least half as fast as real time; a longer wait beyond the credit counts one election
+        timeout at most, as any long stall does (`_fire_timers`). Either way a cut-off leader on a
+        disk slow at every write keeps ticking and still steps down, only later.
 
         Only timing changes, never safety: reads use ReadIndex and no lease; the lease only keeps
         a node that heard a leader recently from voting, and it lasts longer by what was taken off,

@@ -162,7 +162,8 @@ def test_history_last_from_json_all_and_limits(cluster_factory: Callable[..., Cl
     objects = [json.loads(line) for line in out]
     assert [(o["offset"], o["data"], o["encoding"], o["topic"]) for o in objects] == [
         (1498, "m-1498", "utf-8", "hist"), (1499, "m-1499", "utf-8", "hist")]
-    assert all(isinstance(o["lamport"], int) and o["ts"] > 0 and o["index"] >= 1 for o in objects)
+    assert all(isinstance(o["lamport"], int) and o["ts"] > 0 and o["index"] >= 1 and o["late"] is False
+               for o in objects)
     out, _ = ok(cluster, "history", "bin", "--json", "--linearizable")
     (item,) = [json.loads(line) for line in out]
     assert item["encoding"] == "base64" and base64.b64decode(item["data"]) == raw

@@ -382,9 +382,9 @@ def test_a_long_wait_on_the_disk_is_taken_off_raft_clock_but_a_slow_turn_is_not(
         cluster_factory: Callable[..., ClusterHarness]) -> None:
     """While blocked in its own fsync a node hears nobody (on a shared disk its peers stall too),
     so that time must not count as their silence: 0.1-0.9 s stalls of one disk deposed healthy
-    leaders through CheckQuorum. The time taken off is bounded by the Raft time ticked since, so the
-    clock runs at least half as fast as real time whatever the disk does. Time spent anywhere else
-    in a turn still counts, one election timeout of ticks at most per turn."""
+    leaders through CheckQuorum. The time taken off is bounded by the Raft time ticked since, so a
+    disk slow at every write cannot stop the clock. Time spent anywhere else in a turn still
+    counts, one election timeout of ticks at most per turn."""
     from wiber.node import DISK_WAIT_CREDIT_MAX_S, ms_to_ticks
 
     cluster = cluster_factory(1, start=False)
