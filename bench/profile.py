@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.common import PAYLOAD, CHILDREN, install_signal_handlers, percentile, say, wait_for
 from bench.wiber_bench import WiberCluster
@@ -32,43 +33,41 @@ from wiber.publisher import Publisher
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """Returns: user + system CPU seconds of process `pid`, all its threads together."""
-    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+class Usage(NamedTuple):
+    """What one process has used so far, from /proc (subtract two to get a run's share)."""
+
+    cpu_s: float  # user + system, every thread, also those that ended
+    zmq_cpu_s: float  # the threads but the main one that are still running (ZeroMQ's I/O and reaper)
+    wakeups: int  # the main thread's voluntary context switches: a poll that waited, an fsync
+    zmq_wakeups: int  # the same for the other live threads
+
+    def since(self, before: Usage) -> Usage:
+        """Returns: what was used between `before` and this."""
+        return Usage(self.cpu_s - before.cpu_s, self.zmq_cpu_s - before.zmq_cpu_s,
+                     self.wakeups - before.wakeups, self.zmq_wakeups - before.zmq_wakeups)
 
 
-def zmq_thread_cpu_seconds(pid: int) -> float:
-    """Returns: CPU seconds of every thread of `pid` but its main one (ZeroMQ's I/O and reaper threads)."""
-    total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        if task.name != str(pid):
-            try:
-                total += cpu_seconds_of(task / "stat")
-            except FileNotFoundError:  # the thread ended
-                continue
-    return total
-
-
-def wakeups(pid: int) -> tuple[int, int]:
-    """Returns: how often `pid`'s main thread, and its other threads together, went to sleep and woke
-    (voluntary context switches: a poll that waited, an fsync)."""
-    main = other = 0
+def usage(pid: int) -> Usage:
+    """Returns: process `pid`'s usage now, in one pass over its threads."""
+    zmq_cpu = 0.0
+    wakeups = zmq_wakeups = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            status = (task / "status").read_text()
+            stat, status = (task / "stat").read_text(), (task / "status").read_text()
         except FileNotFoundError:  # the thread ended
             continue
-        count = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        switches = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
         if task.name == str(pid):
-            main += count
+            wakeups = switches
         else:
-            other += count
-    return main, other
+            zmq_cpu += _cpu_seconds(stat)
+            zmq_wakeups += switches
+    return Usage(_cpu_seconds(Path(f"/proc/{pid}/stat").read_text()), zmq_cpu, wakeups, zmq_wakeups)
 
 
-def cpu_seconds_of(stat: Path) -> float:
-    """Returns: user + system CPU seconds from a /proc `stat` file."""
-    fields = stat.read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(stat: str) -> float:
+    """Returns: user + system CPU seconds from the text of a /proc `stat` file."""
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
@@ -101,8 +100,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         cluster.start()
         leader = cluster.leader()
-        addrs = [cluster.addr[leader], *(cluster.addr[f] for f in cluster.followers(leader))]
-        roles = {nid: ("leader" if nid == leader else "follower") for nid in cluster.addr}
+        addrs, roles = _roles(cluster, leader)
         say(f"leader {leader}; {args.workload}, {args.messages} messages of {len(PAYLOAD)} bytes")
         for attempt in range(args.repeat):
             spy: subprocess.Popen[bytes] | None = None
@@ -116,41 +114,40 @@ def run(args: argparse.Namespace) -> None:
                 time.sleep(1.0)  # py-spy attaches
             pids = {nid: child.pid for nid, child in cluster.nodes.items()}
             pids["client"] = os.getpid()
-            before = {nid: cpu_seconds(pid) for nid, pid in pids.items()}
-            before_io = {nid: zmq_thread_cpu_seconds(pid) for nid, pid in pids.items()}
-            before_wake = {nid: wakeups(pid) for nid, pid in pids.items()}
+            before = {nid: usage(pid) for nid, pid in pids.items()}
             start = time.perf_counter()
             summary = _sequential(addrs, args) if args.workload == "sequential" else _pipelined(addrs, args)
             elapsed = time.perf_counter() - start
-            after = {nid: cpu_seconds(pid) for nid, pid in pids.items()}
-            after_io = {nid: zmq_thread_cpu_seconds(pid) for nid, pid in pids.items()}
-            after_wake = {nid: wakeups(pid) for nid, pid in pids.items()}
+            used = {nid: usage(pid).since(before[nid]) for nid, pid in pids.items()}
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=30)
             print(f"run {attempt + 1}: {summary} ({elapsed:.2f} s)")
-            for nid in pids:
-                used = after[nid] - before[nid]
+            n = args.messages
+            for nid, u in used.items():
                 if nid == "client":  # its context, and so ZeroMQ's threads, ended with the workload
                     zmq_cpu = zmq_wakes = "   -"
                 else:
-                    zmq_cpu = f"{1e6 * (after_io[nid] - before_io[nid]) / args.messages:4.1f}"
-                    zmq_wakes = f"{(after_wake[nid][1] - before_wake[nid][1]) / args.messages:.2f}"
-                print(f"  {nid:6s} {roles.get(nid, ''):8s} {1e6 * used / args.messages:6.1f} us CPU/msg "
-                      f"(ZeroMQ threads {zmq_cpu})  {100 * used / elapsed:5.1f}% of a core  "
-                      f"wake-ups/msg {(after_wake[nid][0] - before_wake[nid][0]) / args.messages:.2f} "
-                      f"(ZeroMQ {zmq_wakes})")
+                    zmq_cpu, zmq_wakes = f"{1e6 * u.zmq_cpu_s / n:4.1f}", f"{u.zmq_wakeups / n:.2f}"
+                print(f"  {nid:6s} {roles.get(nid, ''):8s} {1e6 * u.cpu_s / n:6.1f} us CPU/msg "
+                      f"(ZeroMQ threads {zmq_cpu})  {100 * u.cpu_s / elapsed:5.1f}% of a core  "
+                      f"wake-ups/msg {u.wakeups / n:.2f} (ZeroMQ {zmq_wakes})")
             now_leader = cluster.leader()
             if now_leader != leader:  # the roles above are those at the start of the run
                 say(f"  (the leader changed during the run: now {now_leader}; the next run uses it)")
                 leader = now_leader
-                addrs = [cluster.addr[leader], *(cluster.addr[f] for f in cluster.followers(leader))]
-                roles = {nid: ("leader" if nid == leader else "follower") for nid in cluster.addr}
+                addrs, roles = _roles(cluster, leader)
             if spy is not None and raw.exists():
                 print(f"  py-spy on the {args.spy} ({raw}):")
                 print(top_frames(raw))
     finally:
         cluster.close()
+
+
+def _roles(cluster: WiberCluster, leader: str) -> tuple[list[str], dict[str, str]]:
+    """Returns: the client addresses, the leader's first, and each node's role."""
+    addrs = [cluster.addr[leader], *(cluster.addr[f] for f in cluster.followers(leader))]
+    return addrs, {nid: ("leader" if nid == leader else "follower") for nid in cluster.addr}
 
 
 def _pipelined(addrs: list[str], args: argparse.Namespace) -> str:
