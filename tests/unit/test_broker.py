@@ -26,6 +26,7 @@ from wiber.broker import (
     Broker,
     BrokerSettings,
     MalformedEntry,
+    MemoryRecordStore,
     PubOp,
     PubResult,
     Record,
@@ -468,8 +469,8 @@ def test_trimming_keeps_memory_proportional_to_what_is_kept() -> None:
     log = Log(BrokerSettings(retention=RetentionConfig(max_messages=10)))
     for _ in range(30):
         log.apply(*(pub("t") for _ in range(1000)))
-    internal = log.broker._topics["t"]  # the one white-box check: the dead prefix is compacted
-    assert len(internal.records) < 10_000
+    store = log.broker.store  # the one white-box check: the dead prefix is compacted
+    assert isinstance(store, MemoryRecordStore) and store.dead_prefix(0) < 10_000
     assert log.offsets("t") == list(range(29_990, 30_000))
 
 
@@ -721,18 +722,18 @@ def test_decode_refuses_malformed_entries() -> None:
 
 
 def test_fast_constructors_build_ordinary_instances() -> None:
-    from wiber import broker as module
+    from wiber.broker import entry, records
 
-    made = module._make_pub_op("t", (b"x",), False, None, None, None, 0, False)
+    made = entry._make_pub_op("t", (b"x",), False, None, None, None, 0, False)
     assert made == pub("t") and type(made) is PubOp and repr(made) == repr(pub("t"))
-    result = module._make_result(None, False, None, ())
+    result = records.make_result(None, False, None, ())
     assert type(result) is PubResult and result == PubResult(None, False, None, ()) and result.reply is None
 
 
 def test_stored_records_are_left_alone_by_the_cycle_collector() -> None:
     log = Log()
     (record,) = log.broker.apply(1, encode_entry(T0, [pub("t", b"d")]))[0].records
-    kept = log.broker._topics["t"].records[0]
+    kept = log.broker.kept("t")[0]
     assert kept is record and kept == Record("t", 0, b"d", 1, T0, 1, False)
     gc.collect()
     assert not gc.is_tracked(kept)  # a tracked record would cost every full collection a visit
