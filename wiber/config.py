@@ -51,8 +51,18 @@ request_timeout_ms (integer > 0, default 5000)
     unknown; a retry with the same client_id and seq is safe).
 
 snapshot_every (integer > 0, default 10000)
-    Number of log entries applied between two snapshots; the log before a snapshot is then
-    discarded. Smaller values mean faster restarts and more snapshot writes.
+    Number of log entries applied between two checkpoints (Raft snapshots); the Raft log before a
+    checkpoint is then discarded. Smaller values mean faster restarts and more checkpoint writes.
+    A checkpoint is cheap (it fsyncs the topic segments written since the last one and commits the
+    index rows that changed, off the node's loop) and never stops the loop for long.
+
+snapshot_bytes (integer > 0, default 67108864 = 64 MiB)
+    A checkpoint is also taken once this many bytes of log entries were applied since the last one,
+    so a burst of large batches does not keep a long Raft log.
+
+segment_bytes (integer > 0, default 67108864 = 64 MiB)
+    Size at which a topic segment file (shared by every topic) is sealed and a new one started.
+    Retention frees disk space a whole sealed segment at a time.
 
 session_window (integer > 0, default 4096)
     Per client_id, how many answers the broker keeps for deduplicating retries (seqs at or above
@@ -240,6 +250,8 @@ class ClusterConfig:
     reorder_window_ms: int = 0
     request_timeout_ms: int = 5000
     snapshot_every: int = 10000
+    snapshot_bytes: int = 64 << 20
+    segment_bytes: int = 64 << 20
     session_window: int = 4096
     max_sessions: int = 10000
     fsync: bool = True
@@ -399,6 +411,8 @@ _POSITIVE_INT_KEYS: Final = (
     "max_message_bytes",
     "request_timeout_ms",
     "snapshot_every",
+    "snapshot_bytes",
+    "segment_bytes",
     "session_window",
     "max_sessions",
 )
@@ -449,6 +463,8 @@ def _parse_cluster(file: str, raw: object) -> ClusterConfig:
         reorder_window_ms=reorder_window_ms,
         request_timeout_ms=ints["request_timeout_ms"],
         snapshot_every=ints["snapshot_every"],
+        snapshot_bytes=ints["snapshot_bytes"],
+        segment_bytes=ints["segment_bytes"],
         session_window=ints["session_window"],
         max_sessions=ints["max_sessions"],
         fsync=fsync,

@@ -20,6 +20,7 @@ import math
 import os
 import random
 import signal
+import threading
 from types import FrameType
 from typing import Any, Callable
 
@@ -28,6 +29,8 @@ import zmq
 
 from wiber import chunks, protocol, timesync
 from wiber.broker import Broker, BrokerSettings, PubOp, PubResult, encode_entry, pub_op_from_request, record_to_wire
+from wiber.broker.checkpoint import rebuild, take_delta
+from wiber.broker.snapshot import SNAPSHOT_FORMAT as FULL_SNAPSHOT_FORMAT
 from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
 from wiber.errors import NotLeader, StorageError, Unavailable, WireError
@@ -43,9 +46,10 @@ from wiber.raft import (
     decode_message,
     encode_message,
 )
-from wiber.raft.messages import AppendEntries, Entry, Message
+from wiber.raft.messages import AppendEntries, Entry, Message, SnapshotMeta
 from wiber.reorder import ReorderBuffer
-from wiber.storage import DurableStorage, StorageFailure
+from wiber.storage import CorruptLog, DurableStorage, StorageFailure
+from wiber.storage.topics import CheckpointJob, TopicStore
 from wiber.transport import ClientRequest, Transport
 from wiber.waiting import PendingReads, PendingWrites, Waiter
 
@@ -69,6 +73,10 @@ DISK_WAIT_PAUSES_S = TICK_MS / 1000
 DISK_WAIT_CREDIT_MAX_S = 1.0
 #: A wait on the disk this long or longer is logged as a warning: it risks elections on peers with other disks.
 DISK_WAIT_WARN_S = 0.1
+#: A HISTORY reply carries at most this much message data (fewer messages, with next_offset).
+MAX_REPLY_BYTES = 4 << 20
+#: First item of the Raft snapshot data a checkpoint writes: the data itself lives in the topic store.
+CHECKPOINT_FORMAT = 2
 
 #: A handler answers at once (a reply map) or parks the client and answers later (None).
 Handler = Callable[[dict[str, Any], ClientRequest, Any], "dict[str, Any] | None"]
@@ -109,9 +117,17 @@ class Node:
         self.peer_ids = [p.id for p in config.peers(node_id)]
         self.transport = Transport(self.ctx, self.me, config.peers(node_id), self.limits.max_frame_bytes)
 
+        data_dir = config.node_data_dir(node_id)
         try:
-            self.storage = DurableStorage.open(config.node_data_dir(node_id), fsync=config.cluster.fsync,
+            self.storage = DurableStorage.open(data_dir, fsync=config.cluster.fsync,
                                                logger=logging.getLogger("wiber.storage"))
+            try:
+                self.topic_store = TopicStore.open(os.path.join(data_dir, "topics"), fsync=config.cluster.fsync,
+                                                   segment_bytes=config.cluster.segment_bytes,
+                                                   retention=_has_retention(config))
+            except BaseException:
+                self.storage.close()
+                raise
         except BaseException:
             self.transport.close()  # a refused data directory must not leave sockets bound
             raise
@@ -129,13 +145,19 @@ class Node:
         # crossings with nothing stepped between deposed a healthy leader after a long stall).
         self._max_catch_up_ticks = raft_config.election_ticks
         self._broker_settings = BrokerSettings.from_cluster(config.cluster)
-        self.broker = Broker(self._broker_settings)
-        self.applied_index = 0
-        snap_meta, snap_data = self.storage.snapshot()
-        if snap_meta.index > 0:
-            self.broker = Broker.restore(snap_data, self._broker_settings)
-            self.applied_index = snap_meta.index
+        try:
+            self.broker = self._load_state()
+        except BaseException:
+            self.close_storage()
+            self.transport.close()
+            raise
+        self.applied_index = self.broker.applied_index
         self._snapshot_every = config.cluster.snapshot_every
+        self._snapshot_bytes = config.cluster.snapshot_bytes
+        self._checkpoint_index = self.applied_index
+        self._applied_bytes = 0  # bytes of log entries applied since the last checkpoint was prepared
+        self._checkpoint: tuple[CheckpointJob, threading.Thread] | None = None
+        self._checkpoint_error: BaseException | None = None
         self._joiner = chunks.Joiner()
         self._transfer_ids = random.Random(os.urandom(8))
         self._request_timeout_s = config.cluster.request_timeout_ms / 1000.0
@@ -221,11 +243,46 @@ class Node:
         return self.raft.role is not Role.LEADER or now >= self._stop_deadline
 
     def close(self) -> None:
-        """Close the sockets (linger 0) and, if this node made it, the context."""
+        """Close the sockets (linger 0), wait for a checkpoint being written, close the files and,
+        if this node made it, the context."""
         self.transport.close()
-        self.storage.close()
+        if self._checkpoint is not None:
+            self._checkpoint[1].join()
+            self._checkpoint = None
+        self.close_storage()
         if self._own_ctx:
             self.ctx.term()
+
+    def close_storage(self) -> None:
+        """Close the Raft log and the topic store."""
+        self.storage.close()
+        self.topic_store.close()
+
+    def _load_state(self) -> Broker:
+        """Returns: the broker as the data directory left it: the topic store's last checkpoint,
+        or an empty one, or (a data directory of the first format) the full snapshot the Raft log
+        holds, migrated into the topic store. The node then re-applies the Raft log after it.
+
+        Raises: CorruptLog: the Raft log was compacted past the topic store's checkpoint.
+        """
+        meta, data = self.storage.snapshot()
+        store = self.topic_store
+        settings = self._broker_settings
+        record = store.record
+        if record is not None and record.applied_index >= meta.index:
+            return rebuild(settings, store, record.counters, store.index.topics(), store.index.sessions())
+        if record is None and meta.index == 0:
+            return Broker(settings, store)
+        if _is_full_snapshot(data):
+            log.warning("node %s: migrating the snapshot at index %d (every message inside it, the first "
+                        "data format) into topic segments", self.id, meta.index)
+            store.reset()
+            broker = Broker.restore(data, settings, store)
+            store.checkpoint_now(meta.term, take_delta(broker), replace=True)
+            return broker
+        covered = "no checkpoint" if record is None else f"a checkpoint at index {record.applied_index}"
+        raise CorruptLog(store.directory, 0, f"the topic segments hold {covered}, but the Raft log was compacted "
+                         f"to index {meta.index}: the messages in between are lost", store.directory)
 
     # ---------------------------------------------------------------- the loop
 
@@ -332,6 +389,8 @@ class Node:
 
     def _queue(self, messages: list[Message]) -> None:
         for msg in messages:
+            if isinstance(msg, InstallSnapshot):
+                msg = self._whole_snapshot(msg)
             frame = encode_message(msg)
             if isinstance(msg, InstallSnapshot) and len(frame) > chunks.CHUNK_BYTES:
                 # Each chunk is its own ZeroMQ message (at most 1 MiB), not a part of one huge one.
@@ -339,6 +398,14 @@ class Node:
                     self.transport.send_peer_frames(msg.to, [chunk])
                 continue
             self._outbox.setdefault(msg.to, []).append(frame)
+
+    def _whole_snapshot(self, msg: InstallSnapshot) -> InstallSnapshot:
+        """The core sends a checkpoint's descriptor; the follower needs the state itself. Returns: the
+        message carrying the broker's whole state at the applied index (a valid snapshot: applied
+        entries are committed), which the follower installs and acknowledges at that index."""
+        index = self.applied_index
+        meta = SnapshotMeta(index, self.storage.term(index))
+        return InstallSnapshot(msg.term, msg.frm, msg.to, meta, self.broker.snapshot())
 
     def _hold_commit_notices(self, messages: list[Message]) -> list[Message]:
         """Hold back empty appends without a heartbeat round (commit notices, and the probes for a
@@ -404,7 +471,11 @@ class Node:
             self._flush_outbox()
             for read_state in rd.read_states:
                 self._reads.confirm(read_state.ctx, read_state.index)
-            self._apply(rd.committed_entries)
+            try:
+                self._apply(rd.committed_entries)
+            except StorageFailure as exc:
+                self._on_storage_failure(exc)
+                return
             self.raft.advance(rd)
         # The core steps down inside step() or tick(), before this runs: compare across turns.
         is_leader = self.raft.role is Role.LEADER
@@ -420,10 +491,8 @@ class Node:
         if rd.snapshot is not None:
             meta, data = rd.snapshot
             started = clock()
-            self.storage.apply_snapshot(meta, data)
+            self._install_snapshot(meta, data)
             on_disk = clock() - started
-            self.broker = Broker.restore(data, self._broker_settings)
-            self.applied_index = meta.index
             log.info("node %s installed the leader's snapshot at index %d", self.id, meta.index)
         started = clock()
         if rd.entries:
@@ -470,19 +539,83 @@ class Node:
         self._fail(self._writes.drain(), err)
         self._fail(self._reads.drain(), err)
 
+    def _install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Replace the whole state by the leader's: the topic store first (durable, in new segments),
+        then the Raft log, so a crash in between leaves a store at or ahead of the log's snapshot."""
+        self._wait_checkpoint()
+        store = self.topic_store
+        store.reset()
+        broker = Broker.restore(data, self._broker_settings, store)
+        store.checkpoint_now(meta.term, take_delta(broker), replace=True)
+        self.storage.apply_snapshot(meta, _checkpoint_descriptor(meta.index))
+        self.broker = broker
+        self.applied_index = meta.index
+        self._checkpoint_index = meta.index
+        self._applied_bytes = 0
+
     def _maybe_snapshot(self) -> None:
-        """Every `snapshot_every` applied entries, snapshot the broker and drop the log before it."""
-        if self.applied_index - self.storage.last_snapshot_index < self._snapshot_every:
+        """Finish a checkpoint whose thread is done; start one every `snapshot_every` applied entries
+        or `snapshot_bytes` of them (the slow half runs off the loop: `wiber.storage.topics.store`)."""
+        if self._checkpoint is not None:
+            if self._checkpoint[1].is_alive():
+                return
+            self._finish_checkpoint()
             return
-        data = self.broker.snapshot()
+        if self.applied_index <= self._checkpoint_index:
+            return
+        if (self.applied_index - self._checkpoint_index < self._snapshot_every
+                and self._applied_bytes < self._snapshot_bytes):
+            return
         started = self.clock.monotonic()
         try:
-            self.storage.compact(self.applied_index, data)
+            term = self.storage.term(self.applied_index)
+            job = self.topic_store.prepare_checkpoint(term, take_delta(self.broker))
         except StorageFailure as exc:
             self._on_storage_failure(exc)
             return
-        self._disk_waited(self.clock.monotonic() - started, "snapshot")
-        log.info("node %s took a snapshot at index %d", self.id, self.applied_index)
+        self._applied_bytes = 0
+        thread = threading.Thread(target=self._run_checkpoint, args=(job,), name=f"checkpoint-{self.id}",
+                                  daemon=True)
+        self._checkpoint = (job, thread)
+        thread.start()
+        self._disk_waited(self.clock.monotonic() - started, "checkpoint flush")
+
+    def _run_checkpoint(self, job: CheckpointJob) -> None:
+        """The checkpoint thread: fsync and commit (both release the GIL); errors go to the loop."""
+        try:
+            job.run()
+        except BaseException as exc:  # handed to the loop, which stops writing (a storage failure)
+            self._checkpoint_error = exc
+
+    def _wait_checkpoint(self) -> None:
+        """Wait for a checkpoint being written and take it in (before replacing the state)."""
+        if self._checkpoint is not None:
+            self._checkpoint[1].join()
+            self._finish_checkpoint()
+
+    def _finish_checkpoint(self) -> None:
+        """Take a written checkpoint in, then drop the Raft log up to it."""
+        assert self._checkpoint is not None
+        job, _ = self._checkpoint
+        self._checkpoint = None
+        error, self._checkpoint_error = self._checkpoint_error, None
+        if error is not None:
+            self.topic_store.abandon_checkpoint(job)
+            self._on_storage_failure(StorageFailure(f"checkpoint at index {job.record.applied_index} failed: {error}"))
+            return
+        self.topic_store.finish_checkpoint(job)
+        index = job.record.applied_index
+        self._checkpoint_index = index
+        if index <= self.storage.last_snapshot_index:
+            return
+        started = self.clock.monotonic()
+        try:
+            self.storage.compact(index, _checkpoint_descriptor(index))
+        except StorageFailure as exc:
+            self._on_storage_failure(exc)
+            return
+        self._disk_waited(self.clock.monotonic() - started, "log compaction")
+        log.info("node %s took a checkpoint at index %d", self.id, index)
 
     def _apply(self, entries: list[Entry]) -> None:
         """Apply committed entries to the broker, fan out what they stored, answer their writers."""
@@ -490,6 +623,7 @@ class Node:
             if entry.index <= self.applied_index:
                 continue
             self.applied_index = entry.index
+            self._applied_bytes += len(entry.data)
             if entry.kind is EntryKind.NOOP:
                 self.broker.apply_noop(entry.index)
                 results: list[PubResult] = []
@@ -642,12 +776,16 @@ class Node:
 
     def _history(self, msg: dict[str, Any]) -> dict[str, Any]:
         reply = self.broker.history(msg["topic"], msg.get("from_offset") if "last" not in msg else None,
-                                    msg.get("last"), msg["limit"])
+                                    msg.get("last"), msg["limit"], MAX_REPLY_BYTES)
         reply["commit_index"] = self.raft.commit_index
         return reply
 
     def _answer_history(self, waiter: Waiter[dict[str, Any]]) -> None:
-        self.transport.reply(waiter.envelope, protocol.ok_reply(self._history(waiter.request), waiter.req_id))
+        try:
+            reply = protocol.ok_reply(self._history(waiter.request), waiter.req_id)
+        except StorageError as err:
+            reply = protocol.error_reply(err, waiter.req_id)
+        self.transport.reply(waiter.envelope, reply)
 
     def _on_sub(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
         topic = msg["topic"]
@@ -702,3 +840,28 @@ class Node:
     def _pub_heartbeat(self) -> dict[str, Any]:
         return {"node": self.id, "term": self.raft.term, "commit_index": self.raft.commit_index,
                 "time": self.synced.now()}
+
+
+def _has_retention(config: Config) -> bool:
+    """Returns: whether any retention limit is configured (only then can segments empty)."""
+    limits = [config.cluster.retention, *config.cluster.topics.values()]
+    return any(r.max_messages is not None or r.max_bytes is not None or r.max_age_s is not None for r in limits)
+
+
+def _checkpoint_descriptor(index: int) -> bytes:
+    """Returns: the Raft snapshot data of a checkpoint at `index` (its state is in the topic store)."""
+    packed: bytes = msgpack.packb([CHECKPOINT_FORMAT, index], use_bin_type=True)
+    return packed
+
+
+def _is_full_snapshot(data: bytes) -> bool:
+    """Returns: whether Raft snapshot `data` is a broker's whole state (`Broker.snapshot`), as the
+    first data format kept it and as a leader sends it, rather than a checkpoint's descriptor."""
+    try:
+        head = msgpack.Unpacker(use_list=False, raw=False, max_buffer_size=len(data) + 1)
+        head.feed(data)
+        size = head.read_array_header()
+        first = head.unpack()
+    except Exception:  # msgpack raises many types; none of them is a full snapshot
+        return False
+    return bool(size == 8 and first == FULL_SNAPSHOT_FORMAT)

@@ -409,6 +409,8 @@ def test_a_long_wait_on_the_disk_is_taken_off_raft_clock_but_a_slow_turn_is_not(
 
 
 def test_a_long_snapshot_write_is_taken_off_raft_clock(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """The checkpoint's slow half runs on its own thread; the log compaction that follows it is on the
+    loop, and a long wait there is taken off Raft's clock like an fsync's."""
     cluster = cluster_factory(1, start=False, snapshot_every=1)
     stepped = _SteppedNode(cluster)
     node = stepped.node
@@ -417,7 +419,13 @@ def test_a_long_snapshot_write_is_taken_off_raft_clock(cluster_factory: Callable
         for _ in range(5):
             stepped.idle(0.25)
         snapshots = node.storage.last_snapshot_index
-        assert stepped.publish(0.5) == 0
+        assert stepped.publish(0.0) == 0  # applied; its checkpoint is being written on the thread
+        assert node._checkpoint is not None
+        node._checkpoint[1].join(timeout=30)
+        stepped.stall_s = 0.5
+        assert stepped.idle(0.0) == 0  # takes the checkpoint in, compacts (the stall): nothing counts
+        stepped.stall_s = 0.0
         assert node.storage.last_snapshot_index > snapshots
+        assert stepped.idle(1.5 * stepped.tick_s) == 1  # the 0.5 s in compaction was taken off
     finally:
         node.close()

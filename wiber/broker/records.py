@@ -117,6 +117,10 @@ class RecordStore(Protocol):
     `append` for every stored op and `trim` whenever retention moves a topic's first offset.
     """
 
+    def add_topic(self, topic_id: int, name: str) -> None:
+        """Topic `name` was created with id `topic_id` (the next id; before any of its records)."""
+        ...
+
     def append(self, topic_id: int, records: Sequence[StoredRecord]) -> None:
         """Keep `records` (consecutive offsets, following the topic's last one) at the end of the topic."""
         ...
@@ -159,6 +163,9 @@ class MemoryRecordStore:
 
     def __init__(self) -> None:
         self._topics: dict[int, _MemoryTopic] = {}
+
+    def add_topic(self, topic_id: int, name: str) -> None:
+        pass  # records carry their topic's name
 
     def append(self, topic_id: int, records: Sequence[StoredRecord]) -> None:
         topic = self._topics.get(topic_id)

@@ -416,6 +416,7 @@ class Broker:
         """Create topic `name` (its id: the next in creation order) starting at offset `first`."""
         topic = TopicState(len(self._topics), name, self._settings.retention_of(name), first)
         self._topics[name] = topic
+        self.store.add_topic(topic.id, name)
         return topic
 
     # ------------------------------------------------------------------------------ retention
