@@ -8,7 +8,7 @@ the rows a store holds, at start.
 
 Rows:
 
-* topic:   ``(id, name, first, end, nbytes)``
+* topic:   ``(id, name, first, end, nbytes, age_key)``
 * session: ``(client_id, msgpack [floor, last_index, [[seq, topic, offset, count, index, lamport, ts], ...]])``,
   or ``(client_id, None)`` for a session that is gone (evicted)
 * counters: ``msgpack [applied_index, last_lamport, last_ts, late_count, [evicted client_id, ...]]``
@@ -16,7 +16,6 @@ Rows:
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ from wiber.broker.state import Broker, BrokerSettings
 
 __all__ = ["BrokerDelta", "TopicRow", "rebuild", "take_delta"]
 
-TopicRow = tuple[int, str, int, int, int]
+TopicRow = tuple[int, str, int, int, int, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +45,8 @@ class BrokerDelta:
 def take_delta(broker: Broker) -> BrokerDelta:
     """Returns: the rows of the topics and sessions changed since the last call, and the counters;
     clears the broker's marks (O(changed + evicted ids))."""
-    states = list(broker.topic_states().values())
-    topics = [(t.id, t.name, t.first, t.end, t.nbytes) for t in (states[i] for i in sorted(broker.dirty_topics))]
+    topic = broker.topic_by_id
+    topics = [(t.id, t.name, t.first, t.end, t.nbytes, t.age_key) for t in map(topic, sorted(broker.dirty_topics))]
     broker.dirty_topics.clear()
     table = broker.sessions
     sessions: list[tuple[str, bytes | None]] = []
@@ -89,16 +88,14 @@ def rebuild(
     broker._last_lamport = last_lamport
     broker._last_ts = last_ts
     broker._late_count = late_count
-    for expected, (topic_id, name, first, end, nbytes) in enumerate(topics):
+    for expected, (topic_id, name, first, end, nbytes, age_key) in enumerate(topics):
         if topic_id != expected or topic_problem(name) is not None or not 0 <= first <= end or nbytes < 0:
             raise SnapshotError(f"bad checkpoint topic row {topic_id}: {name!r:.60} {first}..{end}")
         topic = broker._new_topic(name, first)
         topic.end = end
         topic.nbytes = nbytes
         if end > first and topic.retention.max_age_s is not None:
-            # The heap only needs a ts at or below the oldest kept one: the first apply reads the real one.
-            heapq.heappush(broker._age_heaps.setdefault(topic.retention.max_age_s, []), (0.0, name))
-            topic.aging = True
+            broker._start_aging(topic, topic.retention.max_age_s, age_key)
     table = broker.sessions
     for client_id, row in sessions:
         try:

@@ -126,7 +126,7 @@ class BrokerSettings:
 class TopicState:
     """One topic's offsets and size; its messages (offsets ``first .. end - 1``) are in the store."""
 
-    __slots__ = ("aging", "end", "first", "id", "name", "nbytes", "retention")
+    __slots__ = ("age_key", "aging", "end", "first", "id", "name", "nbytes", "retention")
 
     def __init__(self, topic_id: int, name: str, retention: RetentionConfig, first: int = 0) -> None:
         self.id = topic_id
@@ -137,6 +137,9 @@ class TopicState:
         self.retention = retention
         self.aging = False
         """Whether the topic has an entry in its age heap (only topics with max_age_s do)."""
+        self.age_key = 0.0
+        """The ts of its age heap entry: at or below its oldest kept message's (kept in checkpoints,
+        so a restart need not read every topic's oldest message)."""
 
 
 class Broker:
@@ -152,6 +155,7 @@ class Broker:
         self._topics: dict[str, TopicState] = {}
         """Topics in creation order (deterministic: log order), never removed (offsets are never reused).
         A topic's id is its position in this order."""
+        self._by_id: list[TopicState] = []
         self._sessions = Sessions(settings.max_sessions)
         self._age_heaps: dict[float, list[tuple[float, str]]] = {}
         """Per max_age_s value: min-heap of (ts, topic), ts at or below the topic's oldest kept ts."""
@@ -202,6 +206,10 @@ class Broker:
     def topic_states(self) -> Mapping[str, TopicState]:
         """Returns: every topic's state by name, in creation order (read them; only `apply` changes them)."""
         return MappingProxyType(self._topics)
+
+    def topic_by_id(self, topic_id: int) -> TopicState:
+        """Returns: the topic with id `topic_id`. Raises: IndexError: no such topic."""
+        return self._by_id[topic_id]
 
     def topics(self) -> dict[str, int]:
         """Returns: a new map of every topic ever written to its end offset, in creation order."""
@@ -416,6 +424,7 @@ class Broker:
         """Create topic `name` (its id: the next in creation order) starting at offset `first`."""
         topic = TopicState(len(self._topics), name, self._settings.retention_of(name), first)
         self._topics[name] = topic
+        self._by_id.append(topic)
         self.store.add_topic(topic.id, name)
         return topic
 
@@ -453,6 +462,7 @@ class Broker:
         """Enter `topic` (age limit `max_age`, oldest kept message at `oldest_ts`) in its age heap."""
         heapq.heappush(self._age_heaps.setdefault(max_age, []), (oldest_ts, topic.name))
         topic.aging = True
+        topic.age_key = oldest_ts
 
     def _trim_age(self, now: float) -> None:
         """Drop, in every topic with an age limit, the messages with ``ts < now - max_age_s``.
@@ -480,8 +490,10 @@ class Broker:
                 if oldest_kept is not None:
                     # The new oldest is at or above the cutoff, so it is not popped again this turn.
                     heapq.heappush(heap, (oldest_kept, name))
+                    topic.age_key = oldest_kept
                 else:
                     topic.aging = False
+                self.dirty_topics.add(topic.id)
 
     # ------------------------------------------------------------------------------ snapshots
 

@@ -9,7 +9,7 @@ and sessions that changed, and the checkpoint record; work in proportion to what
 Tables::
 
     meta(key, value)                               checkpoint record (see `CheckpointRecord`)
-    topics(id, name, first, end_, nbytes)          one row per topic ever written (`wiber.broker.checkpoint`)
+    topics(id, name, first, end_, nbytes, age_key) one row per topic ever written (`wiber.broker.checkpoint`)
     blocks(topic_id, first, count, segment, position, length)   one row per block (sparse index)
     sessions(client_id, row)                       one row per dedup session
 """
@@ -34,7 +34,7 @@ INDEX_FORMAT: Final = 2
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS topics(id INTEGER PRIMARY KEY, name TEXT NOT NULL, first INTEGER NOT NULL,
-                                  end_ INTEGER NOT NULL, nbytes INTEGER NOT NULL);
+                                  end_ INTEGER NOT NULL, nbytes INTEGER NOT NULL, age_key REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks(topic_id INTEGER NOT NULL, first INTEGER NOT NULL, count INTEGER NOT NULL,
                                   segment INTEGER NOT NULL, position INTEGER NOT NULL, length INTEGER NOT NULL,
                                   PRIMARY KEY(topic_id, first)) WITHOUT ROWID;
@@ -121,9 +121,9 @@ class IndexDb:
             "ORDER BY first LIMIT ?", (topic_id, first, below, limit)).fetchall()
         return [BlockRef(topic_id, *row) for row in rows]
 
-    def topics(self) -> Iterator[tuple[int, str, int, int, int]]:
+    def topics(self) -> Iterator[tuple[int, str, int, int, int, float]]:
         """Returns: every topic row, by id."""
-        return iter(self._db.execute("SELECT id, name, first, end_, nbytes FROM topics ORDER BY id"))
+        return iter(self._db.execute("SELECT id, name, first, end_, nbytes, age_key FROM topics ORDER BY id"))
 
     def sessions(self) -> Iterator[tuple[str, bytes]]:
         """Returns: every session row."""
@@ -148,7 +148,7 @@ class IndexDb:
         self,
         record: CheckpointRecord,
         blocks: Iterable[BlockRef],
-        topics: Iterable[tuple[int, str, int, int, int]],
+        topics: Iterable[tuple[int, str, int, int, int, float]],
         sessions: Iterable[tuple[str, bytes | None]],
         dropped_segments: Iterable[int] = (),
         replace: bool = False,
@@ -166,7 +166,8 @@ class IndexDb:
             db.executemany(
                 "INSERT OR REPLACE INTO blocks(topic_id, first, count, segment, position, length) VALUES (?,?,?,?,?,?)",
                 ((b.topic_id, b.first, b.count, b.segment, b.position, b.length) for b in blocks))
-            db.executemany("INSERT OR REPLACE INTO topics(id, name, first, end_, nbytes) VALUES (?,?,?,?,?)", topics)
+            db.executemany("INSERT OR REPLACE INTO topics(id, name, first, end_, nbytes, age_key) VALUES (?,?,?,?,?,?)",
+                           topics)
             kept = []
             gone = []
             for client_id, row in sessions:
