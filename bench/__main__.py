@@ -4,6 +4,10 @@ Prints one table (ratios Wiber / peer) and writes every figure to ``bench/result
 plus a timestamped copy. ``--quick`` is a smoke check (under two minutes); the default run takes a
 few minutes on a 2-core machine. Every server runs on 127.0.0.1 with a temporary directory and is
 killed by its pid when its section ends, whatever happens.
+
+``--scale`` runs instead the scale workload of `bench.scale` (Wiber and NATS JetStream holding
+millions of retained messages); it is not part of the default run. Its figures go to
+``bench/results/scale-latest.json`` (a "scale" section) plus a timestamped copy.
 """
 
 from __future__ import annotations
@@ -46,6 +50,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         "drift over every system; failovers are split between the rounds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
+    g = p.add_argument_group("scale workload (bench/scale.py; not part of the default run)")
+    g.add_argument("--scale", action="store_true",
+                   help="run only the scale workload: Wiber and NATS JetStream (sync always and default) filled "
+                        "with N retained messages (--only picks among wiber, nats_always, nats_default); "
+                        "--seconds is then each phase's deadline (default 600)")
+    g.add_argument("--scale-messages", default="3000000", metavar="N[,N...]",
+                   help="messages in the one-topic case, one case per value (default 3000000)")
+    g.add_argument("--scale-topics", type=int, default=100_000, metavar="T",
+                   help="topics of the many-topics case (default 100000; 0 skips that case)")
+    g.add_argument("--scale-per-topic", type=int, default=10, metavar="M",
+                   help="messages per topic of the many-topics case (default 10)")
+    g.add_argument("--scale-seq-seconds", type=float, default=10.0, metavar="S",
+                   help="how long the sequential publisher of phase (d) runs (default 10)")
     args = p.parse_args(argv)
     wanted: list[str] = []
     for name in (s.strip() for s in args.only.split(",") if s.strip()):
@@ -55,6 +72,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--only: unknown system {unknown[0]!r} (choose from {', '.join(SYSTEMS)}, nats, all)")
         wanted += [n for n in names if n not in wanted]
     args.systems = [s for s in SYSTEMS if s in wanted]
+    if args.scale:
+        _parse_scale(p, args)
+        return args
     messages = args.messages or (6000 if args.quick else 100_000)
     seconds = args.seconds or (8.0 if args.quick else 30.0)
     kills = args.kills or (1 if args.quick else 3)
@@ -63,6 +83,27 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--messages must be >= 10, --seconds > 0, --kills >= 1, --rounds >= 1")
     args.bounds = Bounds.make(messages, seconds, kills)
     return args
+
+
+def _parse_scale(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check the ``--scale-*`` options and set ``args.scale_settings`` (exits with usage on a bad value)."""
+    from bench.scale import SYSTEMS as SCALE_SYSTEMS
+    from bench.scale import ScaleSettings
+    try:
+        messages = tuple(int(v.replace("_", "")) for v in args.scale_messages.split(",") if v.strip())
+    except ValueError:
+        p.error(f"--scale-messages: a comma-separated list of integers, not {args.scale_messages!r}")
+    systems = tuple(s for s in SCALE_SYSTEMS if s in args.systems)
+    seconds = args.seconds or 600.0
+    if not messages or min(messages) < 1 or args.scale_topics < 0 or args.scale_per_topic < 0:
+        p.error("--scale-messages must list counts >= 1; --scale-topics and --scale-per-topic must be >= 0")
+    if seconds <= 0 or args.scale_seq_seconds <= 0:
+        p.error("--seconds and --scale-seq-seconds must be > 0")
+    if not systems:
+        p.error(f"--only: the scale workload runs {', '.join(SCALE_SYSTEMS)}; none of them was chosen")
+    args.scale_settings = ScaleSettings(messages=messages, topics=args.scale_topics, per_topic=args.scale_per_topic,
+                                        seconds=seconds, seq_seconds=args.scale_seq_seconds, systems=systems,
+                                        progress=not args.no_progress)
 
 
 def _round_bounds(bounds: Bounds, rounds: int, k: int) -> Bounds:
@@ -142,10 +183,45 @@ def _git_head() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def _main_scale(args: argparse.Namespace) -> int:
+    """Run the scale workload, print its table, write its JSON. Returns: exit status (1 if a system failed)."""
+    from bench import scale
+    settings: scale.ScaleSettings = args.scale_settings
+    started = datetime.now(timezone.utc)
+    commit = _git_head()
+    t_start = time.monotonic()
+    load: dict[str, Any] = {"start": list(os.getloadavg())}
+    say(f"bench --scale: {', '.join(settings.systems)}; N = {', '.join(f'{n:,}' for n in settings.messages)}; "
+        f"{settings.topics:,} topics x {settings.per_topic}; {settings.seconds:g} s per phase; "
+        f"load average {load['start'][0]:.2f} on {os.cpu_count()} CPUs")
+    try:
+        section, table = scale.run(settings)
+    finally:
+        CHILDREN.kill_all()
+    load["end"] = list(os.getloadavg())
+    table += (f"\n  machine: {os.cpu_count()} CPUs, Python {platform.python_version()} ({_interpreter()}) for every "
+              f"Python process; load average (1 min) at start {load['start'][0]:.2f}, end {load['end'][0]:.2f}")
+    document = {
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - t_start, 1),
+        "wiber_commit": commit,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load,
+                    "versions": _versions()},
+        "scale": {**section, "table": table.splitlines()},
+    }
+    latest, stamped = report.write_json(args.out, document, prefix="scale-")
+    print(table)
+    print(f"\nWiber at {commit}; figures: {latest} (and {stamped.name}); run took {document['duration_s']:.0f} s")
+    failed = any(r["error"] for case in section["cases"] for r in case["systems"].values())
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen systems, print the table, write the JSON. Returns: exit status (1 if a system failed)."""
     args = _parse(argv)
     install_signal_handlers()
+    if args.scale:
+        return _main_scale(args)
     bounds: Bounds = args.bounds
     progress = not args.no_progress
     started = datetime.now(timezone.utc)

@@ -178,13 +178,14 @@ def render_table(rows: list[dict[str, Any]], sections: dict[str, Section], meta:
     return "\n".join(out)
 
 
-def write_json(results_dir: Path, document: dict[str, Any]) -> tuple[Path, Path]:
-    """Write `latest.json` and a timestamped copy. Returns: both paths."""
+def write_json(results_dir: Path, document: dict[str, Any], prefix: str = "") -> tuple[Path, Path]:
+    """Write `latest.json` and a timestamped copy (`prefix` before both names, e.g. ``scale-``, so a
+    workload run on its own does not replace the regular run's file). Returns: both paths."""
     results_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(document, indent=2, sort_keys=False, default=str)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    latest = results_dir / "latest.json"
-    stamped = results_dir / f"run-{stamp}.json"
+    latest = results_dir / f"{prefix}latest.json"
+    stamped = results_dir / f"{prefix}run-{stamp}.json"
     latest.write_text(text + "\n")
     stamped.write_text(text + "\n")
     return latest, stamped
