@@ -16,6 +16,13 @@ list lookups and never touch the disk. The file formats are in `wiber.storage.fo
 Not thread-safe: one node loop owns one instance. One process at a time: `open` takes an exclusive
 `flock` on ``LOCK`` in the directory.
 
+Every file operation goes through a `wiber.storage.fs.FileSystem` (``fs=`` of `DurableStorage.open`,
+the real `OS` by default), so that the test suite can run this module over a crash-consistent
+in-memory file system and crash it at every single operation (``tests/crashfs.py``). Only the
+``LOCK`` file's ``flock`` stays on `os` and `fcntl`, and only over `OsFileSystem`: it excludes other
+*processes*, and an in-memory file system belongs to one process and one test, so there is nothing
+to lock there (nor any lock API in `FileSystem` to lock with).
+
 Crash-safety argument
 ---------------------
 What a crash (``kill -9`` or power loss) may leave is, per file, any prefix-ish mixture of the writes
@@ -103,6 +110,7 @@ from wiber.storage.format import (
     segment_name,
     snapshot_name,
 )
+from wiber.storage.fs import OS, FileSystem, OsFileSystem
 
 __all__ = ["CorruptLog", "DirectoryLocked", "DurableStorage", "StorageFailure"]
 
@@ -186,10 +194,12 @@ class _Plan:
 class DurableStorage(InMemoryLogView):
     """`LogStorage` on disk, with the writer API a node calls once per loop turn. Create with `open`."""
 
-    def __init__(self, directory: str, *, fsync: bool, segment_bytes: int, logger: logging.Logger) -> None:
+    def __init__(self, directory: str, *, fsync: bool, segment_bytes: int, logger: logging.Logger,
+                 fs: FileSystem = OS) -> None:
         """Set up an empty, unopened instance; use `DurableStorage.open`, which also recovers."""
         if segment_bytes < 1:
             raise ValueError(f"segment_bytes must be positive, not {segment_bytes}")
+        self._fs = fs
         self._dir = os.path.abspath(directory)
         self._fsync = fsync
         self._segment_bytes = segment_bytes
@@ -202,8 +212,7 @@ class DurableStorage(InMemoryLogView):
         # the files
         self._segments: list[_Segment] = []
         self._fd: int | None = None          # open on self._segments[-1], when there is one
-        self._dir_fd: int | None = None
-        self._lock_fd: int | None = None
+        self._lock_fd: int | None = None     # an os fd (not the FileSystem's), over OsFileSystem only
         self._snap_path: str | None = None
         self._durable_vote: tuple[int, str | None] = (0, None)
         self._unsynced = False                # bytes written to self._fd since its last fsync
@@ -217,7 +226,7 @@ class DurableStorage(InMemoryLogView):
 
     @classmethod
     def open(cls, directory: str, *, fsync: bool = True, segment_bytes: int = 64 << 20,
-             logger: logging.Logger | None = None) -> DurableStorage:
+             logger: logging.Logger | None = None, fs: FileSystem = OS) -> DurableStorage:
         """Open (creating it if needed) a data directory and recover the log in it.
 
         Args:
@@ -225,6 +234,7 @@ class DurableStorage(InMemoryLogView):
             fsync: False skips every fsync (tests and benchmarks only: nothing is durable then).
             segment_bytes: roll to a new segment file once the current one would exceed this.
             logger: where recovery warnings go (default: this module's logger).
+            fs: the file system every file operation goes through (tests pass an in-memory one).
 
         Returns:
             The storage, holding the hard state, the newest valid snapshot and every entry after it.
@@ -236,7 +246,7 @@ class DurableStorage(InMemoryLogView):
                 DirectoryLocked are NodeStartErrors too, so the CLI reports all three in one line).
         """
         self = cls(directory, fsync=fsync, segment_bytes=segment_bytes,
-                   logger=logger if logger is not None else log)
+                   logger=logger if logger is not None else log, fs=fs)
         try:
             self._open_directory()
             self._recover()
@@ -250,15 +260,15 @@ class DurableStorage(InMemoryLogView):
         return self
 
     def _open_directory(self) -> None:
-        """Create the directory (durably), open it for fsync, and take the lock."""
-        if not os.path.isdir(self._dir):
-            os.makedirs(self._dir, exist_ok=True)
-            parent = os.open(os.path.dirname(self._dir), os.O_RDONLY)
-            try:
-                self._fsync_fd(parent)
-            finally:
-                os.close(parent)
-        self._dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY)
+        """Create the directory (durably: its name too) and, on the real file system, take the lock."""
+        fs = self._fs
+        if not fs.exists(self._dir):
+            fs.makedirs(self._dir, 0o777)   # os.makedirs' default: the umask decides
+            self._sync_count += 1
+            if self._fsync:
+                fs.fsync_dir(os.path.dirname(self._dir))
+        if not isinstance(fs, OsFileSystem):
+            return   # no other process can reach an in-memory file system (module docstring)
         self._lock_fd = os.open(self._path(LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -272,7 +282,7 @@ class DurableStorage(InMemoryLogView):
         Everything is checked before anything on disk is changed: a refusal leaves the directory
         exactly as it was found, for an operator to look at.
         """
-        names = sorted(os.listdir(self._dir))
+        names = sorted(self._fs.listdir(self._dir))
         plan = _Plan(temps=[n for n in names if n.endswith(TEMP_SUFFIX)])
         hard_state = self._read_hard_state()
         self._find_snapshot(names, plan)
@@ -364,43 +374,43 @@ class DurableStorage(InMemoryLogView):
             self._fsync_dir()   # what we found is what stays (kill -9 leaves renames in the page cache)
         for name in plan.temps:
             self._log.info("removing %s, left over from an interrupted atomic replace", self._path(name))
-            os.unlink(self._path(name))
+            self._fs.unlink(self._path(name))
         for _, name, bad in plan.bad_snaps:
             self._log.warning("snapshot %s is corrupt (%s); the log still holds everything it covered, "
                               "so it is set aside as %s", self._path(name), bad, name + CORRUPT_SUFFIX)
-            os.replace(self._path(name), self._path(name + CORRUPT_SUFFIX))
+            self._fs.replace(self._path(name), self._path(name + CORRUPT_SUFFIX))
         for name in plan.older_snaps:
             self._log.info("removing %s, superseded by %s", self._path(name), plan.snap_name)
-            os.unlink(self._path(name))
+            self._fs.unlink(self._path(name))
         for name in plan.below:
             self._log.info("removing %s: entirely covered by the snapshot at index %d",
                            self._path(name), plan.snap.index)
-            os.unlink(self._path(name))
+            self._fs.unlink(self._path(name))
         if plan.discard:
             self._log.warning(
                 "finishing an interrupted snapshot install: the log's term at index %d differs from "
                 "the snapshot's (%d), so its %d segment(s) are removed",
                 plan.snap.index, plan.snap.term, len(plan.segments))
             for seg in reversed(plan.segments):
-                os.unlink(seg.path)
+                self._fs.unlink(seg.path)
                 self._fsync_dir()
             plan.segments, plan.entries, plan.torn = [], [], None
         if plan.torn is not None:
             seg, cut, size, problem = plan.torn
             self._log.warning("cutting %d bytes of a torn write off %s at byte %d (%s)",
                               size - cut, seg.path, cut, problem)
-            fd = os.open(seg.path, os.O_RDWR)
+            fd = self._fs.open(seg.path, os.O_RDWR)
             try:
-                os.ftruncate(fd, cut)
+                self._fs.ftruncate(fd, cut)
                 self._fsync_fd(fd)
             finally:
-                os.close(fd)
+                self._fs.close(fd)
         if plan.empty_last:
             seg = plan.segments.pop()
             self._log.info("removing %s: empty", seg.path)
-            os.unlink(seg.path)
+            self._fs.unlink(seg.path)
         if plan.segments:
-            self._fd = os.open(plan.segments[-1].path, os.O_RDWR)
+            self._fd = self._fs.open(plan.segments[-1].path, os.O_RDWR)
             self._fsync_fd(self._fd)   # recovered entries must be on disk before the node acts on them
         self._fsync_dir()
 
@@ -426,9 +436,12 @@ class DurableStorage(InMemoryLogView):
 
     def _term_on_disk(self, seg: _Segment, index: int) -> int:
         """Returns: the term of record `index` of `seg`, read from its file."""
-        with open(seg.path, "rb") as f:
-            f.seek(seg.offsets[index - seg.first] + FRAME.size)
-            return int(PAYLOAD_HEAD.unpack(f.read(PAYLOAD_HEAD.size))[1])
+        fd = self._fs.open(seg.path, os.O_RDONLY)
+        try:
+            head = self._fs.pread(fd, PAYLOAD_HEAD.size, seg.offsets[index - seg.first] + FRAME.size)
+        finally:
+            self._fs.close(fd)
+        return int(PAYLOAD_HEAD.unpack(head)[1])
 
     def _gap(self, path: str, first: int, snap: SnapshotMeta,
              bad_snaps: list[tuple[SnapshotMeta, str, FormatError]]) -> CorruptLog:
@@ -513,14 +526,14 @@ class DurableStorage(InMemoryLogView):
         while self._segments[-1].first > first:
             seg = self._segments.pop()
             self._close_fd()
-            os.unlink(seg.path)
+            self._fs.unlink(seg.path)
             self._fsync_dir()
         seg = self._segments[-1]
         if self._fd is None:
-            self._fd = os.open(seg.path, os.O_RDWR)
+            self._fd = self._fs.open(seg.path, os.O_RDWR)
         k = first - seg.first
         cut = seg.offsets[k]
-        os.ftruncate(self._fd, cut)
+        self._fs.ftruncate(self._fd, cut)
         self._fsync_fd(self._fd)
         self._unsynced = False
         seg.size = cut
@@ -582,10 +595,7 @@ class DurableStorage(InMemoryLogView):
             return
         assert self._fd is not None
         buf = b"".join(parts)
-        view = memoryview(buf)
-        written = 0
-        while written < len(buf):
-            written += os.pwrite(self._fd, view[written:], seg.size + written)
+        written = _pwrite_all(self._fs, self._fd, buf, seg.size)
         self._unsynced = True
         self._bytes_written += written
         seg.size += written
@@ -602,7 +612,7 @@ class DurableStorage(InMemoryLogView):
         """Create the segment file for records from `first` and make it the current one."""
         path = self._path(segment_name(first))
         self._close_fd()
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = self._fs.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         self._dir_dirty = True
         seg = _Segment(first, path)
         self._segments.append(seg)
@@ -682,7 +692,7 @@ class DurableStorage(InMemoryLogView):
                 if not segs:
                     self._close_fd()
                     self._unsynced = False
-                os.unlink(seg.path)
+                self._fs.unlink(seg.path)
                 self._dir_dirty = True
         except OSError as exc:
             raise self._fail(f"removing segments compacted into the snapshot at {index}", exc) from exc
@@ -710,7 +720,7 @@ class DurableStorage(InMemoryLogView):
             self._close_fd()
             self._unsynced = False
             while self._segments:
-                os.unlink(self._segments.pop().path)
+                self._fs.unlink(self._segments.pop().path)
                 self._fsync_dir()
         except OSError as exc:
             raise self._fail(f"removing the log replaced by the snapshot at {meta.index}", exc) from exc
@@ -721,26 +731,25 @@ class DurableStorage(InMemoryLogView):
         self._replace(name, [encode_snapshot_header(meta, data), data])
         path = self._path(name)
         if self._snap_path is not None and self._snap_path != path:
-            os.unlink(self._snap_path)
+            self._fs.unlink(self._snap_path)
             self._dir_dirty = True
         self._snap_path = path
 
     def _replace(self, name: str, parts: list[bytes]) -> None:
         """Atomically replace file `name` by `parts`: temp file, fsync, rename, fsync directory."""
+        fs = self._fs
         path = self._path(name)
         tmp = path + TEMP_SUFFIX
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
+            offset = 0
             for part in parts:
-                view = memoryview(part)
-                written = 0
-                while written < len(part):
-                    written += os.write(fd, view[written:])
-                self._bytes_written += written
+                offset += _pwrite_all(fs, fd, part, offset)
+            self._bytes_written += offset
             self._fsync_fd(fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            fs.close(fd)
+        fs.replace(tmp, path)
         self._fsync_dir()
 
     def close(self) -> None:
@@ -774,34 +783,38 @@ class DurableStorage(InMemoryLogView):
         return os.path.join(self._dir, name)
 
     def _read(self, name: str) -> bytes:
-        with open(self._path(name), "rb") as f:
-            return f.read()
+        return self._fs.read_file(self._path(name))
 
     def _fsync_fd(self, fd: int) -> None:
         self._sync_count += 1
         if self._fsync:
-            os.fsync(fd)
+            self._fs.fsync(fd)
 
     def _fsync_dir(self) -> None:
-        assert self._dir_fd is not None
-        self._fsync_fd(self._dir_fd)
+        self._sync_count += 1
+        if self._fsync:
+            self._fs.fsync_dir(self._dir)
         self._dir_dirty = False
 
     def _close_fd(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.close(fd)
+            self._fs.close(fd)
 
     def _release(self) -> None:
         """Close every descriptor, ignoring errors (used on close and when open fails)."""
-        for attr in ("_fd", "_dir_fd", "_lock_fd"):
-            fd = getattr(self, attr)
-            if fd is not None:
-                setattr(self, attr, None)
-                try:
-                    os.close(fd)   # closing the lock fd releases the flock
-                except OSError:
-                    pass
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                self._fs.close(fd)
+            except OSError:
+                pass
+        lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None:
+            try:
+                os.close(lock_fd)   # releases the flock
+            except OSError:
+                pass
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -821,6 +834,18 @@ class DurableStorage(InMemoryLogView):
         if self._failed is None:
             self._failed = err
             self._log.error("%s; refusing every write from now on", err.message)
+
+
+def _pwrite_all(fs: FileSystem, fd: int, data: bytes, offset: int) -> int:
+    """Write all of `data` at `offset`. Returns: len(data). A short write is an EIO `OSError`.
+
+    `FileSystem.pwrite` writes everything or raises; this checks it, because a record half written
+    and believed whole would shift every later offset of the segment.
+    """
+    written = fs.pwrite(fd, data, offset)
+    if written != len(data):
+        raise OSError(errno.EIO, f"short write: {written} of {len(data)} bytes at offset {offset}")
+    return written
 
 
 def _describe(exc: OSError) -> str:
