@@ -60,7 +60,10 @@ prefix of what was not.
 7. **A snapshot from the leader** replaces the whole log: it is made durable first, then every
    segment is unlinked newest first, with a directory fsync after each. If a crash interrupts that,
    recovery keeps what is left only if it continues the snapshot (the entry at the snapshot's index
-   has the snapshot's term, Log Matching); otherwise it finishes the removal (with a WARNING).
+   has the snapshot's term, Log Matching), read even from a segment lying wholly below the snapshot
+   (when the snapshot's index is that segment's last); otherwise it finishes the removal (with a
+   WARNING), newest first and before the segments below the snapshot go, so that the segment
+   holding the evidence outlives the ones it condemns.
 8. **A snapshot file with a bad checksum** is set aside (renamed ``.corrupt``) only when the log
    still holds every entry it covered, on top of an older valid snapshot or from index 1;
    otherwise recovery refuses with `CorruptLog`.
@@ -262,11 +265,17 @@ class DurableStorage(InMemoryLogView):
     def _open_directory(self) -> None:
         """Create the directory (durably: its name too) and, on the real file system, take the lock."""
         fs = self._fs
-        if not fs.exists(self._dir):
+        missing: list[str] = []
+        path = self._dir
+        while not fs.exists(path) and path not in missing:
+            missing.append(path)
+            path = os.path.dirname(path)
+        if missing:
             fs.makedirs(self._dir, 0o777)   # os.makedirs' default: the umask decides
-            self._sync_count += 1
-            if self._fsync:
-                fs.fsync_dir(os.path.dirname(self._dir))
+            for path in reversed(missing):   # a new directory's name is durable once its parent is fsynced
+                self._sync_count += 1
+                if self._fsync:
+                    fs.fsync_dir(os.path.dirname(path))
         if not isinstance(fs, OsFileSystem):
             return   # no other process can reach an in-memory file system (module docstring)
         self._lock_fd = os.open(self._path(LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
@@ -365,6 +374,10 @@ class DurableStorage(InMemoryLogView):
         # a snapshot from the leader whose removal of the old log a crash interrupted (rule 7)
         if segments and segments[0].first <= snap.index:
             plan.discard = self._term_on_disk(segments[0], snap.index) != snap.term
+        elif segments and plan.below and snap.index:
+            # the snapshot's index is the last record of the segment just below the log
+            term = self._term_below(plan.below[-1], snap.index)
+            plan.discard = term is not None and term != snap.term
         plan.empty_last = bool(segments) and not segments[-1].offsets and not plan.discard
 
     def _repair(self, plan: _Plan) -> None:
@@ -382,11 +395,7 @@ class DurableStorage(InMemoryLogView):
         for name in plan.older_snaps:
             self._log.info("removing %s, superseded by %s", self._path(name), plan.snap_name)
             self._fs.unlink(self._path(name))
-        for name in plan.below:
-            self._log.info("removing %s: entirely covered by the snapshot at index %d",
-                           self._path(name), plan.snap.index)
-            self._fs.unlink(self._path(name))
-        if plan.discard:
+        if plan.discard:   # before the segments below go: one of them may hold the evidence (rule 7)
             self._log.warning(
                 "finishing an interrupted snapshot install: the log's term at index %d differs from "
                 "the snapshot's (%d), so its %d segment(s) are removed",
@@ -395,6 +404,10 @@ class DurableStorage(InMemoryLogView):
                 self._fs.unlink(seg.path)
                 self._fsync_dir()
             plan.segments, plan.entries, plan.torn = [], [], None
+        for name in plan.below:
+            self._log.info("removing %s: entirely covered by the snapshot at index %d",
+                           self._path(name), plan.snap.index)
+            self._fs.unlink(self._path(name))
         if plan.torn is not None:
             seg, cut, size, problem = plan.torn
             self._log.warning("cutting %d bytes of a torn write off %s at byte %d (%s)",
@@ -442,6 +455,14 @@ class DurableStorage(InMemoryLogView):
         finally:
             self._fs.close(fd)
         return int(PAYLOAD_HEAD.unpack(head)[1])
+
+    def _term_below(self, name: str, index: int) -> int | None:
+        """Returns: the term of record `index` in segment file `name`, or None if it holds no valid one."""
+        first = parse_segment_name(name)
+        if first is None or first > index:
+            return None
+        scan = scan_segment(self._read(name), first, index - 1)
+        return scan.entries[0].term if scan.entries and scan.entries[0].index == index else None
 
     def _gap(self, path: str, first: int, snap: SnapshotMeta,
              bad_snaps: list[tuple[SnapshotMeta, str, FormatError]]) -> CorruptLog:
