@@ -5,6 +5,8 @@ and the topic segments' files stay few whatever the number of topics."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 from pathlib import Path
 from typing import Callable
 
@@ -79,5 +81,84 @@ def test_many_topics_live_in_a_few_files(cluster_factory: Callable[..., ClusterH
         directory = Path(cluster.config.node_data_dir(nid))
         files = [p for p in directory.rglob("*") if p.is_file()]
         assert len(files) < 30, files
-    page = cluster.client().history("orders.2999", from_offset=0)
+    page = cluster.client().history("orders.2999", from_offset=0, consistency="linearizable")
     assert [m.data for m in page.messages] == [b"order 2999"]
+
+
+def _fill(cluster: ClusterHarness, topic: str, count: int, size: int) -> None:
+    """Publish `count` messages of `size` bytes (message n starts with its number) with the Publisher."""
+    from wiber.publisher import Publisher
+
+    filler = b"." * size
+    with Publisher(cluster.addrs(), batch_size=200, linger_s=0.002, window=8) as publisher:
+        for n in range(count):
+            publisher.publish(topic, (b"%08d" % n + filler)[:size])
+        publisher.flush()
+
+
+def _status(cluster: ClusterHarness, node_id: str) -> dict[str, object] | None:
+    try:
+        return cluster.client([node_id], per_try_s=0.5, total_s=0.5).status()
+    except Exception:
+        return None
+
+
+def _caught_up(cluster: ClusterHarness, node_id: str, index: int) -> bool:
+    status = _status(cluster, node_id)
+    return status is not None and int(status["applied_index"]) >= index  # type: ignore[call-overload]
+
+
+def _check_topic(cluster: ClusterHarness, node_id: str, topic: str, count: int) -> None:
+    """Every message of `topic` is on `node_id`, in order (read in pages, the first bytes compared)."""
+    held = local_log(cluster, node_id, topic)
+    assert [offset for offset, _ in held] == list(range(count))
+    assert all(data[:8] == b"%08d" % offset for offset, data in held)
+
+
+def test_a_wiped_follower_streams_a_snapshot_over_64_mib(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """A Raft frame is refused over 64 MiB; the snapshot is streamed as files, 1 MiB at a time."""
+    cluster = cluster_factory(3, snapshot_every=5, segment_bytes=16 << 20)
+    leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
+    count, size = 18_000, 4096  # 72 MiB of messages
+    _fill(cluster, "big", count, size)
+    victim = next(n for n in cluster.nodes if n != leader)
+    cluster.kill(victim)
+    shutil.rmtree(cluster.config.node_data_dir(victim))
+    cluster.start(victim)
+    target = int(_status(cluster, leader)["applied_index"])  # type: ignore[index, call-overload]
+    wait_for(lambda: _caught_up(cluster, victim, target), 60, f"wiped {victim} to catch up")
+    _check_topic(cluster, victim, "big", count)
+    leader_log = cluster.nodes[leader].log_path.read_text()
+    assert f"streams the checkpoint" in leader_log and f"to {victim}" in leader_log
+    segments = list((Path(cluster.config.node_data_dir(victim)) / "topics").glob("seg-*.dat"))
+    assert sum(p.stat().st_size for p in segments) > 64 << 20
+
+
+def test_a_transfer_cut_by_the_leaders_death_finishes_from_the_next_leader(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(3, snapshot_every=5, segment_bytes=8 << 20)
+    leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
+    count, size = 12_000, 4096  # 48 MiB
+    _fill(cluster, "cut", count, size)
+    victim, other = (n for n in cluster.nodes if n != leader)
+    cluster.kill(victim)
+    shutil.rmtree(cluster.config.node_data_dir(victim))
+    staging = Path(cluster.config.node_data_dir(victim)) / "topics.staging"
+    cluster.start(victim)
+
+    def started() -> bool:
+        return staging.is_dir() and sum(p.stat().st_size for p in staging.iterdir()) > 0
+
+    wait_for(started, 30, "the transfer to start", interval=0.001)
+    cluster.signal(victim, signal.SIGSTOP)  # it pulls: stopped, it asks for nothing more
+    try:
+        staged = sum(p.stat().st_size for p in staging.iterdir())
+        assert 0 < staged < count * size  # mid-stream
+        cluster.kill(leader)
+    finally:
+        cluster.signal(victim, signal.SIGCONT)
+    wait_for(lambda: agreed_leader(cluster, [victim, other]), 20, "a new leader")
+    target = int(_status(cluster, other)["applied_index"])  # type: ignore[index, call-overload]
+    wait_for(lambda: _caught_up(cluster, victim, target), 60, f"wiped {victim} to catch up from {other}")
+    _check_topic(cluster, victim, "cut", count)
+    assert "streams the checkpoint" in cluster.nodes[other].log_path.read_text()

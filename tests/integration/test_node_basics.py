@@ -365,12 +365,12 @@ class _SteppedNode:
 
     def publish(self, stall_s: float) -> int:
         """Returns: the ticks fired while one PUB is written (its disk taking `stall_s`) and applied."""
-        from wiber.transport import ClientRequest
+        from wiber.node.transport import ClientRequest
 
         before, applied = self.ticks, self.node.applied_index
         self.stall_s = stall_s
         body = msgpack.packb({"op": "PUB", "topic": "t", "data": b"x"}, use_bin_type=True)
-        self.node._on_client_request(ClientRequest(envelope=[b"gone-client", b""], body=body))
+        self.node.clients.on_client_request(ClientRequest(envelope=[b"gone-client", b""], body=body))
         self.node.run_once()  # proposes, persists (the stall), commits, applies
         self.stall_s = 0.0
         self.node.run_once()
@@ -420,8 +420,8 @@ def test_a_long_snapshot_write_is_taken_off_raft_clock(cluster_factory: Callable
             stepped.idle(0.25)
         snapshots = node.storage.last_snapshot_index
         assert stepped.publish(0.0) == 0  # applied; its checkpoint is being written on the thread
-        assert node._checkpoint is not None
-        node._checkpoint[1].join(timeout=30)
+        assert node.checkpoints.running
+        node.checkpoints.join(timeout=30)
         stepped.stall_s = 0.5
         assert stepped.idle(0.0) == 0  # takes the checkpoint in, compacts (the stall): nothing counts
         stepped.stall_s = 0.0

@@ -39,8 +39,8 @@ def test_fake_clock_moves_only_when_told() -> None:
 
 
 from wiber.clock import OffsetEstimator, SyncedClock  # noqa: E402
-from wiber.reorder import ReorderBuffer  # noqa: E402
-from wiber import timesync  # noqa: E402
+from wiber.node.reorder import ReorderBuffer  # noqa: E402
+from wiber.node import timesync  # noqa: E402
 
 
 def exchange(true_offset: float, send_delay: float, reply_delay: float, t1: float) -> tuple[float, ...]:

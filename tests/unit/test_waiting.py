@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wiber.waiting import PendingReads, PendingWrites, Waiter
+from wiber.node.waiting import PendingReads, PendingWrites, Waiter
 
 
 def w(deadline: float, tag: str = "") -> Waiter[str]:

@@ -45,6 +45,8 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import sqlite3
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -87,8 +89,12 @@ class CheckpointJob:
     fsync: bool
     fs: FileSystem
     directory: str
+    export_dir: str | None = None
+    """Where to lay the checkpoint out for a follower (`export`), or None."""
     dead: list[int] = field(default_factory=list)
     """Sealed segments found emptied by retention after the commit (dropped at the next checkpoint)."""
+    exported: list[tuple[str, int, int]] = field(default_factory=list)
+    """The exported files: (name, size, crc32), once `run` made the export."""
 
     def run(self) -> None:
         """Fsync what the checkpoint points to, then commit it. Raises: OSError, sqlite3.Error."""
@@ -107,6 +113,68 @@ class CheckpointJob:
                     self.dead.append(segment)
         finally:
             db.close()
+        if self.export_dir is not None:
+            self.exported = export(self.fs, self.directory, self.db_path, self.record, self.export_dir)
+
+
+EXPORT_INDEX_NAME: Final = INDEX_NAME
+_CRC_READ: Final = 1 << 20
+
+
+def export(fs: FileSystem, directory: str, db_path: str, record: CheckpointRecord,
+           export_dir: str) -> list[tuple[str, int, int]]:
+    """Lay a just-committed checkpoint out in `export_dir` for a follower: a hard link to each live
+    segment (immutable up to the sizes given: a sealed segment whole, the active one to the
+    checkpoint's length) and a consistent copy of the index database (SQLite's backup).
+
+    Returns: ``(name, size, crc32)`` of every file, the index last. Runs off the loop thread: it
+    reads every byte once for the CRCs (pread and zlib release the GIL).
+    """
+    fs.makedirs(export_dir, 0o700)
+    files: list[tuple[str, int, int]] = []
+    for number in record.segments:
+        name = segment_name(number)
+        target = os.path.join(export_dir, name)
+        if not fs.exists(target):
+            fs.link(os.path.join(directory, name), target)
+        fd = fs.open(target, os.O_RDONLY)
+        try:
+            size = record.active_length if number == record.segments[-1] else fs.file_size(fd)
+            files.append((name, size, _crc(fs, fd, size, name)))
+        finally:
+            fs.close(fd)
+    copy = os.path.join(export_dir, EXPORT_INDEX_NAME)
+    if os.path.exists(copy):
+        os.unlink(copy)
+    source = sqlite3.connect(db_path)
+    target_db = sqlite3.connect(copy)
+    try:
+        source.backup(target_db)
+        target_db.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no WAL beside it
+    finally:
+        target_db.close()
+        source.close()
+    fs.fsync_dir(export_dir)
+    fd = fs.open(copy, os.O_RDONLY)
+    try:
+        size = fs.file_size(fd)
+        files.append((EXPORT_INDEX_NAME, size, _crc(fs, fd, size, EXPORT_INDEX_NAME)))
+    finally:
+        fs.close(fd)
+    return files
+
+
+def _crc(fs: FileSystem, fd: int, size: int, name: str) -> int:
+    """Returns: the CRC-32 of the first `size` bytes of open file `fd`, read a megabyte at a time."""
+    crc = 0
+    position = 0
+    while position < size:
+        chunk = fs.pread(fd, min(_CRC_READ, size - position), position)
+        if not chunk:
+            raise OSError(f"{name} ends at byte {position}, before its {size}")
+        crc = zlib.crc32(chunk, crc)
+        position += len(chunk)
+    return crc
 
 
 class TopicStore:
@@ -391,7 +459,8 @@ class TopicStore:
         except OSError as exc:
             raise StorageFailure(f"cannot create {self._path(number)}: {exc}", exc.errno) from None
 
-    def prepare_checkpoint(self, applied_term: int, delta: BrokerDelta, replace: bool = False) -> CheckpointJob:
+    def prepare_checkpoint(self, applied_term: int, delta: BrokerDelta, replace: bool = False,
+                           export_dir: str | None = None) -> CheckpointJob:
         """Flush and freeze what a checkpoint at ``delta.applied_index`` covers (loop thread, fast).
 
         Raises: StorageFailure: the flush failed.
@@ -404,7 +473,7 @@ class TopicStore:
         record = CheckpointRecord(delta.applied_index, applied_term, segments, self._active_size, delta.counters)
         sync_fds = [self._fds[n] for n in sorted(self._unsynced) if n in self._fds]
         job = CheckpointJob(record, self._pending, delta, sync_fds, self._dir_dirty, dropped, replace,
-                            self._retention, self._db_path, self._fsync, self._fs, self.directory)
+                            self._retention, self._db_path, self._fsync, self._fs, self.directory, export_dir)
         self._pending = []
         self._committing, self._new = self._new, {}
         self._unsynced = set()

@@ -1,4 +1,4 @@
-"""The node: one process, one thread, one `zmq.Poller` loop that wires every other module.
+"""The node loop: one process, one thread, one `zmq.Poller` loop that wires every other module.
 
 Each turn (DESIGN section 1):
 
@@ -10,7 +10,8 @@ Each turn (DESIGN section 1):
    send acknowledgements, apply committed entries, answer whoever waited on them.
 
 Messages to one peer produced in one turn leave as one multipart ZeroMQ message, so a loaded
-leader sends one message per peer per turn. The node is the only place in Wiber that does I/O.
+leader sends one message per peer per turn. The node is the only place in Wiber that does I/O
+(and its checkpoint thread, which only fsyncs and commits: `wiber.node.checkpoints`).
 """
 
 from __future__ import annotations
@@ -20,20 +21,17 @@ import math
 import os
 import random
 import signal
-import threading
 from types import FrameType
 from typing import Any, Callable
 
 import msgpack
 import zmq
 
-from wiber import chunks, protocol, timesync
-from wiber.broker import Broker, BrokerSettings, PubOp, PubResult, encode_entry, pub_op_from_request, record_to_wire
-from wiber.broker.checkpoint import rebuild, take_delta
-from wiber.broker.snapshot import SNAPSHOT_FORMAT as FULL_SNAPSHOT_FORMAT
+from wiber import protocol
+from wiber.broker import BrokerSettings, PubOp, PubResult, encode_entry, record_to_wire
 from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
-from wiber.errors import NotLeader, StorageError, Unavailable, WireError
+from wiber.errors import InvariantError, NotLeader, StorageError, Unavailable, WireError
 from wiber.raft import (
     EntryKind,
     InstallSnapshot,
@@ -46,12 +44,16 @@ from wiber.raft import (
     decode_message,
     encode_message,
 )
+from wiber.node import timesync
+from wiber.node.checkpoints import Checkpoints, is_full_snapshot
+from wiber.node.clients import ClientHandlers
+from wiber.node.reorder import ReorderBuffer
+from wiber.node.shipping import Outgoing, Shipping
+from wiber.node.transport import ClientRequest, Transport
+from wiber.node.waiting import PendingReads, PendingWrites, Waiter
 from wiber.raft.messages import AppendEntries, Entry, Message, SnapshotMeta
-from wiber.reorder import ReorderBuffer
-from wiber.storage import CorruptLog, DurableStorage, StorageFailure
-from wiber.storage.topics import CheckpointJob, TopicStore
-from wiber.transport import ClientRequest, Transport
-from wiber.waiting import PendingReads, PendingWrites, Waiter
+from wiber.storage import DurableStorage, StorageFailure
+from wiber.storage.transfer import is_transfer_frame
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +73,11 @@ CLOCK_PROBE_S = 0.1
 DISK_WAIT_PAUSES_S = TICK_MS / 1000
 #: At most this much Raft time, earned by ticks, is banked for taking disk waits off the clock.
 DISK_WAIT_CREDIT_MAX_S = 1.0
+#: A turn's writes are proposed as several entries past this many bytes of messages: every append then
+#: fits a peer frame (`wiber.raft.wire.MAX_FRAME_BYTES`, 64 MiB), whatever the turn gathered.
+MAX_ENTRY_BYTES = 16 << 20
 #: A wait on the disk this long or longer is logged as a warning: it risks elections on peers with other disks.
 DISK_WAIT_WARN_S = 0.1
-#: A HISTORY reply carries at most this much message data (fewer messages, with next_offset).
-MAX_REPLY_BYTES = 4 << 20
-#: First item of the Raft snapshot data a checkpoint writes: the data itself lives in the topic store.
-CHECKPOINT_FORMAT = 2
-
-#: A handler answers at once (a reply map) or parks the client and answers later (None).
-Handler = Callable[[dict[str, Any], ClientRequest, Any], "dict[str, Any] | None"]
-
-ROLE_NAMES = {
-    Role.FOLLOWER: "follower",
-    Role.PRE_CANDIDATE: "pre_candidate",
-    Role.CANDIDATE: "candidate",
-    Role.LEADER: "leader",
-}
-
 
 def ms_to_ticks(ms: int) -> int:
     """Returns: the number of core ticks (at least 1) closest to `ms` milliseconds."""
@@ -117,16 +107,17 @@ class Node:
         self.peer_ids = [p.id for p in config.peers(node_id)]
         self.transport = Transport(self.ctx, self.me, config.peers(node_id), self.limits.max_frame_bytes)
 
-        data_dir = config.node_data_dir(node_id)
+        self._broker_settings = BrokerSettings.from_cluster(config.cluster)
         try:
-            self.storage = DurableStorage.open(data_dir, fsync=config.cluster.fsync,
+            self.storage = DurableStorage.open(config.node_data_dir(node_id), fsync=config.cluster.fsync,
                                                logger=logging.getLogger("wiber.storage"))
             try:
-                self.topic_store = TopicStore.open(os.path.join(data_dir, "topics"), fsync=config.cluster.fsync,
-                                                   segment_bytes=config.cluster.segment_bytes,
-                                                   retention=_has_retention(config))
+                self.checkpoints = Checkpoints(config, node_id, self.storage, self._broker_settings)
+                self.broker = self.checkpoints.load()
             except BaseException:
                 self.storage.close()
+                if hasattr(self, "checkpoints"):
+                    self.checkpoints.close()
                 raise
         except BaseException:
             self.transport.close()  # a refused data directory must not leave sockets bound
@@ -144,22 +135,8 @@ class Node:
         # CheckQuorum boundary, whose flags the peers' messages before a stall have set (two
         # crossings with nothing stepped between deposed a healthy leader after a long stall).
         self._max_catch_up_ticks = raft_config.election_ticks
-        self._broker_settings = BrokerSettings.from_cluster(config.cluster)
-        try:
-            self.broker = self._load_state()
-        except BaseException:
-            self.close_storage()
-            self.transport.close()
-            raise
         self.applied_index = self.broker.applied_index
-        self._snapshot_every = config.cluster.snapshot_every
-        self._snapshot_bytes = config.cluster.snapshot_bytes
-        self._checkpoint_index = self.applied_index
-        self._applied_bytes = 0  # bytes of log entries applied since the last checkpoint was prepared
-        self._checkpoint: tuple[CheckpointJob, threading.Thread] | None = None
-        self._checkpoint_error: BaseException | None = None
-        self._joiner = chunks.Joiner()
-        self._transfer_ids = random.Random(os.urandom(8))
+        self.shipping = Shipping(node_id, self.peer_ids, self.checkpoints, self.clock.monotonic)
         self._request_timeout_s = config.cluster.request_timeout_ms / 1000.0
         self._turn_deadline = 0.0  # when the requests of this turn time out (set as they are read)
         self._turn_writes: list[Waiter[PubOp]] = []
@@ -191,15 +168,7 @@ class Node:
         self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
         self._sub_prefixes: set[bytes] = set()
         self._topic_has_subscribers: dict[str, bool] = {}
-        self._handlers: dict[str, Handler] = {
-            "PING": self._on_ping,
-            "STATUS": self._on_status,
-            "PUB": self._on_write,
-            "PUB_BATCH": self._on_write,
-            "HISTORY": self._on_history,
-            "SUB": self._on_sub,
-            "TOPICS": self._on_topics,
-        }
+        self.clients = ClientHandlers(self)
         log.info("node %s listening client=%s raft=%s pub=%s", self.id, self.me.client_addr,
                  self.me.raft_addr, self.me.pub_addr)
 
@@ -246,43 +215,11 @@ class Node:
         """Close the sockets (linger 0), wait for a checkpoint being written, close the files and,
         if this node made it, the context."""
         self.transport.close()
-        if self._checkpoint is not None:
-            self._checkpoint[1].join()
-            self._checkpoint = None
-        self.close_storage()
+        self.shipping.close()
+        self.checkpoints.close()
+        self.storage.close()
         if self._own_ctx:
             self.ctx.term()
-
-    def close_storage(self) -> None:
-        """Close the Raft log and the topic store."""
-        self.storage.close()
-        self.topic_store.close()
-
-    def _load_state(self) -> Broker:
-        """Returns: the broker as the data directory left it: the topic store's last checkpoint,
-        or an empty one, or (a data directory of the first format) the full snapshot the Raft log
-        holds, migrated into the topic store. The node then re-applies the Raft log after it.
-
-        Raises: CorruptLog: the Raft log was compacted past the topic store's checkpoint.
-        """
-        meta, data = self.storage.snapshot()
-        store = self.topic_store
-        settings = self._broker_settings
-        record = store.record
-        if record is not None and record.applied_index >= meta.index:
-            return rebuild(settings, store, record.counters, store.index.topics(), store.index.sessions())
-        if record is None and meta.index == 0:
-            return Broker(settings, store)
-        if _is_full_snapshot(data):
-            log.warning("node %s: migrating the snapshot at index %d (every message inside it, the first "
-                        "data format) into topic segments", self.id, meta.index)
-            store.reset()
-            broker = Broker.restore(data, settings, store)
-            store.checkpoint_now(meta.term, take_delta(broker), replace=True)
-            return broker
-        covered = "no checkpoint" if record is None else f"a checkpoint at index {record.applied_index}"
-        raise CorruptLog(store.directory, 0, f"the topic segments hold {covered}, but the Raft log was compacted "
-                         f"to index {meta.index}: the messages in between are lost", store.directory)
 
     # ---------------------------------------------------------------- the loop
 
@@ -308,8 +245,9 @@ class Node:
         if clients_ready:
             # One deadline for every request of the turn: they arrived together.
             self._turn_deadline = self.clock.monotonic() + self._request_timeout_s
+            on_client_request = self.clients.on_client_request
             for request in self.transport.recv_clients(DRAIN_LIMIT):
-                self._on_client_request(request)
+                on_client_request(request)
         self._fire_timers(self.clock.monotonic())
         if self._reorder is not None and len(self._reorder):
             self._turn_writes.extend(self._reorder.release(self.synced.now()))
@@ -330,7 +268,7 @@ class Node:
             self._next_tick = now + self._tick_s
             self._pause_credit = min(DISK_WAIT_CREDIT_MAX_S, self._pause_credit + fired * self._tick_s)
         if now >= self._next_pub_heartbeat:
-            self.transport.publish(protocol.heartbeat_frames(self._pub_heartbeat()))
+            self.transport.publish(protocol.heartbeat_frames(self.clients.pub_heartbeat()))
             self._next_pub_heartbeat = now + PUB_HEARTBEAT_S
         if now >= self._next_clock_probe:
             self._next_clock_probe = now + CLOCK_PROBE_S
@@ -340,6 +278,7 @@ class Node:
                     self.synced.estimator.reset()  # samples against the old leader no longer apply
                     self._sync_leader = leader
                 self._outbox.setdefault(leader, []).append(timesync.probe(self.id, self.clock.wall()))
+            self._send_frames(self.shipping.nudge())
 
     # ---------------------------------------------------------------- raft
 
@@ -351,19 +290,14 @@ class Node:
             if timesync.is_timesync(frame):
                 self._on_timesync(frame)
                 continue
-            if chunks.is_chunk(frame):
-                try:
-                    whole = self._joiner.add(frame)
-                except ValueError as exc:
-                    log.debug("node %s dropped a bad chunk: %s", self.id, exc)
-                    continue
-                if whole is None:
-                    continue
-                frame = whole
+            if is_transfer_frame(frame):
+                self._send_frames(self.shipping.on_frame(frame, self.raft.leader_id, self.raft.term))
+                self._step_completed_snapshot()
+                continue
             try:
                 msg = decode_message(frame)
             except MalformedMessage as exc:
-                log.debug("node %s dropped a malformed peer message: %s", self.id, exc)
+                log.warning("node %s dropped a malformed peer message: %s", self.id, exc)
                 continue
             if msg.to != self.id or msg.frm not in self._peer_contact:
                 log.debug("node %s dropped a message %s -> %s", self.id, msg.frm, msg.to)
@@ -389,23 +323,26 @@ class Node:
 
     def _queue(self, messages: list[Message]) -> None:
         for msg in messages:
-            if isinstance(msg, InstallSnapshot):
-                msg = self._whole_snapshot(msg)
-            frame = encode_message(msg)
-            if isinstance(msg, InstallSnapshot) and len(frame) > chunks.CHUNK_BYTES:
-                # Each chunk is its own ZeroMQ message (at most 1 MiB), not a part of one huge one.
-                for chunk in chunks.split(frame, self._transfer_ids.getrandbits(64)):
-                    self.transport.send_peer_frames(msg.to, [chunk])
+            if isinstance(msg, InstallSnapshot):  # streamed as files, never sent whole (wiber.node.shipping)
+                self._send_frames(self.shipping.snapshot_needed(msg.to, self.storage.last_snapshot_index,
+                                                                self.raft.term))
                 continue
-            self._outbox.setdefault(msg.to, []).append(frame)
+            self._outbox.setdefault(msg.to, []).append(encode_message(msg))
 
-    def _whole_snapshot(self, msg: InstallSnapshot) -> InstallSnapshot:
-        """The core sends a checkpoint's descriptor; the follower needs the state itself. Returns: the
-        message carrying the broker's whole state at the applied index (a valid snapshot: applied
-        entries are committed), which the follower installs and acknowledges at that index."""
-        index = self.applied_index
-        meta = SnapshotMeta(index, self.storage.term(index))
-        return InstallSnapshot(msg.term, msg.frm, msg.to, meta, self.broker.snapshot())
+    def _send_frames(self, frames: Outgoing) -> None:
+        """Queue snapshot transfer frames for their peers (sent with the turn's other frames)."""
+        for peer, frame in frames:
+            self._outbox.setdefault(peer, []).append(frame)
+
+    def _step_completed_snapshot(self) -> None:
+        """A snapshot whose files are all staged: step it into the core, which installs it (Ready)."""
+        msg = self.shipping.completed()
+        if msg is None or self.raft.role is Role.LEADER:
+            return
+        if msg.meta.index <= self.raft.commit_index:
+            self.shipping.discard_staged()
+            return
+        self.raft.step(msg)
 
     def _hold_commit_notices(self, messages: list[Message]) -> list[Message]:
         """Hold back empty appends without a heartbeat round (commit notices, and the probes for a
@@ -482,7 +419,7 @@ class Node:
         if self._was_leader and not is_leader:
             self._lost_leadership()
         self._was_leader = is_leader
-        self._maybe_snapshot()
+        self._maybe_checkpoint()
 
     def _persist(self, rd: Ready) -> None:
         """Make the Ready durable: snapshot, entries, hard state, then one fsync for all of it."""
@@ -493,7 +430,8 @@ class Node:
             started = clock()
             self._install_snapshot(meta, data)
             on_disk = clock() - started
-            log.info("node %s installed the leader's snapshot at index %d", self.id, meta.index)
+            log.info("node %s installed the leader's snapshot at index %d (%.0f ms)", self.id, meta.index,
+                     on_disk * 1000)
         started = clock()
         if rd.entries:
             self.storage.append(rd.entries)
@@ -531,6 +469,37 @@ class Node:
             log.warning("node %s waited %.0f ms on its disk (%s); %.0f ms of it taken off Raft's timers",
                         self.id, waited * 1000, what, paused * 1000)
 
+    def _install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
+        """Replace the whole state by the leader's snapshot: its staged files (the usual way), or a
+        whole broker state (from a leader of the first format)."""
+        if is_full_snapshot(data):
+            self.broker = self.checkpoints.install_full(meta, data)
+        else:
+            staged = self.shipping.receiver.manifest
+            if not self.shipping.receiver.complete or staged is None or staged.index != meta.index:
+                raise InvariantError(f"snapshot {meta.index} reached the log without its files staged")
+            self.broker = self.checkpoints.install_staged(meta, self.shipping.install)
+        self.applied_index = meta.index
+
+    def _maybe_checkpoint(self) -> None:
+        """Take a written checkpoint in (compacting the Raft log behind it), or start one when due."""
+        checkpoints = self.checkpoints
+        started = self.clock.monotonic()
+        try:
+            if checkpoints.running:
+                job = checkpoints.poll()
+                if job is not None:
+                    self._disk_waited(self.clock.monotonic() - started, "log compaction")
+                    if job.export_dir is not None and self.raft.role is Role.LEADER:
+                        self._send_frames(self.shipping.export_ready(self.storage.last_snapshot_index,
+                                                                     self.raft.term))
+                        self._flush_outbox()
+            elif checkpoints.due(self.applied_index):
+                checkpoints.start(self.broker)
+                self._disk_waited(self.clock.monotonic() - started, "checkpoint flush")
+        except StorageFailure as exc:
+            self._on_storage_failure(exc)
+
     def _on_storage_failure(self, exc: StorageFailure) -> None:
         """Stop acknowledging and campaigning; keep serving reads; answer writes with STORAGE."""
         self._storage_failure = str(exc)
@@ -539,91 +508,13 @@ class Node:
         self._fail(self._writes.drain(), err)
         self._fail(self._reads.drain(), err)
 
-    def _install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        """Replace the whole state by the leader's: the topic store first (durable, in new segments),
-        then the Raft log, so a crash in between leaves a store at or ahead of the log's snapshot."""
-        self._wait_checkpoint()
-        store = self.topic_store
-        store.reset()
-        broker = Broker.restore(data, self._broker_settings, store)
-        store.checkpoint_now(meta.term, take_delta(broker), replace=True)
-        self.storage.apply_snapshot(meta, _checkpoint_descriptor(meta.index))
-        self.broker = broker
-        self.applied_index = meta.index
-        self._checkpoint_index = meta.index
-        self._applied_bytes = 0
-
-    def _maybe_snapshot(self) -> None:
-        """Finish a checkpoint whose thread is done; start one every `snapshot_every` applied entries
-        or `snapshot_bytes` of them (the slow half runs off the loop: `wiber.storage.topics.store`)."""
-        if self._checkpoint is not None:
-            if self._checkpoint[1].is_alive():
-                return
-            self._finish_checkpoint()
-            return
-        if self.applied_index <= self._checkpoint_index:
-            return
-        if (self.applied_index - self._checkpoint_index < self._snapshot_every
-                and self._applied_bytes < self._snapshot_bytes):
-            return
-        started = self.clock.monotonic()
-        try:
-            term = self.storage.term(self.applied_index)
-            job = self.topic_store.prepare_checkpoint(term, take_delta(self.broker))
-        except StorageFailure as exc:
-            self._on_storage_failure(exc)
-            return
-        self._applied_bytes = 0
-        thread = threading.Thread(target=self._run_checkpoint, args=(job,), name=f"checkpoint-{self.id}",
-                                  daemon=True)
-        self._checkpoint = (job, thread)
-        thread.start()
-        self._disk_waited(self.clock.monotonic() - started, "checkpoint flush")
-
-    def _run_checkpoint(self, job: CheckpointJob) -> None:
-        """The checkpoint thread: fsync and commit (both release the GIL); errors go to the loop."""
-        try:
-            job.run()
-        except BaseException as exc:  # handed to the loop, which stops writing (a storage failure)
-            self._checkpoint_error = exc
-
-    def _wait_checkpoint(self) -> None:
-        """Wait for a checkpoint being written and take it in (before replacing the state)."""
-        if self._checkpoint is not None:
-            self._checkpoint[1].join()
-            self._finish_checkpoint()
-
-    def _finish_checkpoint(self) -> None:
-        """Take a written checkpoint in, then drop the Raft log up to it."""
-        assert self._checkpoint is not None
-        job, _ = self._checkpoint
-        self._checkpoint = None
-        error, self._checkpoint_error = self._checkpoint_error, None
-        if error is not None:
-            self.topic_store.abandon_checkpoint(job)
-            self._on_storage_failure(StorageFailure(f"checkpoint at index {job.record.applied_index} failed: {error}"))
-            return
-        self.topic_store.finish_checkpoint(job)
-        index = job.record.applied_index
-        self._checkpoint_index = index
-        if index <= self.storage.last_snapshot_index:
-            return
-        started = self.clock.monotonic()
-        try:
-            self.storage.compact(index, _checkpoint_descriptor(index))
-        except StorageFailure as exc:
-            self._on_storage_failure(exc)
-            return
-        self._disk_waited(self.clock.monotonic() - started, "log compaction")
-        log.info("node %s took a checkpoint at index %d", self.id, index)
-
     def _apply(self, entries: list[Entry]) -> None:
         """Apply committed entries to the broker, fan out what they stored, answer their writers."""
         for entry in entries:
             if entry.index <= self.applied_index:
                 continue
             self.applied_index = entry.index
-            self._applied_bytes += len(entry.data)
+            self.checkpoints.applied_bytes += len(entry.data)
             if entry.kind is EntryKind.NOOP:
                 self.broker.apply_noop(entry.index)
                 results: list[PubResult] = []
@@ -655,7 +546,7 @@ class Node:
                     assert result.error is not None
                     reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
         for read in self._reads.releasable(self.applied_index):
-            self._answer_history(read)
+            self.clients.answer_history(read)
 
     def _on_subscriptions(self, changes: list[tuple[bool, bytes]]) -> None:
         """Track which prefixes subscribers asked for (first subscribe / last unsubscribe)."""
@@ -679,12 +570,13 @@ class Node:
         """Whoever waited on this node's leadership learns that the outcome is unknown."""
         log.info("node %s is no longer leader (term %d)", self.id, self.raft.term)
         self._proposed.clear()  # a later leader decides what these indexes hold
+        self.shipping.stop_sending()
         self._notices.clear()  # a deposed leader's commit notices are stale
         self._fail(self._writes.drain(), Unavailable(
             f"node {self.id} lost leadership; the write's outcome is unknown, retry with the same client_id and seq"))
-        self._fail(self._reads.drain(), self._not_leader())
+        self._fail(self._reads.drain(), self.clients.not_leader())
         if self._reorder is not None:
-            self._fail(self._reorder.drain(), self._not_leader())  # never proposed: a retry is safe
+            self._fail(self._reorder.drain(), self.clients.not_leader())  # never proposed: a retry is safe
 
     def _fail(self, waiters: list[Waiter[Any]], err: WireError) -> None:
         for waiter in waiters:
@@ -703,18 +595,22 @@ class Node:
                 f"linearizable read not confirmed within {self._request_timeout_s:g} s (no quorum?)"))
 
     def _propose_turn(self) -> None:
-        """Propose this turn's writes as one entry, and start one ReadIndex round for its reads."""
+        """Propose this turn's writes as one entry (several when they pass `MAX_ENTRY_BYTES`, so no
+        append ever makes a frame a follower refuses), and start one ReadIndex round for its reads."""
         if self._turn_writes:
             waiters, self._turn_writes = self._turn_writes, []
-            ops = [w.request for w in waiters]
             ts = self.synced.now()
+            groups = _by_size(waiters)
+            datas = [encode_entry(ts, [w.request for w in group]) for group in groups]
             try:
-                first, _ = self.raft.propose([encode_entry(ts, ops)])
+                first, _ = self.raft.propose(datas)
             except ProposalDropped:
-                self._fail(waiters, self._not_leader())
+                self._fail(waiters, self.clients.not_leader())
             else:
-                self._writes.add(first, self.raft.term, waiters)
-                self._proposed[first] = (self.raft.term, ts, ops)  # applied without decoding
+                term = self.raft.term
+                for index, group in enumerate(groups, start=first):
+                    self._writes.add(index, term, group)
+                    self._proposed[index] = (term, ts, [w.request for w in group])  # applied without decoding
         if self._turn_reads:
             reads, self._turn_reads = self._turn_reads, []
             self._read_round += 1
@@ -722,146 +618,22 @@ class Node:
             try:
                 self.raft.read_index(ctx)
             except ProposalDropped:
-                self._fail(reads, self._not_leader())
+                self._fail(reads, self.clients.not_leader())
             else:
                 self._reads.start(ctx, reads)
 
-    # ---------------------------------------------------------------- clients
 
-    def _on_client_request(self, request: ClientRequest) -> None:
-        """Validate and dispatch one client request; every error becomes a wire error reply."""
-        req_id: Any = None
-        try:
-            req_id, msg = protocol.parse_request(request.body, self.limits)
-            fields = self._handlers[msg["op"]](msg, request, req_id)
-            if fields is None:
-                return  # parked: answered when its entry commits or its read is confirmed
-            reply = protocol.ok_reply(fields, req_id)
-        except WireError as err:
-            req_id = getattr(err, "request_id", req_id)
-            reply = protocol.error_reply(err, req_id)
-        self.transport.reply(request.envelope, reply)
-
-    def _not_leader(self) -> NotLeader:
-        leader = self.raft.leader_id
-        if leader is None or leader == self.id:
-            return NotLeader(f"node {self.id} is not the leader and no leader is known yet; retry shortly")
-        addr = self.config.node(leader).client_addr
-        return NotLeader(f"node {self.id} is not the leader; the leader is {leader} at {addr}", leader, addr)
-
-    def _on_write(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> None:
-        """PUB and PUB_BATCH: parked until the turn's entry commits (leader only)."""
-        if self._storage_failure is not None:
-            raise StorageError(f"node {self.id} cannot write its log: {self._storage_failure}")
-        if self.raft.role is not Role.LEADER or self._stopping:
-            raise self._not_leader()
-        waiter = Waiter(request.envelope, req_id, self._turn_deadline, pub_op_from_request(msg))
-        sent_at = msg.get("ts")
-        if self._reorder is not None and sent_at is not None:
-            if self._reorder.add(waiter, float(sent_at), msg.get("client_id") or "", msg.get("seq") or 0,
-                                 self.synced.now()):
-                return None  # held until its window passes (DESIGN section 5)
-            waiter.request = waiter.request._replace(late=True)
-        self._turn_writes.append(waiter)
-        return None
-
-    def _on_history(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any] | None:
-        """HISTORY: `local` from this node's applied state (never uncommitted), `linearizable` by ReadIndex."""
-        if msg["consistency"] == "linearizable":
-            if self.raft.role is not Role.LEADER:
-                raise self._not_leader()
-            self._turn_reads.append(Waiter(request.envelope, req_id, self._turn_deadline, msg))
-            return None
-        return self._history(msg)
-
-    def _history(self, msg: dict[str, Any]) -> dict[str, Any]:
-        reply = self.broker.history(msg["topic"], msg.get("from_offset") if "last" not in msg else None,
-                                    msg.get("last"), msg["limit"], MAX_REPLY_BYTES)
-        reply["commit_index"] = self.raft.commit_index
-        return reply
-
-    def _answer_history(self, waiter: Waiter[dict[str, Any]]) -> None:
-        try:
-            reply = protocol.ok_reply(self._history(waiter.request), waiter.req_id)
-        except StorageError as err:
-            reply = protocol.error_reply(err, waiter.req_id)
-        self.transport.reply(waiter.envelope, reply)
-
-    def _on_sub(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
-        topic = msg["topic"]
-        return {"topic": topic, "pub_addr": self.me.pub_addr, "next_offset": self.broker.end_offset(topic)}
-
-    def _on_topics(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
-        return {"topics": self.broker.topics()}
-
-    def _on_ping(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
-        return {
-            "op": "PONG",
-            "node": self.id,
-            "role": ROLE_NAMES[self.raft.role],
-            "term": self.raft.term,
-            "leader": self.raft.leader_id,
-            "time": self.synced.now(),
-        }
-
-    def _on_status(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
-        now = self.clock.monotonic()
-        match = self.raft.progress() if self.raft.role is Role.LEADER else {}
-        peers: dict[str, dict[str, Any]] = {}
-        for peer, seen in self._peer_contact.items():
-            peers[peer] = {
-                "match_index": match.get(peer, 0),
-                "last_contact_ms": None if seen is None else int((now - seen) * 1000),
-            }
-        return {
-            "node": self.id,
-            "role": ROLE_NAMES[self.raft.role],
-            "term": self.raft.term,
-            "leader": self.raft.leader_id,
-            "commit_index": self.raft.commit_index,
-            "applied_index": self.applied_index,
-            "last_index": self.raft.last_index,
-            "snapshot_index": self.storage.last_snapshot_index,
-            "storage": {"ok": self._storage_failure is None, "error": self._storage_failure},
-            "peers": peers,
-            "clock": {
-                "offset_ms": round(self.synced.estimator.offset * 1000, 3),
-                "error_ms": round(self.synced.estimator.error * 1000, 3),
-                "samples": self.synced.estimator.samples,
-            },
-            "reorder": {
-                "window_ms": self.config.cluster.reorder_window_ms,
-                "held": len(self._reorder) if self._reorder is not None else 0,
-                "late": self.broker.late_count,
-            },
-            "uptime_s": round(now - self._started, 3),
-        }
-
-    def _pub_heartbeat(self) -> dict[str, Any]:
-        return {"node": self.id, "term": self.raft.term, "commit_index": self.raft.commit_index,
-                "time": self.synced.now()}
-
-
-def _has_retention(config: Config) -> bool:
-    """Returns: whether any retention limit is configured (only then can segments empty)."""
-    limits = [config.cluster.retention, *config.cluster.topics.values()]
-    return any(r.max_messages is not None or r.max_bytes is not None or r.max_age_s is not None for r in limits)
-
-
-def _checkpoint_descriptor(index: int) -> bytes:
-    """Returns: the Raft snapshot data of a checkpoint at `index` (its state is in the topic store)."""
-    packed: bytes = msgpack.packb([CHECKPOINT_FORMAT, index], use_bin_type=True)
-    return packed
-
-
-def _is_full_snapshot(data: bytes) -> bool:
-    """Returns: whether Raft snapshot `data` is a broker's whole state (`Broker.snapshot`), as the
-    first data format kept it and as a leader sends it, rather than a checkpoint's descriptor."""
-    try:
-        head = msgpack.Unpacker(use_list=False, raw=False, max_buffer_size=len(data) + 1)
-        head.feed(data)
-        size = head.read_array_header()
-        first = head.unpack()
-    except Exception:  # msgpack raises many types; none of them is a full snapshot
-        return False
-    return bool(size == 8 and first == FULL_SNAPSHOT_FORMAT)
+def _by_size(waiters: list[Waiter[PubOp]]) -> list[list[Waiter[PubOp]]]:
+    """Returns: `waiters` in order, cut into groups whose messages hold at most `MAX_ENTRY_BYTES` (a
+    group of one may hold more: a single request is bounded by the protocol's batch limit)."""
+    groups: list[list[Waiter[PubOp]]] = [[]]
+    size = 0
+    for waiter in waiters:
+        messages = waiter.request.messages
+        cost = len(messages[0]) if len(messages) == 1 else sum(map(len, messages))
+        if size + cost > MAX_ENTRY_BYTES and groups[-1]:
+            groups.append([])
+            size = 0
+        groups[-1].append(waiter)
+        size += cost
+    return groups

@@ -1,0 +1,278 @@
+"""A node's checkpoints: the broker loaded at start, checkpoints taken off the loop, the Raft log
+compacted behind them, and the state replaced by a leader's snapshot (DESIGN section 9).
+
+A checkpoint is due every `snapshot_every` applied entries or `snapshot_bytes` of them. Its fast
+half runs on the loop (`TopicStore.prepare_checkpoint`: flush the write buffer, take the broker's
+changed rows), its slow half on a thread (fsync the segments, commit the index); the loop notices
+the thread is done on a later turn, takes the checkpoint in and only then compacts the Raft log up
+to it, so the log always holds every entry after the topic store's checkpoint. At most one
+checkpoint is written at a time. The Raft snapshot of a checkpoint is a small descriptor
+(`descriptor`): the state itself is in the topic store's files.
+
+When a follower needs a snapshot, the next checkpoint is also laid out for it (`export_dir`): hard
+links to its segments and a copy of its index, streamed by `wiber.node.shipping`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+import msgpack
+
+from wiber.broker import Broker, BrokerSettings
+from wiber.broker.checkpoint import rebuild, take_delta
+from wiber.broker.snapshot import SNAPSHOT_FORMAT as FULL_SNAPSHOT_FORMAT
+from wiber.config import Config
+from wiber.raft.messages import SnapshotMeta
+from wiber.storage import CorruptLog, DurableStorage, StorageFailure
+from wiber.storage.fs import OS
+from wiber.storage.transfer import recover_install
+from wiber.storage.topics import CheckpointJob, TopicStore
+
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoints", "descriptor", "is_full_snapshot"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT: Final = 2
+"""First item of the Raft snapshot data a checkpoint writes: the data itself lives in the topic store."""
+TOPICS_DIR: Final = "topics"
+EXPORT_DIR: Final = "export"
+
+
+class Checkpoints:
+    """The topic store of one node and the checkpoints written from it (see the module docstring)."""
+
+    def __init__(self, config: Config, node_id: str, storage: DurableStorage, settings: BrokerSettings) -> None:
+        self._id = node_id
+        self._storage = storage
+        self._settings = settings
+        self._every = config.cluster.snapshot_every
+        self._bytes = config.cluster.snapshot_bytes
+        self.data_dir = config.node_data_dir(node_id)
+        self.topics_dir = os.path.join(self.data_dir, TOPICS_DIR)
+        self._store_options = (config.cluster.fsync, config.cluster.segment_bytes, _has_retention(config))
+        how = recover_install(OS, self.topics_dir)  # a snapshot switch cut short is finished or undone
+        if how != "clean":
+            log.warning("node %s: an interrupted snapshot install was %s", node_id, how)
+        self.store = self._open_store()
+        self.index = 0
+        """The applied index of the last checkpoint taken in (or of the loaded state)."""
+        self.applied_bytes = 0
+        """Bytes of log entries applied since the last checkpoint was prepared."""
+        self._running: tuple[CheckpointJob, threading.Thread] | None = None
+        self._error: BaseException | None = None
+        self.export: CheckpointJob | None = None
+        """The last checkpoint laid out for followers (its `exported` files in `export_path`)."""
+        self._export_wanted = False
+        self.seconds_last = 0.0
+        """How long the last checkpoint took, from prepare to taken in (for STATUS and metrics)."""
+        self._started_at = 0.0
+        _remove_tree(os.path.join(self.data_dir, EXPORT_DIR))  # a restart makes new exports
+
+    # ------------------------------------------------------------------------ start
+
+    def load(self) -> Broker:
+        """Returns: the broker as the data directory left it: the topic store's last checkpoint, or
+        an empty one, or (a data directory of the first format) the full snapshot the Raft log holds,
+        migrated into the topic store. The node then re-applies the Raft log after it.
+
+        Raises: CorruptLog: the Raft log was compacted past the topic store's checkpoint.
+        """
+        meta, data = self._storage.snapshot()
+        store = self.store
+        record = store.record
+        if record is not None and record.applied_index >= meta.index:
+            broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions())
+        elif record is None and meta.index == 0:
+            broker = Broker(self._settings, store)
+        elif is_full_snapshot(data):
+            log.warning("node %s: migrating the snapshot at index %d (every message inside it, the first "
+                        "data format) into topic segments", self._id, meta.index)
+            broker = self.install_full(meta, data, raft_too=False)
+        else:
+            covered = "no checkpoint" if record is None else f"a checkpoint at index {record.applied_index}"
+            raise CorruptLog(store.directory, 0, f"the topic segments hold {covered}, but the Raft log was "
+                             f"compacted to index {meta.index}: the messages in between are lost", store.directory)
+        self.index = broker.applied_index
+        return broker
+
+    # ------------------------------------------------------------------------ taking checkpoints
+
+    @property
+    def running(self) -> bool:
+        """Returns: whether a checkpoint is being written."""
+        return self._running is not None
+
+    def want_export(self) -> None:
+        """A follower needs a snapshot: lay the next checkpoint out for it, and take one soon."""
+        self._export_wanted = True
+
+    def due(self, applied_index: int) -> bool:
+        """Returns: whether a checkpoint should start now."""
+        if self._running is not None:
+            return False
+        if self._export_wanted:
+            return applied_index > 0  # even at the last checkpoint's index: the export is what is missing
+        if applied_index <= self.index:
+            return False
+        return applied_index - self.index >= self._every or self.applied_bytes >= self._bytes
+
+    def start(self, broker: Broker) -> None:
+        """Prepare a checkpoint of `broker` (loop thread) and write it on a thread.
+
+        Raises: StorageFailure: the flush failed.
+        """
+        self._started_at = time.monotonic()
+        term = self._storage.term(broker.applied_index)
+        export_dir = None
+        if self._export_wanted:
+            export_dir = os.path.join(self.data_dir, EXPORT_DIR, f"{broker.applied_index:020d}")
+            self._export_wanted = False
+        job = self.store.prepare_checkpoint(term, take_delta(broker), export_dir=export_dir)
+        self.applied_bytes = 0
+        thread = threading.Thread(target=self._run, args=(job,), name=f"checkpoint-{self._id}", daemon=True)
+        self._running = (job, thread)
+        thread.start()
+
+    def _open_store(self) -> TopicStore:
+        fsync, segment_bytes, retention = self._store_options
+        return TopicStore.open(self.topics_dir, fsync=fsync, segment_bytes=segment_bytes, retention=retention)
+
+    def _run(self, job: CheckpointJob) -> None:
+        """The checkpoint thread: fsync and commit (both release the GIL); errors go to the loop."""
+        try:
+            job.run()
+        except BaseException as exc:  # handed to the loop, which stops writing (a storage failure)
+            self._error = exc
+
+    def poll(self) -> CheckpointJob | None:
+        """Take a written checkpoint in and compact the Raft log up to it (loop thread).
+
+        Returns: the checkpoint taken in, or None (none done yet). Raises: StorageFailure.
+        """
+        if self._running is None or self._running[1].is_alive():
+            return None
+        return self._take_in()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the checkpoint thread to end, without taking its checkpoint in (tests, shutdown)."""
+        if self._running is not None:
+            self._running[1].join(timeout)
+
+    def wait(self) -> None:
+        """Wait for a checkpoint being written and take it in. Raises: StorageFailure."""
+        if self._running is not None:
+            self._running[1].join()
+            self._take_in()
+
+    def _take_in(self) -> CheckpointJob:
+        assert self._running is not None
+        job, _ = self._running
+        self._running = None
+        error, self._error = self._error, None
+        if error is not None:
+            self.store.abandon_checkpoint(job)
+            raise StorageFailure(f"checkpoint at index {job.record.applied_index} failed: {error}")
+        self.store.finish_checkpoint(job)
+        index = job.record.applied_index
+        self.index = index
+        if job.export_dir is not None:
+            previous, self.export = self.export, job
+            if previous is not None and previous.export_dir is not None:
+                _remove_tree(previous.export_dir)
+        if index > self._storage.last_snapshot_index:
+            self._storage.compact(index, descriptor(index))
+        self.seconds_last = time.monotonic() - self._started_at
+        log.info("node %s took a checkpoint at index %d", self._id, index)
+        return job
+
+    def drop_export(self) -> None:
+        """No follower needs the export any more: free its hard links and index copy."""
+        if self.export is not None and self.export.export_dir is not None:
+            _remove_tree(self.export.export_dir)
+        self.export = None
+
+    # ------------------------------------------------------------------------ replacing the state
+
+    def install_full(self, meta: SnapshotMeta, data: bytes, raft_too: bool = True) -> Broker:
+        """Replace the whole state by a broker's whole state (`Broker.snapshot` bytes: a first-format
+        data directory, or a leader that sends it whole): the topic store first (durable, in new
+        segments), then the Raft log, so a crash in between leaves a store at or ahead of the log.
+
+        Returns: the new broker. Raises: SnapshotError, StorageFailure.
+        """
+        self.wait()
+        store = self.store
+        store.reset()
+        broker = Broker.restore(data, self._settings, store)
+        store.checkpoint_now(meta.term, take_delta(broker), replace=True)
+        if raft_too:
+            self._storage.apply_snapshot(meta, descriptor(meta.index))
+        self.index = broker.applied_index
+        self.applied_bytes = 0
+        return broker
+
+    def install_staged(self, meta: SnapshotMeta, install: Callable[[str], None]) -> Broker:
+        """Replace the whole state by a leader's checkpoint whose files are staged: close the topic
+        store, switch the files in (`install` does it atomically), reopen, then the Raft log.
+
+        Returns: the new broker. Raises: CorruptLog (the files do not hold the checkpoint), StorageFailure.
+        """
+        self.wait()
+        directory = self.store.directory
+        self.store.close()
+        install(directory)
+        self.store = self._open_store()
+        record = self.store.record
+        if record is None or record.applied_index != meta.index:
+            raise CorruptLog(directory, 0, f"the installed snapshot holds a checkpoint at "
+                             f"{None if record is None else record.applied_index}, not {meta.index}", directory)
+        store = self.store
+        broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions())
+        self._storage.apply_snapshot(meta, descriptor(meta.index))
+        self.index = meta.index
+        self.applied_bytes = 0
+        return broker
+
+    def close(self) -> None:
+        """Wait for a checkpoint being written (not taking it in) and close the topic store."""
+        if self._running is not None:
+            self._running[1].join()
+            self._running = None
+        self.store.close()
+
+
+def descriptor(index: int) -> bytes:
+    """Returns: the Raft snapshot data of a checkpoint at `index` (its state is in the topic store)."""
+    packed: bytes = msgpack.packb([CHECKPOINT_FORMAT, index], use_bin_type=True)
+    return packed
+
+
+def is_full_snapshot(data: bytes) -> bool:
+    """Returns: whether Raft snapshot `data` is a broker's whole state (`Broker.snapshot`), as the
+    first data format kept it, rather than a checkpoint's descriptor."""
+    try:
+        head = msgpack.Unpacker(use_list=False, raw=False, max_buffer_size=len(data) + 1)
+        head.feed(data)
+        size = head.read_array_header()
+        first = head.unpack()
+    except Exception:  # msgpack raises many types; none of them is a full snapshot
+        return False
+    return bool(size == 8 and first == FULL_SNAPSHOT_FORMAT)
+
+
+def _has_retention(config: Config) -> bool:
+    """Returns: whether any retention limit is configured (only then can segments empty)."""
+    limits = [config.cluster.retention, *config.cluster.topics.values()]
+    return any(r.max_messages is not None or r.max_bytes is not None or r.max_age_s is not None for r in limits)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a directory tree of this node's own making, if it is there."""
+    shutil.rmtree(path, ignore_errors=True)

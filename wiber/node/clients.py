@@ -1,0 +1,164 @@
+"""The node's answers to client requests (DESIGN section 3): validation, dispatch, and each op.
+
+A handler answers at once (a reply map) or parks the client and answers later (None): writes wait
+for their entry to commit, linearizable reads for their ReadIndex round (`wiber.node.waiting`).
+Every error is a `WireError` answered to that client; nothing a client sends ends the loop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from wiber import protocol
+from wiber.broker import pub_op_from_request
+from wiber.errors import NotLeader, StorageError, WireError
+from wiber.node.transport import ClientRequest
+from wiber.node.waiting import Waiter
+from wiber.raft import Role
+
+if TYPE_CHECKING:
+    from wiber.node.loop import Node
+
+__all__ = ["ClientHandlers", "MAX_REPLY_BYTES", "ROLE_NAMES"]
+
+#: A HISTORY reply carries at most this much message data (fewer messages, with next_offset).
+MAX_REPLY_BYTES = 4 << 20
+
+#: A handler answers at once (a reply map) or parks the client and answers later (None).
+Handler = Callable[[dict[str, Any], ClientRequest, Any], "dict[str, Any] | None"]
+
+ROLE_NAMES = {
+    Role.FOLLOWER: "follower",
+    Role.PRE_CANDIDATE: "pre_candidate",
+    Role.CANDIDATE: "candidate",
+    Role.LEADER: "leader",
+}
+
+
+class ClientHandlers:
+    """The client ops of one node, answered from its Raft core, broker and clocks."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.handlers: dict[str, Handler] = {
+            "PING": self.on_ping,
+            "STATUS": self.on_status,
+            "PUB": self.on_write,
+            "PUB_BATCH": self.on_write,
+            "HISTORY": self.on_history,
+            "SUB": self.on_sub,
+            "TOPICS": self.on_topics,
+        }
+
+    def on_client_request(self, request: ClientRequest) -> None:
+        """Validate and dispatch one client request; every error becomes a wire error reply."""
+        req_id: Any = None
+        try:
+            req_id, msg = protocol.parse_request(request.body, self.node.limits)
+            fields = self.handlers[msg["op"]](msg, request, req_id)
+            if fields is None:
+                return  # parked: answered when its entry commits or its read is confirmed
+            reply = protocol.ok_reply(fields, req_id)
+        except WireError as err:
+            req_id = getattr(err, "request_id", req_id)
+            reply = protocol.error_reply(err, req_id)
+        self.node.transport.reply(request.envelope, reply)
+
+    def not_leader(self) -> NotLeader:
+        leader = self.node.raft.leader_id
+        if leader is None or leader == self.node.id:
+            return NotLeader(f"node {self.node.id} is not the leader and no leader is known yet; retry shortly")
+        addr = self.node.config.node(leader).client_addr
+        return NotLeader(f"node {self.node.id} is not the leader; the leader is {leader} at {addr}", leader, addr)
+
+    def on_write(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> None:
+        """PUB and PUB_BATCH: parked until the turn's entry commits (leader only)."""
+        if self.node._storage_failure is not None:
+            raise StorageError(f"node {self.node.id} cannot write its log: {self.node._storage_failure}")
+        if self.node.raft.role is not Role.LEADER or self.node._stopping:
+            raise self.not_leader()
+        waiter = Waiter(request.envelope, req_id, self.node._turn_deadline, pub_op_from_request(msg))
+        sent_at = msg.get("ts")
+        if self.node._reorder is not None and sent_at is not None:
+            if self.node._reorder.add(waiter, float(sent_at), msg.get("client_id") or "", msg.get("seq") or 0,
+                                 self.node.synced.now()):
+                return None  # held until its window passes (DESIGN section 5)
+            waiter.request = waiter.request._replace(late=True)
+        self.node._turn_writes.append(waiter)
+        return None
+
+    def on_history(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any] | None:
+        """HISTORY: `local` from this node's applied state (never uncommitted), `linearizable` by ReadIndex."""
+        if msg["consistency"] == "linearizable":
+            if self.node.raft.role is not Role.LEADER:
+                raise self.not_leader()
+            self.node._turn_reads.append(Waiter(request.envelope, req_id, self.node._turn_deadline, msg))
+            return None
+        return self.history(msg)
+
+    def history(self, msg: dict[str, Any]) -> dict[str, Any]:
+        reply = self.node.broker.history(msg["topic"], msg.get("from_offset") if "last" not in msg else None,
+                                    msg.get("last"), msg["limit"], MAX_REPLY_BYTES)
+        reply["commit_index"] = self.node.raft.commit_index
+        return reply
+
+    def answer_history(self, waiter: Waiter[dict[str, Any]]) -> None:
+        try:
+            reply = protocol.ok_reply(self.history(waiter.request), waiter.req_id)
+        except StorageError as err:
+            reply = protocol.error_reply(err, waiter.req_id)
+        self.node.transport.reply(waiter.envelope, reply)
+
+    def on_sub(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
+        topic = msg["topic"]
+        return {"topic": topic, "pub_addr": self.node.me.pub_addr, "next_offset": self.node.broker.end_offset(topic)}
+
+    def on_topics(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
+        return {"topics": self.node.broker.topics()}
+
+    def on_ping(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
+        return {
+            "op": "PONG",
+            "node": self.node.id,
+            "role": ROLE_NAMES[self.node.raft.role],
+            "term": self.node.raft.term,
+            "leader": self.node.raft.leader_id,
+            "time": self.node.synced.now(),
+        }
+
+    def on_status(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
+        now = self.node.clock.monotonic()
+        match = self.node.raft.progress() if self.node.raft.role is Role.LEADER else {}
+        peers: dict[str, dict[str, Any]] = {}
+        for peer, seen in self.node._peer_contact.items():
+            peers[peer] = {
+                "match_index": match.get(peer, 0),
+                "last_contact_ms": None if seen is None else int((now - seen) * 1000),
+            }
+        return {
+            "node": self.node.id,
+            "role": ROLE_NAMES[self.node.raft.role],
+            "term": self.node.raft.term,
+            "leader": self.node.raft.leader_id,
+            "commit_index": self.node.raft.commit_index,
+            "applied_index": self.node.applied_index,
+            "last_index": self.node.raft.last_index,
+            "snapshot_index": self.node.storage.last_snapshot_index,
+            "storage": {"ok": self.node._storage_failure is None, "error": self.node._storage_failure},
+            "peers": peers,
+            "clock": {
+                "offset_ms": round(self.node.synced.estimator.offset * 1000, 3),
+                "error_ms": round(self.node.synced.estimator.error * 1000, 3),
+                "samples": self.node.synced.estimator.samples,
+            },
+            "reorder": {
+                "window_ms": self.node.config.cluster.reorder_window_ms,
+                "held": len(self.node._reorder) if self.node._reorder is not None else 0,
+                "late": self.node.broker.late_count,
+            },
+            "uptime_s": round(now - self.node._started, 3),
+        }
+
+    def pub_heartbeat(self) -> dict[str, Any]:
+        return {"node": self.node.id, "term": self.node.raft.term, "commit_index": self.node.raft.commit_index,
+                "time": self.node.synced.now()}

@@ -1,0 +1,242 @@
+"""Snapshots streamed between nodes: a leader's checkpoint files to a follower that needs them.
+
+Theory of operation
+-------------------
+The Raft core decides *when* a follower needs a snapshot (it needs entries the leader compacted)
+and says so with an `InstallSnapshot` carrying the checkpoint's small descriptor. The node does
+not send that message. Instead (leader side) it streams the files of a checkpoint laid out for
+followers (`Checkpoints.export`: hard links to the segments, a copy of the index) with
+`wiber.storage.transfer`: a MANIFEST, then DATA frames the follower pulls with REQUESTs, 1 MiB at
+a time, a few in flight. No frame or buffer holds a whole snapshot; the only limit is the disk.
+When no export covers what the Raft log no longer holds, the next checkpoint makes one, and the
+transfer starts once it is taken in.
+
+The follower (`Shipping.receiver`) stages the files in ``topics.staging`` and, when every file is
+there with its size and CRC and durable, steps into its core the `InstallSnapshot` the leader's
+core meant: the checkpoint's (index, term) from the manifest, the leader's term from its meta. The
+core's usual checks apply (a stale term is refused); its `Ready` then makes the node switch the
+staged files in atomically (`Checkpoints.install_staged`) and only then acknowledge.
+
+Resuming: the core repeats its `InstallSnapshot` every two election timeouts while the follower
+has not caught up; the leader answers a repeat by sending the MANIFEST again only when the
+follower has asked for nothing for `STALL_S` (a disconnect, a lost frame), and the receiver then
+resumes from what it has staged. A new leader, or a newer export, sends another manifest: the
+receiver keeps every staged file that has the same name, size and CRC in it (sealed segments do)
+and fetches the rest. The follower takes a MANIFEST only from the leader it currently follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+from typing import Final
+
+import msgpack
+
+from wiber.node.checkpoints import Checkpoints, descriptor
+from wiber.raft.messages import InstallSnapshot, SnapshotMeta
+from wiber.storage.fs import OS, FileSystem
+from wiber.storage.transfer import (
+    Abort,
+    Data,
+    Done,
+    FileInfo,
+    Manifest,
+    ManifestFrame,
+    Receiver,
+    Request,
+    Sender,
+    TransferError,
+    decode_frame,
+    install_staged,
+)
+
+__all__ = ["STAGING_DIR", "Shipping"]
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR: Final = "topics.staging"
+STALL_S: Final = 1.0
+"""A transfer with no frame for this long is nudged: the receiver asks again, the leader resends its manifest."""
+
+Outgoing = list[tuple[str, bytes]]
+"""Frames to send: (peer id, frame)."""
+
+
+class Shipping:
+    """Both ends of snapshot transfers for one node (see the module docstring)."""
+
+    def __init__(self, node_id: str, peers: list[str], checkpoints: Checkpoints,
+                 monotonic: Callable[[], float], fs: FileSystem = OS) -> None:
+        self._id = node_id
+        self._peers = set(peers)
+        self._checkpoints = checkpoints
+        self._now = monotonic
+        self._fs = fs
+        self._ids = random.Random(os.urandom(8))
+        self._senders: dict[str, Sender] = {}
+        self._asked: dict[str, float] = {}
+        """Per follower, when it last asked for data (or was sent a manifest)."""
+        self._waiting: set[str] = set()
+        """Followers that need a snapshot while no export covers it yet."""
+        self.staging_dir = os.path.join(checkpoints.data_dir, STAGING_DIR)
+        self.receiver = Receiver(fs, node_id, self.staging_dir)
+        self._heard = 0.0
+        self._manifest_term = 0
+        self.sent_bytes = 0
+        self.received_bytes = 0
+        self.refused = 0
+
+    # ------------------------------------------------------------------------ leader side
+
+    def snapshot_needed(self, peer: str, last_snapshot_index: int, leader_term: int) -> Outgoing:
+        """The core wants `peer` to get a snapshot. Returns: frames to send (a manifest, or none yet)."""
+        export = self._checkpoints.export
+        if export is None or export.record.applied_index < last_snapshot_index or not export.exported:
+            self._waiting.add(peer)
+            self._checkpoints.want_export()
+            return []
+        sender = self._senders.get(peer)
+        index = export.record.applied_index
+        if sender is None or sender.manifest.index != index:
+            if sender is not None:
+                sender.close()
+            assert export.export_dir is not None
+            meta = msgpack.packb(leader_term)
+            manifest = Manifest(index, export.record.applied_term, meta,
+                                tuple(FileInfo(name, size, crc) for name, size, crc in export.exported))
+            sender = Sender(self._fs, self._id, self._ids.getrandbits(64), manifest, export.export_dir)
+            self._senders[peer] = sender
+            log.info("node %s streams the checkpoint at index %d (%d files, %d bytes) to %s", self._id, index,
+                     len(manifest.files), manifest.total_bytes, peer)
+        elif self._now() - self._asked.get(peer, 0.0) < STALL_S:
+            return []  # under way: the follower is pulling
+        self._asked[peer] = self._now()
+        return [(peer, sender.manifest_frame())]
+
+    def export_ready(self, last_snapshot_index: int, leader_term: int) -> Outgoing:
+        """A checkpoint laid out for followers was taken in: start the transfers that waited for it."""
+        waiting, self._waiting = self._waiting, set()
+        out: Outgoing = []
+        for peer in sorted(waiting):
+            out.extend(self.snapshot_needed(peer, last_snapshot_index, leader_term))
+        return out
+
+    def stop_sending(self) -> None:
+        """No longer leader: every transfer from here stops (a new leader sends its own)."""
+        for sender in self._senders.values():
+            sender.close()
+        self._senders.clear()
+        self._waiting.clear()
+        self._asked.clear()
+
+    # ------------------------------------------------------------------------ both sides
+
+    def on_frame(self, frame: bytes, leader: str | None, leader_term: int) -> Outgoing:
+        """Take one transfer frame from a peer. Returns: frames to send.
+
+        A frame that does not decode, or comes from a node that is no peer, or (to a follower) not
+        from the leader it follows, is dropped and counted.
+        """
+        try:
+            decoded = decode_frame(frame)
+        except TransferError as exc:
+            self.refused += 1
+            log.warning("node %s dropped a snapshot transfer frame: %s", self._id, exc)
+            return []
+        sender_id = decoded.sender
+        if sender_id not in self._peers:
+            self.refused += 1
+            return []
+        if isinstance(decoded, Request):
+            sender = self._senders.get(sender_id)
+            if sender is None or sender.transfer_id != decoded.transfer_id:
+                self.refused += 1
+                return []
+            self._asked[sender_id] = self._now()
+            reply = sender.on_request(decoded)
+            if reply is None:
+                return []
+            self.sent_bytes += decoded.length
+            return [(sender_id, reply)]
+        if isinstance(decoded, Done):
+            sender = self._senders.pop(sender_id, None)
+            if sender is not None:
+                sender.close()
+                log.info("node %s: %s has the checkpoint at index %d", self._id, sender_id, sender.manifest.index)
+            return []
+        if isinstance(decoded, Abort) and sender_id in self._senders:
+            log.warning("node %s: %s stopped the snapshot transfer: %s", self._id, sender_id, decoded.reason)
+            self._senders.pop(sender_id).close()
+            return []
+        # ManifestFrame, Data, Abort: to the follower, from the leader it follows only
+        if sender_id != leader:
+            self.refused += 1
+            return []
+        if isinstance(decoded, ManifestFrame):
+            term = _leader_term(decoded.manifest)
+            if term is None or term < leader_term:
+                self.refused += 1
+                return []
+            self._manifest_term = term
+        self._heard = self._now()
+        if isinstance(decoded, Data):
+            self.received_bytes += len(decoded.data)
+        return [(sender_id, out) for out in self.receiver.on_frame(decoded)]
+
+    # ------------------------------------------------------------------------ follower side
+
+    def completed(self) -> InstallSnapshot | None:
+        """Returns: once the staged snapshot is complete, the `InstallSnapshot` to step into the core
+        (from the leader, at the term its manifest carried), else None."""
+        receiver = self.receiver
+        if not receiver.complete or receiver.manifest is None or receiver.peer is None:
+            return None
+        manifest = receiver.manifest
+        meta = SnapshotMeta(manifest.index, manifest.term)
+        return InstallSnapshot(self._manifest_term, receiver.peer, self._id, meta, descriptor(manifest.index))
+
+    def install(self, target_dir: str) -> None:
+        """Switch the complete staged files in as `target_dir`'s (atomically) and start afresh."""
+        install_staged(self._fs, self.staging_dir, target_dir)
+        self.receiver.close()
+        self.receiver = Receiver(self._fs, self._id, self.staging_dir)
+
+    def discard_staged(self) -> None:
+        """The staged snapshot is no longer needed (the log caught up another way): start afresh."""
+        self.receiver.close()
+        _remove_dir(self._fs, self.staging_dir)
+        self.receiver = Receiver(self._fs, self._id, self.staging_dir)
+
+    def nudge(self) -> Outgoing:
+        """Called every turn or so: a transfer silent for `STALL_S` asks again for what it lacks."""
+        receiver = self.receiver
+        if not receiver.active or receiver.peer is None or self._now() - self._heard < STALL_S:
+            return []
+        self._heard = self._now()
+        return [(receiver.peer, frame) for frame in receiver.resend()]
+
+    def close(self) -> None:
+        """Close every file the transfers hold open."""
+        self.stop_sending()
+        self.receiver.close()
+
+
+def _leader_term(manifest: Manifest) -> int | None:
+    """Returns: the leader's term a manifest's meta carries, or None when it carries none (peer input)."""
+    try:
+        term = msgpack.unpackb(manifest.meta)
+    except Exception:  # msgpack raises many types; each means a bad meta
+        return None
+    return term if type(term) is int and 0 <= term < 2**63 else None
+
+
+def _remove_dir(fs: FileSystem, path: str) -> None:
+    """Remove a flat directory of this node's own making (the staging directory), if it is there."""
+    if not fs.exists(path):
+        return
+    for name in fs.listdir(path):
+        fs.unlink(os.path.join(path, name))
+    fs.rmdir(path)
