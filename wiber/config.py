@@ -56,9 +56,10 @@ snapshot_every (integer > 0, default 10000)
     A checkpoint is cheap (it fsyncs the topic segments written since the last one and commits the
     index rows that changed, off the node's loop) and never stops the loop for long.
 
-snapshot_bytes (integer > 0, default 67108864 = 64 MiB)
-    A checkpoint is also taken once this many bytes of log entries were applied since the last one,
-    so a burst of large batches does not keep a long Raft log.
+snapshot_bytes (integer > 0, default 16777216 = 16 MiB)
+    A checkpoint is also taken once this many bytes of log entries were applied since the last one.
+    It bounds the memory a node holds for what the last checkpoint does not cover yet (the Raft log
+    since it, and the index of the messages written since it), whatever the size of the batches.
 
 segment_bytes (integer > 0, default 67108864 = 64 MiB)
     Size at which a topic segment file (shared by every topic) is sealed and a new one started.
@@ -250,7 +251,7 @@ class ClusterConfig:
     reorder_window_ms: int = 0
     request_timeout_ms: int = 5000
     snapshot_every: int = 10000
-    snapshot_bytes: int = 64 << 20
+    snapshot_bytes: int = 16 << 20
     segment_bytes: int = 64 << 20
     session_window: int = 4096
     max_sessions: int = 10000

@@ -147,7 +147,7 @@ class IndexDb:
     def commit(
         self,
         record: CheckpointRecord,
-        blocks: Iterable[BlockRef],
+        blocks: Iterable[tuple[int, int, int, int, int, int]],
         topics: Iterable[tuple[int, str, int, int, int, float]],
         sessions: Iterable[tuple[str, bytes | None]],
         dropped_segments: Iterable[int] = (),
@@ -165,7 +165,7 @@ class IndexDb:
                 db.execute("DELETE FROM blocks WHERE segment=?", (segment,))
             db.executemany(
                 "INSERT OR REPLACE INTO blocks(topic_id, first, count, segment, position, length) VALUES (?,?,?,?,?,?)",
-                ((b.topic_id, b.first, b.count, b.segment, b.position, b.length) for b in blocks))
+                blocks)
             db.executemany("INSERT OR REPLACE INTO topics(id, name, first, end_, nbytes, age_key) VALUES (?,?,?,?,?,?)",
                            topics)
             kept = []
