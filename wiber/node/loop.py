@@ -414,6 +414,7 @@ class Node:
                 self._on_storage_failure(exc)
                 return
             self.raft.advance(rd)
+            self.storage.release(self.applied_index)  # applied entries leave memory (read back if a peer lags)
         # The core steps down inside step() or tick(), before this runs: compare across turns.
         is_leader = self.raft.role is Role.LEADER
         if self._was_leader and not is_leader:

@@ -152,7 +152,7 @@ class InMemoryLogView:
             return entries
         base = self._snap.index
         first = entries[0].index
-        if first > base + len(self._entries) + 1:
+        if first > self.last_index() + 1:
             raise InvariantError(
                 f"append at {first} would leave a gap after the last index {self.last_index()}")
         if entries[-1].index != first + len(entries) - 1:

@@ -10,8 +10,11 @@ calls the writer API once per loop turn, in `Ready` order (`wiber.raft.ready`)::
     ... only now send acknowledgements and votes ...
 
 The read side is the `LogStorage` Protocol with exactly `MemoryStorage`'s semantics and
-exceptions: every entry since the snapshot is also kept in memory, so `term()` and `entries()` are
-list lookups and never touch the disk. The file formats are in `wiber.storage.format`.
+exceptions. Every entry's term since the snapshot is kept in memory (8 bytes each), and the entries
+themselves from `cached_from` on: the node calls `release(index)` once entries are applied, and
+`entries()` reads older ones back from the segments (a follower that lags, a restart's re-apply).
+So the Raft log's memory is what is not applied yet, not all since the last snapshot. The file
+formats are in `wiber.storage.format`.
 
 Not thread-safe: one node loop owns one instance. One process at a time: `open` takes an exclusive
 `flock` on ``LOCK`` in the directory.
@@ -81,6 +84,7 @@ Entries appended since the last successful `sync` must never be acknowledged.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import logging
@@ -92,7 +96,7 @@ from dataclasses import dataclass, field
 
 from wiber.errors import InvariantError, NodeStartError, StorageError
 from wiber.raft.messages import Entry, HardState, SnapshotMeta
-from wiber.raft.storage import Compacted, EntryUnavailable, InMemoryLogView
+from wiber.raft.storage import Compacted, EntryUnavailable, InMemoryLogView, limit_size
 from wiber.storage.format import (
     CORRUPT_SUFFIX,
     FRAME,
@@ -211,7 +215,9 @@ class DurableStorage(InMemoryLogView):
         self._hard_state = HardState(0, None, 0)
         self._snap = SnapshotMeta(0, 0)
         self._snap_data = b""
-        self._entries: list[Entry] = []
+        self._entries: list[Entry] = []      # the entries from self._cached_from to the last
+        self._terms: array[int] = array("Q")  # the term of every entry after the snapshot
+        self._cached_from = 1
         # the files
         self._segments: list[_Segment] = []
         self._fd: int | None = None          # open on self._segments[-1], when there is one
@@ -303,6 +309,8 @@ class DurableStorage(InMemoryLogView):
         self._snap_data = plan.snap_data
         self._snap_path = self._path(plan.snap_name) if plan.snap_name else None
         self._entries = plan.entries
+        self._terms = array("Q", (e.term for e in plan.entries))
+        self._cached_from = plan.snap.index + 1
         self._durable_vote = (hard_state.term, hard_state.voted_for)
         self._hard_state = self._clamped(hard_state)
         self._log.info("opened %s: snapshot at %d/%d, entries %d..%d in %d segment(s), term %d",
@@ -514,6 +522,97 @@ class DurableStorage(InMemoryLogView):
 
     # -- the writer side -----------------------------------------------------------------------------
 
+    # -- the read side: terms in memory, entries in memory from `cached_from` on ----------------------
+
+    def last_index(self) -> int:
+        """Returns: the last index held."""
+        return self._snap.index + len(self._terms)
+
+    def term(self, index: int) -> int:
+        """Returns: the term at `index`. Raises: Compacted, EntryUnavailable."""
+        offset = index - self._snap.index
+        if offset <= 0:
+            if offset == 0:
+                return self._snap.term
+            raise Compacted(f"index {index} is compacted (snapshot at {self._snap.index})")
+        if offset > len(self._terms):
+            raise EntryUnavailable(f"index {index} is beyond the last index {self.last_index()}")
+        return self._terms[offset - 1]
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Returns: entries ``[lo, hi)`` cut to `max_bytes` (never empty if lo < hi); released ones
+        are read back from the segments.
+
+        Raises:
+            Compacted: ``lo <= snapshot index``.
+            EntryUnavailable: ``hi > last_index() + 1``.
+            ValueError: ``lo > hi``.
+            StorageFailure: a released entry cannot be read back (the storage is then failed).
+        """
+        base = self._snap.index
+        if lo <= base:
+            raise Compacted(f"index {lo} is compacted (snapshot at {base})")
+        if hi > base + len(self._terms) + 1:
+            raise EntryUnavailable(f"index {hi - 1} is beyond the last index {self.last_index()}")
+        if lo > hi:
+            raise ValueError(f"empty range: lo {lo} > hi {hi}")
+        cached = self._cached_from
+        if lo >= cached:
+            ents = self._entries[lo - cached:hi - cached]
+        else:
+            ents = self._read_back(lo, min(hi, cached), max_bytes)
+            if hi > cached and (max_bytes is None or sum(len(e.data) for e in ents) < max_bytes):
+                ents.extend(self._entries[:hi - cached])
+        if max_bytes is not None:
+            return limit_size(ents, max_bytes)
+        return ents
+
+    @property
+    def cached_from(self) -> int:
+        """Returns: the first index whose entry is held in memory."""
+        return self._cached_from
+
+    def release(self, index: int) -> None:
+        """The entries up to `index` are applied: drop them from memory (reads fetch them from disk)."""
+        index = min(index, self.last_index())
+        if index >= self._cached_from:
+            del self._entries[:index - self._cached_from + 1]
+            self._cached_from = index + 1
+
+    def _read_back(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
+        """Returns: the released entries ``[lo, hi)`` read from their segments, stopping once past
+        `max_bytes` of records (at least one). Raises: StorageFailure."""
+        out: list[Entry] = []
+        budget = max_bytes
+        for seg in self._segments:
+            if seg.last < lo or seg.first >= hi or (budget is not None and budget <= 0 and out):
+                continue
+            start = max(lo, seg.first) - seg.first
+            stop = min(hi, seg.last + 1) - seg.first
+            begin = seg.offsets[start]
+            if budget is not None:  # whole records while within the budget, at least one
+                limit = bisect.bisect_right(seg.offsets, begin + budget, start + 1, stop)
+                stop = max(start + 1, limit - 1) if limit < stop else stop
+            end = seg.offsets[stop] if stop < len(seg.offsets) else seg.size
+            try:
+                fd = self._fs.open(seg.path, os.O_RDONLY)
+                try:
+                    buf = self._fs.pread(fd, end - begin, begin)
+                finally:
+                    self._fs.close(fd)
+            except OSError as exc:
+                raise self._fail(f"reading entries back from {seg.path}", exc) from exc
+            scan = scan_segment(buf, seg.first + start, seg.first + start - 1)
+            if scan.problem is not None or len(scan.entries) != stop - start:
+                err = StorageFailure(f"entries {seg.first + start}..{seg.first + stop - 1} of {seg.path} do not "
+                                     f"read back: {scan.problem or 'short'}")
+                self._mark_failed(err)
+                raise err
+            out.extend(scan.entries)
+            if budget is not None:
+                budget -= end - begin
+        return out
+
     def append(self, entries: Sequence[Entry]) -> None:
         """Write `entries` (no fsync: call `sync` before acknowledging them).
 
@@ -559,7 +658,12 @@ class DurableStorage(InMemoryLogView):
         self._unsynced = False
         seg.size = cut
         del seg.offsets[k:]
-        del self._entries[first - self._snap.index - 1:]
+        del self._terms[first - self._snap.index - 1:]
+        if first >= self._cached_from:
+            del self._entries[first - self._cached_from:]
+        else:
+            self._entries = []
+            self._cached_from = first
 
     def _write(self, entries: Sequence[Entry]) -> None:
         """Encode `entries` (which start at last_index + 1) and write them, rolling segments as needed.
@@ -607,8 +711,10 @@ class DurableStorage(InMemoryLogView):
         """Make ``entries[lo:hi]``, now written, visible to readers."""
         if lo == 0 and hi == len(entries):
             self._entries.extend(entries)
+            self._terms.extend([e.term for e in entries])
         else:
             self._entries.extend(entries[lo:hi])
+            self._terms.extend([e.term for e in entries[lo:hi]])
 
     def _write_chunk(self, seg: _Segment, parts: list[bytes], offsets: list[int]) -> None:
         """Write the records `parts` at the end of `seg` (the current segment) with one pwrite."""
@@ -698,14 +804,17 @@ class DurableStorage(InMemoryLogView):
             raise Compacted(f"index {index} is already compacted (snapshot at {base})")
         if index > self.last_index():
             raise EntryUnavailable(f"cannot compact to {index}: last index is {self.last_index()}")
-        meta = SnapshotMeta(index, self._entries[index - base - 1].term)
+        meta = SnapshotMeta(index, self._terms[index - base - 1])
         try:
             self._write_snapshot(meta, data)
         except OSError as exc:
             raise self._fail(f"writing the snapshot at {index}", exc) from exc
         self._snap = meta
         self._snap_data = data
-        del self._entries[:index - base]
+        del self._terms[:index - base]
+        if index >= self._cached_from:
+            del self._entries[:index - self._cached_from + 1]
+            self._cached_from = index + 1
         try:
             segs = self._segments
             while segs and (segs[1].first <= index + 1 if len(segs) > 1 else segs[0].last <= index):
@@ -737,6 +846,8 @@ class DurableStorage(InMemoryLogView):
         self._snap = meta
         self._snap_data = data
         self._entries = []
+        self._terms = array("Q")
+        self._cached_from = meta.index + 1
         try:
             self._close_fd()
             self._unsynced = False

@@ -1,7 +1,8 @@
 """DurableStorage reads exactly as MemoryStorage does, across random writes and reopens (hypothesis).
 
 The same random program of append (with truncation and skipping), compact, apply_snapshot,
-set_hard_state and sync runs against both; DurableStorage is also closed and reopened at random
+set_hard_state and sync runs against both (and `release`, which drops applied entries from
+DurableStorage's memory: its reads must then come back from the segments, unchanged); DurableStorage is also closed and reopened at random
 points. After every step every read (and every out-of-range exception) must agree. The hard state's
 commit is the one exception by design: DurableStorage persists it only along with a term or vote
 change, and clamps it into [snapshot index, last index] on reopen.
@@ -31,6 +32,7 @@ ops = st.one_of(
     st.tuples(st.just("hard_state"), st.integers(0, 4), st.sampled_from([None, "n1", "n2"]), st.integers(0, 60)),
     st.tuples(st.just("sync")),
     st.tuples(st.just("reopen")),
+    st.tuples(st.just("release"), st.integers(-2, 20)),
 )
 
 
@@ -82,6 +84,8 @@ def test_durable_storage_reads_like_memory_storage(program: list[Op], segment_by
             for step, op in enumerate(program):
                 if op[0] == "sync":
                     dur.sync()
+                elif op[0] == "release":
+                    dur.release(dur.first_index() - 1 + op[1])
                 elif op[0] == "reopen":
                     dur.close()
                     dur = DurableStorage.open(directory, fsync=False, segment_bytes=segment_bytes)
