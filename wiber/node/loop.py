@@ -31,7 +31,7 @@ from wiber import protocol
 from wiber.broker import BrokerSettings, PubOp, PubResult, encode_entry, record_to_wire
 from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
-from wiber.errors import InvariantError, NotLeader, StorageError, Unavailable, WireError
+from wiber.errors import InvariantError, StorageError, Unavailable, WireError
 from wiber.raft import (
     EntryKind,
     InstallSnapshot,
@@ -49,7 +49,7 @@ from wiber.node.checkpoints import Checkpoints, is_full_snapshot
 from wiber.node.clients import ClientHandlers
 from wiber.node.reorder import ReorderBuffer
 from wiber.node.shipping import Outgoing, Shipping
-from wiber.node.transport import ClientRequest, Transport
+from wiber.node.transport import Transport
 from wiber.node.waiting import PendingReads, PendingWrites, Waiter
 from wiber.raft.messages import AppendEntries, Entry, Message, SnapshotMeta
 from wiber.storage import DurableStorage, StorageFailure
