@@ -543,7 +543,9 @@ def test_bad_file_is_refused_with_one_line_naming_the_key(
 
 def test_every_positive_int_key_refuses_zero(tmp_path: Path) -> None:
     """Guards the table above against a key added to the positive list without a case."""
-    for key in config_module._POSITIVE_INT_KEYS:
+    from wiber.config import sections
+
+    for key in sections._POSITIVE_INT_KEYS:
         err = refusal(write(tmp_path, cluster(f"{key}: 0")))
         assert err.key == f"cluster.{key}"
 
