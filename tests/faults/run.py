@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="chance that a second fault (process + network) overlaps the first (default 0.3)")
     parser.add_argument("--topics", type=int, default=3, help="topics, each with one subscriber (default 3)")
     parser.add_argument("--pace-ms", type=float, default=20.0, help="mean pause between a publisher's publishes")
-    parser.add_argument("--snapshot-every", type=int, default=1000, help="cluster.snapshot_every (default 1000)")
+    parser.add_argument("--snapshot-every", type=int, default=200, help="cluster.snapshot_every (default 200)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another cluster setting for the YAML, e.g. --set session_window=8 (repeatable)")
     parser.add_argument("--no-netns", action="store_true", help="run on 127.0.0.1 (no network faults)")
