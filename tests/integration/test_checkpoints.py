@@ -66,6 +66,7 @@ def test_checkpoints_every_few_entries_keep_the_leader_and_every_message(
         wait_for(lambda nid=nid: local_log(cluster, nid, "busy") == expected, 10, f"{nid} to hold every message")
         status = cluster.client([nid]).status()
         assert status["snapshot_index"] > 250  # checkpoints were taken and the log compacted up to them
+        assert status["checkpoint"]["taken"] >= 50 and status["checkpoint"]["index"] >= status["snapshot_index"]
 
 
 def test_many_topics_live_in_a_few_files(cluster_factory: Callable[..., ClusterHarness]) -> None:

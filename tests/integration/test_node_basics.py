@@ -249,10 +249,21 @@ def test_garbage_on_the_raft_port_is_dropped_and_the_cluster_stays_healthy(
         b"\xc1T\x02" + b"\x00" * 24 + b"n2",  # a clock reply from a peer that is not the leader
         msgpack.packb([1, 999, "n9", "n1"]),  # a well-framed message from an unknown sender
     ]
+    from wiber.raft import InstallSnapshot, encode_message
+    from wiber.raft.messages import SnapshotMeta
+    from wiber.storage.transfer import FileInfo, Manifest, ManifestFrame
+
     for node in cluster.config.nodes:
+        other = next(n.id for n in cluster.config.nodes if n.id != node.id)
+        forged = [
+            # a whole snapshot as one message, at the current term: snapshots only arrive as files
+            encode_message(InstallSnapshot(term, other, node.id, SnapshotMeta(10**6, term), b"not a snapshot")),
+            b"\xc1F" + _os.urandom(40),  # a broken snapshot transfer frame
+            ManifestFrame(other, 7, Manifest(10**6, term, b"", (FileInfo("index.db", 10, 0),))).encode(),
+        ]
         dealer = zmq_socket(zmq.DEALER)
         dealer.connect(node.raft_addr)
-        for frame in bad_frames:
+        for frame in bad_frames + forged:
             dealer.send_multipart([frame, frame])
     client = cluster.client()
     assert client.publish("after-garbage", b"ok").offset == 0

@@ -73,6 +73,10 @@ class Checkpoints:
         self.seconds_last = 0.0
         """How long the last checkpoint took, from prepare to taken in (for STATUS and metrics)."""
         self._started_at = 0.0
+        self.prepare_ms_last = 0.0
+        """How long the loop was held by the last checkpoint's fast half (flush and changed rows)."""
+        self.prepare_ms_max = 0.0
+        self.taken = 0
         _remove_tree(os.path.join(self.data_dir, EXPORT_DIR))  # a restart makes new exports
 
     # ------------------------------------------------------------------------ start
@@ -94,7 +98,7 @@ class Checkpoints:
         elif is_full_snapshot(data):
             log.warning("node %s: migrating the snapshot at index %d (every message inside it, the first "
                         "data format) into topic segments", self._id, meta.index)
-            broker = self.install_full(meta, data, raft_too=False)
+            broker = self._migrate(meta, data)
         else:
             covered = "no checkpoint" if record is None else f"a checkpoint at index {record.applied_index}"
             raise CorruptLog(store.directory, 0, f"the topic segments hold {covered}, but the Raft log was "
@@ -135,6 +139,8 @@ class Checkpoints:
             export_dir = os.path.join(self.data_dir, EXPORT_DIR, f"{broker.applied_index:020d}")
             self._export_wanted = False
         job = self.store.prepare_checkpoint(term, take_delta(broker), export_dir=export_dir)
+        self.prepare_ms_last = (time.monotonic() - self._started_at) * 1000
+        self.prepare_ms_max = max(self.prepare_ms_max, self.prepare_ms_last)
         self.applied_bytes = 0
         thread = threading.Thread(target=self._run, args=(job,), name=f"checkpoint-{self._id}", daemon=True)
         self._running = (job, thread)
@@ -189,8 +195,21 @@ class Checkpoints:
         if index > self._storage.last_snapshot_index:
             self._storage.compact(index, descriptor(index))
         self.seconds_last = time.monotonic() - self._started_at
+        self.taken += 1
         log.info("node %s took a checkpoint at index %d", self._id, index)
         return job
+
+    def status(self) -> dict[str, object]:
+        """Returns: the checkpoint figures STATUS shows (index, counts, how long the loop was held)."""
+        return {
+            "index": self.index,
+            "taken": self.taken,
+            "running": self.running,
+            "seconds_last": round(self.seconds_last, 4),
+            "loop_ms_last": round(self.prepare_ms_last, 3),
+            "loop_ms_max": round(self.prepare_ms_max, 3),
+            "segments": len(self.store.segments),
+        }
 
     def drop_export(self) -> None:
         """No follower needs the export any more: free its hard links and index copy."""
@@ -200,21 +219,16 @@ class Checkpoints:
 
     # ------------------------------------------------------------------------ replacing the state
 
-    def install_full(self, meta: SnapshotMeta, data: bytes, raft_too: bool = True) -> Broker:
-        """Replace the whole state by a broker's whole state (`Broker.snapshot` bytes: a first-format
-        data directory, or a leader that sends it whole): the topic store first (durable, in new
-        segments), then the Raft log, so a crash in between leaves a store at or ahead of the log.
+    def _migrate(self, meta: SnapshotMeta, data: bytes) -> Broker:
+        """Move a first-format snapshot (`Broker.snapshot` bytes: every message inside) into the topic
+        store, with a checkpoint at its index; the Raft log keeps its snapshot file as it is.
 
-        Returns: the new broker. Raises: SnapshotError, StorageFailure.
+        Returns: the broker. Raises: SnapshotError, StorageFailure.
         """
-        self.wait()
         store = self.store
         store.reset()
         broker = Broker.restore(data, self._settings, store)
         store.checkpoint_now(meta.term, take_delta(broker), replace=True)
-        if raft_too:
-            self._storage.apply_snapshot(meta, descriptor(meta.index))
-        self.index = broker.applied_index
         self.applied_bytes = 0
         return broker
 

@@ -144,6 +144,7 @@ class ClientHandlers:
             "applied_index": self.node.applied_index,
             "last_index": self.node.raft.last_index,
             "snapshot_index": self.node.storage.last_snapshot_index,
+            "checkpoint": self.node.checkpoints.status(),
             "storage": {"ok": self.node._storage_failure is None, "error": self.node._storage_failure},
             "peers": peers,
             "clock": {

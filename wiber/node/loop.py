@@ -45,7 +45,7 @@ from wiber.raft import (
     encode_message,
 )
 from wiber.node import timesync
-from wiber.node.checkpoints import Checkpoints, is_full_snapshot
+from wiber.node.checkpoints import Checkpoints
 from wiber.node.clients import ClientHandlers
 from wiber.node.reorder import ReorderBuffer
 from wiber.node.shipping import Outgoing, Shipping
@@ -302,6 +302,10 @@ class Node:
             if msg.to != self.id or msg.frm not in self._peer_contact:
                 log.debug("node %s dropped a message %s -> %s", self.id, msg.frm, msg.to)
                 continue
+            if isinstance(msg, InstallSnapshot):  # snapshots arrive as files (shipping), never as one message
+                log.warning("node %s dropped an InstallSnapshot message from %s: snapshots are streamed as files",
+                            self.id, msg.frm)
+                continue
             self._peer_contact[msg.frm] = self.clock.monotonic()
             self.raft.step(msg)
 
@@ -471,15 +475,12 @@ class Node:
                         self.id, waited * 1000, what, paused * 1000)
 
     def _install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        """Replace the whole state by the leader's snapshot: its staged files (the usual way), or a
-        whole broker state (from a leader of the first format)."""
-        if is_full_snapshot(data):
-            self.broker = self.checkpoints.install_full(meta, data)
-        else:
-            staged = self.shipping.receiver.manifest
-            if not self.shipping.receiver.complete or staged is None or staged.index != meta.index:
-                raise InvariantError(f"snapshot {meta.index} reached the log without its files staged")
-            self.broker = self.checkpoints.install_staged(meta, self.shipping.install)
+        """Replace the whole state by the leader's snapshot, whose files are staged: the core only
+        restores the snapshots the node steps into it once they are (`_step_completed_snapshot`)."""
+        staged = self.shipping.receiver.manifest
+        if not self.shipping.receiver.complete or staged is None or staged.index != meta.index:
+            raise InvariantError(f"snapshot {meta.index} reached the log without its files staged")
+        self.broker = self.checkpoints.install_staged(meta, self.shipping.install)
         self.applied_index = meta.index
 
     def _maybe_checkpoint(self) -> None:

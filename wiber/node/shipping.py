@@ -131,6 +131,7 @@ class Shipping:
         self._senders.clear()
         self._waiting.clear()
         self._asked.clear()
+        self._checkpoints.drop_export()
 
     # ------------------------------------------------------------------------ both sides
 
@@ -166,6 +167,8 @@ class Shipping:
             if sender is not None:
                 sender.close()
                 log.info("node %s: %s has the checkpoint at index %d", self._id, sender_id, sender.manifest.index)
+                if not self._senders and not self._waiting:
+                    self._checkpoints.drop_export()  # its hard links would keep retained-away segments on disk
             return []
         if isinstance(decoded, Abort) and sender_id in self._senders:
             log.warning("node %s: %s stopped the snapshot transfer: %s", self._id, sender_id, decoded.reason)
