@@ -11,7 +11,7 @@ from array import array
 from collections.abc import Sequence
 
 from wiber.errors import InvariantError, NodeStartError
-from wiber.raft.messages import Entry, HardState, SnapshotMeta
+from wiber.raft.messages import ENTRY_OVERHEAD, Entry, HardState, SnapshotMeta
 from wiber.raft.storage import Compacted, EntryUnavailable, InMemoryLogView, limit_size
 from wiber.storage.durable.errors import StorageFailure, describe
 from wiber.storage.durable.files import Segment, pwrite_all
@@ -21,6 +21,7 @@ from wiber.storage.format import (
     FRAME_SIZE,
     HARD_STATE_NAME,
     PAYLOAD_HEAD,
+    RECORD_OVERHEAD,
     TEMP_SUFFIX,
     encode_hard_state,
     encode_snapshot_header,
@@ -194,19 +195,23 @@ class DurableStorage(Recovery, InMemoryLogView):
             self._cached_from = index + 1
 
     def _read_back(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
-        """Returns: the released entries ``[lo, hi)`` read from their segments, stopping once past
-        `max_bytes` of records (at least one). Raises: StorageFailure."""
+        """Returns: the released entries ``[lo, hi)`` read from their segments, at least every one
+        that `limit_size(..., max_bytes)` keeps (it trims the rest). Raises: StorageFailure."""
         out: list[Entry] = []
-        budget = max_bytes
+        budget = max_bytes  # counted as limit_size counts: data + ENTRY_OVERHEAD per entry
         for seg in self._segments:
-            if seg.last < lo or seg.first >= hi or (budget is not None and budget <= 0 and out):
+            if seg.last < lo or seg.first >= hi or (budget is not None and budget < 0 and out):
                 continue
             start = max(lo, seg.first) - seg.first
             stop = min(hi, seg.last + 1) - seg.first
             begin = seg.offsets[start]
-            if budget is not None:  # whole records while within the budget, at least one
-                limit = bisect.bisect_right(seg.offsets, begin + budget, start + 1, stop)
-                stop = max(start + 1, limit - 1) if limit < stop else stop
+            if budget is not None:
+                # A record on disk is its entry's data plus RECORD_OVERHEAD bytes, never less than the
+                # ENTRY_OVERHEAD the budget counts: reading up to budget + (RECORD - ENTRY overhead) per
+                # record covers every entry within the budget, and one more.
+                slack = (RECORD_OVERHEAD - ENTRY_OVERHEAD) * (stop - start)
+                limit = bisect.bisect_right(seg.offsets, begin + budget + slack, start + 1, stop)
+                stop = min(stop, limit + 1)
             end = seg.offsets[stop] if stop < len(seg.offsets) else seg.size
             try:
                 fd = self._fs.open(seg.path, os.O_RDONLY)
@@ -224,7 +229,7 @@ class DurableStorage(Recovery, InMemoryLogView):
                 raise err
             out.extend(scan.entries)
             if budget is not None:
-                budget -= end - begin
+                budget -= sum(len(e.data) for e in scan.entries) + ENTRY_OVERHEAD * len(scan.entries)
         return out
 
     def append(self, entries: Sequence[Entry]) -> None:
