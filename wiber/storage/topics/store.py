@@ -66,7 +66,7 @@ __all__ = ["CheckpointJob", "TopicStore"]
 
 log = logging.getLogger(__name__)
 
-FLUSH_BYTES: Final = 2 << 20
+FLUSH_BYTES: Final = 1 << 20
 """The write buffer is flushed once this much message data waits in it."""
 CACHE_BLOCKS: Final = 32
 """Decoded blocks kept for the next read (paging through a topic reads each block once)."""
