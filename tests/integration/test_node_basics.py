@@ -362,8 +362,8 @@ class _SteppedNode:
 
     def stalling(self, real: Callable[..., None]) -> Callable[..., None]:
         """Returns: `real`, made to take `stall_s` of the node's clock."""
-        def call(*args: Any) -> None:
-            real(*args)
+        def call(*args: Any, **kwargs: Any) -> None:
+            real(*args, **kwargs)
             self.clock.advance(self.stall_s)
         return call
 

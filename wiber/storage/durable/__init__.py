@@ -83,6 +83,6 @@ Entries appended since the last successful `sync` must never be acknowledged.
 """
 
 from wiber.storage.durable.errors import CorruptLog, DirectoryLocked, StorageFailure
-from wiber.storage.durable.storage import DurableStorage
+from wiber.storage.durable.storage import DurableStorage, write_snapshot_file
 
-__all__ = ["CorruptLog", "DirectoryLocked", "DurableStorage", "StorageFailure"]
+__all__ = ["CorruptLog", "DirectoryLocked", "DurableStorage", "StorageFailure", "write_snapshot_file"]

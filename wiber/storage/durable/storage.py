@@ -31,7 +31,7 @@ from wiber.storage.format import (
 )
 from wiber.storage.fs import OS, FileSystem
 
-__all__ = ["DurableStorage"]
+__all__ = ["DurableStorage", "write_snapshot_file"]
 
 log = logging.getLogger("wiber.storage.durable")
 
@@ -406,11 +406,17 @@ class DurableStorage(Recovery, InMemoryLogView):
         if self._dir_dirty:
             self._fsync_dir()
 
-    def compact(self, index: int, data: bytes) -> None:
+    def compact(self, index: int, data: bytes, *, written: bool = False,
+                unlink_later: list[str] | None = None) -> None:
         """Record the state machine's snapshot `data` at `index` and drop the log up to it.
 
         The snapshot file is written durably first; then older snapshot files and the segments
-        entirely at or below `index` are removed. Compact only what has been applied.
+        entirely at or below `index` are removed. Compact only what has been applied. With
+        `written`, `write_snapshot_file` already wrote the file (off the loop thread): only the
+        removals are left, a few unlinks made durable at the next sync. With `unlink_later`, the
+        paths of the segments dropped go there instead of being unlinked (freeing a 64 MiB file
+        can hold the caller tens of ms): the caller unlinks them later, off its loop, and a crash
+        before it does leaves segments wholly below the snapshot, which recovery removes (rule 6).
 
         Raises:
             Compacted: `index` is at or below the current snapshot index.
@@ -425,7 +431,7 @@ class DurableStorage(Recovery, InMemoryLogView):
             raise EntryUnavailable(f"cannot compact to {index}: last index is {self.last_index()}")
         meta = SnapshotMeta(index, self._terms[index - base - 1])
         try:
-            self._write_snapshot(meta, data)
+            self._write_snapshot(meta, data, written)
         except OSError as exc:
             raise self._fail(f"writing the snapshot at {index}", exc) from exc
         self._snap = meta
@@ -441,8 +447,11 @@ class DurableStorage(Recovery, InMemoryLogView):
                 if not segs:
                     self._close_fd()
                     self._unsynced = False
-                self._fs.unlink(seg.path)
-                self._dir_dirty = True
+                if unlink_later is not None:
+                    unlink_later.append(seg.path)
+                else:
+                    self._fs.unlink(seg.path)
+                    self._dir_dirty = True
         except OSError as exc:
             raise self._fail(f"removing segments compacted into the snapshot at {index}", exc) from exc
 
@@ -476,11 +485,15 @@ class DurableStorage(Recovery, InMemoryLogView):
         except OSError as exc:
             raise self._fail(f"removing the log replaced by the snapshot at {meta.index}", exc) from exc
 
-    def _write_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
-        """Atomically write the snapshot file of `meta`, then remove the previous one."""
+    def _write_snapshot(self, meta: SnapshotMeta, data: bytes, written: bool = False) -> None:
+        """Atomically write the snapshot file of `meta` (unless `written`), then remove the previous one."""
         name = snapshot_name(meta)
-        self._replace(name, [encode_snapshot_header(meta, data), data])
         path = self._path(name)
+        if written:
+            if not self._fs.exists(path):
+                raise InvariantError(f"snapshot file {path} was to be written already")
+        else:
+            self._replace(name, [encode_snapshot_header(meta, data), data])
         if self._snap_path is not None and self._snap_path != path:
             self._fs.unlink(self._snap_path)
             self._dir_dirty = True
@@ -527,3 +540,28 @@ class DurableStorage(Recovery, InMemoryLogView):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def write_snapshot_file(fs: FileSystem, directory: str, meta: SnapshotMeta, data: bytes, fsync: bool) -> None:
+    """Write the snapshot file of `meta` durably (temp file, fsync, rename, directory fsync), for a
+    `DurableStorage.compact(..., written=True)` to take in later.
+
+    It touches no `DurableStorage` state, so it may run on another thread while the loop appends:
+    a snapshot file that appears before its compaction is the state a crash between compaction's
+    two steps leaves (rule 6 of `wiber.storage.durable`), which recovery finishes. Its fsyncs are
+    the ones that held the loop (tens of ms on a busy disk). Raises: OSError.
+    """
+    path = os.path.join(directory, snapshot_name(meta))
+    tmp = path + TEMP_SUFFIX
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        offset = 0
+        for part in (encode_snapshot_header(meta, data), data):
+            offset += pwrite_all(fs, fd, part, offset)
+        if fsync:
+            fs.fsync(fd)
+    finally:
+        fs.close(fd)
+    fs.replace(tmp, path)
+    if fsync:
+        fs.fsync_dir(directory)

@@ -49,7 +49,7 @@ import os
 import sqlite3
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -92,6 +92,8 @@ class CheckpointJob:
     directory: str
     export_dir: str | None = None
     """Where to lay the checkpoint out for a follower (`export`), or None."""
+    after_commit: Callable[[], None] | None = None
+    """More file work for the same thread once the checkpoint is committed (the Raft snapshot file)."""
     dead: list[int] = field(default_factory=list)
     """Sealed segments found emptied by retention after the commit (dropped at the next checkpoint)."""
     exported: list[tuple[str, int, int]] = field(default_factory=list)
@@ -117,6 +119,8 @@ class CheckpointJob:
                     self.dead.append(segment)
         finally:
             db.close()
+        if self.after_commit is not None:
+            self.after_commit()
         if self.export_dir is not None:
             self.exported = export(self.fs, self.directory, self.db_path, self.record, self.export_dir)
 
