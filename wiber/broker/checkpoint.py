@@ -73,12 +73,10 @@ def rebuild(
     Raises: SnapshotError naming the first bad row (the node refuses to start on it).
     """
     try:
-        fields = msgpack.unpackb(counters, raw=False, use_list=False)
-    except Exception as exc:  # msgpack raises many types; each means the same here
-        raise SnapshotError(f"bad checkpoint counters: not msgpack ({type(exc).__name__})") from None
-    if type(fields) is not tuple or len(fields) != 5:
-        raise SnapshotError("bad checkpoint counters: not [applied_index, lamport, ts, late, evicted]")
-    applied_index, last_lamport, last_ts, late_count, evicted = fields
+        applied_index, last_lamport, last_ts, late_count, evicted = _unpack_array(
+            counters, 5, "[applied_index, lamport, ts, late, evicted]")
+    except ValueError as exc:
+        raise SnapshotError(f"bad checkpoint counters: {exc}") from None
     if not all(type(v) is int and v >= 0 for v in (applied_index, last_lamport, late_count)):
         raise SnapshotError("bad checkpoint counters: negative or non-integer count")
     if type(last_ts) is not float or ts_problem(last_ts) is not None or type(evicted) is not tuple:
@@ -113,10 +111,16 @@ def rebuild(
 
 def _unpack_session(row: bytes) -> tuple[Any, Any, Any]:
     """Returns: (floor, last_index, answers) of a packed session row. Raises: ValueError."""
+    floor, last_index, answers = _unpack_array(row, 3, "[floor, last_index, answers]")
+    return floor, last_index, answers
+
+
+def _unpack_array(data: bytes, size: int, shape: str) -> tuple[Any, ...]:
+    """Returns: the msgpack array of `size` items `data` holds. Raises: ValueError naming `shape`."""
     try:
-        fields = msgpack.unpackb(row, raw=False, use_list=False)
+        fields = msgpack.unpackb(data, raw=False, use_list=False)
     except Exception as exc:  # msgpack raises many types; each means the same here
         raise ValueError(f"not msgpack ({type(exc).__name__})") from None
-    if type(fields) is not tuple or len(fields) != 3:
-        raise ValueError("not [floor, last_index, answers]")
-    return fields[0], fields[1], fields[2]
+    if type(fields) is not tuple or len(fields) != size:
+        raise ValueError(f"not {shape}")
+    return fields

@@ -114,8 +114,12 @@ class InMemoryLogView:
             if offset == 0:
                 return self._snap.term
             raise Compacted(f"index {index} is compacted (snapshot at {self._snap.index})")
-        if offset > len(self._entries):
+        if index > self.last_index():
             raise EntryUnavailable(f"index {index} is beyond the last index {self.last_index()}")
+        return self._term_after_snapshot(offset)
+
+    def _term_after_snapshot(self, offset: int) -> int:
+        """Returns: the term of the entry `offset` places after the snapshot (1 <= offset <= count)."""
         return self._entries[offset - 1].term
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:

@@ -143,15 +143,8 @@ class DurableStorage(Recovery, InMemoryLogView):
         """Returns: the last index held."""
         return self._snap.index + len(self._terms)
 
-    def term(self, index: int) -> int:
-        """Returns: the term at `index`. Raises: Compacted, EntryUnavailable."""
-        offset = index - self._snap.index
-        if offset <= 0:
-            if offset == 0:
-                return self._snap.term
-            raise Compacted(f"index {index} is compacted (snapshot at {self._snap.index})")
-        if offset > len(self._terms):
-            raise EntryUnavailable(f"index {index} is beyond the last index {self.last_index()}")
+    def _term_after_snapshot(self, offset: int) -> int:
+        """Returns: the term `offset` entries after the snapshot, from the terms kept for every entry."""
         return self._terms[offset - 1]
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
