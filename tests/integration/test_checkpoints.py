@@ -10,6 +10,9 @@ import signal
 from pathlib import Path
 from typing import Callable
 
+import msgpack
+import zmq
+
 from tests.conftest import ClusterHarness, wait_for
 from tests.integration.test_durability import local_log
 from tests.integration.test_election import agreed_leader
@@ -163,3 +166,31 @@ def test_a_transfer_cut_by_the_leaders_death_finishes_from_the_next_leader(
     wait_for(lambda: _caught_up(cluster, victim, target), 60, f"wiped {victim} to catch up from {other}")
     _check_topic(cluster, victim, "cut", count)
     assert "streams the checkpoint" in cluster.nodes[other].log_path.read_text()
+
+
+def test_a_batch_over_64_mib_reaches_every_follower(cluster_factory: Callable[..., ClusterHarness],
+                                                    zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    """With max_message_bytes at 5 MiB a PUB_BATCH may hold 80 MiB: its entry must not make an append
+    frame the followers refuse (the peer frame limit follows the configuration). Raw zmq: the client
+    library checks sizes against the default limits. Election timeouts of 3 s: writing and fsyncing
+    70 MiB in one turn takes most of a second on this machine's shared disk, on every node at once."""
+    cluster = cluster_factory(3, max_message_bytes=5 << 20, election_timeout_ms=3000, heartbeat_ms=300)
+    leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
+    messages = [b"%08d" % n + b"." * ((5 << 20) - 8) for n in range(14)]  # 70 MiB in one request
+    request = msgpack.packb({"op": "PUB_BATCH", "topic": "huge", "messages": messages, "client_id": "big",
+                             "seq": 1}, use_bin_type=True)
+    reply: dict[str, object] = {}
+    for _ in range(5):  # a 70 MiB write can hold the leader's loop past an election: retry, exactly once
+        leader, _ = wait_for(lambda: agreed_leader(cluster), 20, "a leader")
+        req = zmq_socket(zmq.REQ)
+        req.connect(cluster.addr(leader))
+        req.send(request)
+        assert req.poll(60_000), "no answer to the 70 MiB batch"
+        reply = msgpack.unpackb(req.recv(), raw=False)
+        if reply["ok"]:
+            break
+        assert reply["error"] in ("UNAVAILABLE", "NOT_LEADER"), reply
+    assert reply["ok"] and reply["offset"] == 0 and reply["count"] == 14, reply
+    for nid in cluster.nodes:
+        wait_for(lambda nid=nid: [o for o, _ in local_log(cluster, nid, "huge")] == list(range(14)), 30,
+                 f"{nid} to hold the 70 MiB batch, once")

@@ -52,6 +52,7 @@ from wiber.node.shipping import Outgoing, Shipping
 from wiber.node.transport import Transport
 from wiber.node.waiting import PendingReads, PendingWrites, Waiter
 from wiber.raft.messages import AppendEntries, Entry, Message, SnapshotMeta
+from wiber.raft.wire import MAX_FRAME_BYTES
 from wiber.storage import DurableStorage, StorageFailure
 from wiber.storage.transfer import is_transfer_frame
 
@@ -105,7 +106,11 @@ class Node:
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.peer_ids = [p.id for p in config.peers(node_id)]
-        self.transport = Transport(self.ctx, self.me, config.peers(node_id), self.limits.max_frame_bytes)
+        # The largest append carries one entry holding the largest request (entries are otherwise cut
+        # at MAX_ENTRY_BYTES): every peer must accept it, whatever max_message_bytes allows.
+        self._peer_frame_limit = max(MAX_FRAME_BYTES, self.limits.max_batch_bytes + (1 << 20))
+        self.transport = Transport(self.ctx, self.me, config.peers(node_id), self.limits.max_frame_bytes,
+                                   self._peer_frame_limit)
 
         self._broker_settings = BrokerSettings.from_cluster(config.cluster)
         try:
@@ -295,7 +300,7 @@ class Node:
                 self._step_completed_snapshot()
                 continue
             try:
-                msg = decode_message(frame)
+                msg = decode_message(frame, self._peer_frame_limit)
             except MalformedMessage as exc:
                 log.warning("node %s dropped a malformed peer message: %s", self.id, exc)
                 continue

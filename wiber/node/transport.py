@@ -77,6 +77,7 @@ class Transport:
         me: NodeConfig,
         peers: Sequence[NodeConfig],
         max_client_frame: int,
+        max_peer_frame: int = 0,
     ) -> None:
         self.me = me
         self.stats = TransportStats()
@@ -89,7 +90,7 @@ class Transport:
             _bind(self.client, me.host, me.port, "client", me.id)
 
             self.raft_in = self._socket(ctx, zmq.ROUTER)
-            self.raft_in.setsockopt(zmq.MAXMSGSIZE, PEER_MAX_FRAME)
+            self.raft_in.setsockopt(zmq.MAXMSGSIZE, max(PEER_MAX_FRAME, max_peer_frame))
             self.raft_in.setsockopt(zmq.RCVHWM, PEER_SNDHWM)
             self.raft_in.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
             self.raft_in.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)

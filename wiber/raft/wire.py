@@ -101,8 +101,9 @@ def encode_message(msg: Message) -> bytes:
     return frame
 
 
-def decode_message(frame: bytes) -> Message:
-    """Decode one untrusted frame.
+def decode_message(frame: bytes, max_frame: int = MAX_FRAME_BYTES) -> Message:
+    """Decode one untrusted frame of at most `max_frame` bytes (a node passes what its largest
+    entry needs when its configuration allows larger ones than `MAX_FRAME_BYTES`).
 
     Returns:
         the message.
@@ -113,8 +114,8 @@ def decode_message(frame: bytes) -> Message:
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise MalformedMessage(f"frame must be bytes, not {type(frame).__name__}")
     size = len(frame)
-    if size > MAX_FRAME_BYTES:
-        raise MalformedMessage(f"frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+    if size > max_frame:
+        raise MalformedMessage(f"frame of {size} bytes is over the {max_frame}-byte limit")
     bounds: dict[str, Any] = {"raw": False, "use_list": True, "strict_map_key": True, "max_str_len": size,
                               "max_bin_len": size, "max_array_len": size, "max_map_len": size // 2,
                               "max_ext_len": size}
@@ -123,7 +124,7 @@ def decode_message(frame: bytes) -> Message:
             # The same bounds in one C call (acknowledgements, heartbeats, small appends); the
             # unpacker's setup costs more than decoding them. Trailing bytes raise ExtraData.
             return _build(msgpack.unpackb(frame, **bounds))
-        unpacker = msgpack.Unpacker(max_buffer_size=MAX_FRAME_BYTES, **bounds)
+        unpacker = msgpack.Unpacker(max_buffer_size=max(size, 1), **bounds)
         unpacker.feed(frame)
         obj = unpacker.unpack()
         if unpacker.tell() != size:
