@@ -183,6 +183,27 @@ def _git_head() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def _document(started: datetime, t_start: float, commit: str, load: dict[str, Any],
+              **rest: Any) -> dict[str, Any]:
+    """Returns: a run's JSON document: its start, duration, Wiber commit and machine, then `rest`."""
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.monotonic() - t_start, 1),
+        "wiber_commit": commit,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load,
+                    "versions": _versions()},
+        **rest,
+    }
+
+
+def _write_and_print(out: Path, document: dict[str, Any], table: str, prefix: str = "") -> None:
+    """Write the JSON document (`report.write_json`), then print the table and where the figures went."""
+    latest, stamped = report.write_json(out, document, prefix=prefix)
+    print(table)
+    print(f"\nWiber at {document['wiber_commit']}; figures: {latest} (and {stamped.name}); "
+          f"run took {document['duration_s']:.0f} s")
+
+
 def _main_scale(args: argparse.Namespace) -> int:
     """Run the scale workload, print its table, write its JSON. Returns: exit status (1 if a system failed)."""
     from bench import scale
@@ -201,17 +222,8 @@ def _main_scale(args: argparse.Namespace) -> int:
     load["end"] = list(os.getloadavg())
     table += (f"\n  machine: {os.cpu_count()} CPUs, Python {platform.python_version()} ({_interpreter()}) for every "
               f"Python process; load average (1 min) at start {load['start'][0]:.2f}, end {load['end'][0]:.2f}")
-    document = {
-        "started": started.isoformat(timespec="seconds"),
-        "duration_s": round(time.monotonic() - t_start, 1),
-        "wiber_commit": commit,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load,
-                    "versions": _versions()},
-        "scale": {**section, "table": table.splitlines()},
-    }
-    latest, stamped = report.write_json(args.out, document, prefix="scale-")
-    print(table)
-    print(f"\nWiber at {commit}; figures: {latest} (and {stamped.name}); run took {document['duration_s']:.0f} s")
+    document = _document(started, t_start, commit, load, scale={**section, "table": table.splitlines()})
+    _write_and_print(args.out, document, table, prefix="scale-")
     failed = any(r["error"] for case in section["cases"] for r in case["systems"].values())
     return 1 if failed else 0
 
@@ -255,26 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = report.build_rows(sections)
     meta = {"cpus": os.cpu_count(), "load": load, "python": f"Python {platform.python_version()} ({_interpreter()})"}
     table = report.render_table(rows, sections, meta)
-    document = {
-        "started": started.isoformat(timespec="seconds"),
-        "duration_s": round(time.monotonic() - t_start, 1),
-        "wiber_commit": commit,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load,
-                    "versions": _versions()},
-        "settings": {"payload_bytes": PAYLOAD_BYTES, "quick": args.quick, "systems": args.systems,
-                     "rounds": args.rounds,
-                     "bounds": {"messages": bounds.messages, "sequential": bounds.sequential,
-                                "batched": bounds.batched, "seconds": bounds.seconds, "kills": bounds.kills}},
-        "rows": rows,
-        "sections": {name: {"label": s.label, "durability": s.durability, "error": s.error,
-                            "seconds": round(s.seconds, 1), "figures": [f.as_dict() for f in s.figures]}
-                     for name, s in sections.items()},
-        "matching": report.MATCHING_NOTES,
-        "table": table.splitlines(),
-    }
-    latest, stamped = report.write_json(args.out, document)
-    print(table)
-    print(f"\nWiber at {commit}; figures: {latest} (and {stamped.name}); run took {document['duration_s']:.0f} s")
+    document = _document(
+        started, t_start, commit, load,
+        settings={"payload_bytes": PAYLOAD_BYTES, "quick": args.quick, "systems": args.systems,
+                  "rounds": args.rounds,
+                  "bounds": {"messages": bounds.messages, "sequential": bounds.sequential,
+                             "batched": bounds.batched, "seconds": bounds.seconds, "kills": bounds.kills}},
+        rows=rows,
+        sections={name: {"label": s.label, "durability": s.durability, "error": s.error,
+                         "seconds": round(s.seconds, 1), "figures": [f.as_dict() for f in s.figures]}
+                  for name, s in sections.items()},
+        matching=report.MATCHING_NOTES,
+        table=table.splitlines(),
+    )
+    _write_and_print(args.out, document, table)
     return 1 if any(s.error for s in sections.values()) else 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import itertools
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -345,3 +346,9 @@ def chunks(total: int, size: int) -> Iterator[int]:
     while total > 0:
         yield min(size, total)
         total -= size
+
+
+def topic_per_message(plan: Iterable[tuple[str, int]]) -> Iterator[str]:
+    """Yield the topic of each message of `plan`, a sequence of (topic, count) filled one after the other."""
+    for topic, count in plan:
+        yield from itertools.repeat(topic, count)

@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from bench.common import (
     port_open,
     rate,
     say,
+    topic_per_message,
     wait_for,
 )
 
@@ -184,16 +185,19 @@ async def _sequential(section: Section, js: JetStreamContext, bounds: Bounds, pr
     section.add("seq_rate", rate(len(ms), elapsed), "msg/s", len(ms), note=note)
 
 
-async def _publish_async(nc: NatsClient, subject: str, count: int, seconds: float, desc: str,
-                         progress: bool) -> tuple[int, float, int]:
-    """Publish `count` messages with 1,000 acks outstanding and wait for every ack (bounded).
+async def publish_async(nc: NatsClient, plan: Sequence[tuple[str, int]], seconds: float, desc: str, progress: bool,
+                        *, pending: int = 1000, say_deadline: bool = False) -> tuple[int, float, int]:
+    """Publish `plan` ((subject, count) pairs, in order) with `pending` acks outstanding; wait for every ack.
+
+    Bounded by `seconds`: the loop stops handing messages over at the deadline (said when
+    `say_deadline`), and the whole of it, acks included, gets 10 s more.
 
     Returns: (acknowledged, seconds from first publish to last ack, failed).
     """
-    js = nc.jetstream(publish_async_max_pending=1000)
+    js = nc.jetstream(publish_async_max_pending=pending)
     acked = 0
     failed = 0
-    with Progress(desc, count, progress) as bar:
+    with Progress(desc, sum(count for _subject, count in plan), progress) as bar:
         def done(future: asyncio.Future[Any]) -> None:
             nonlocal acked, failed
             if not future.cancelled() and future.exception() is None:
@@ -205,10 +209,12 @@ async def _publish_async(nc: NatsClient, subject: str, count: int, seconds: floa
         deadline = time.monotonic() + seconds
 
         async def send_all() -> None:
-            for i in range(count):
+            for sent, subject in enumerate(topic_per_message(plan), 1):
                 future = await js.publish_async(subject, PAYLOAD)
                 future.add_done_callback(done)
-                if i % 1000 == 999 and time.monotonic() >= deadline:
+                if sent % 1000 == 0 and time.monotonic() >= deadline:
+                    if say_deadline:
+                        say(f"  {desc}: deadline of {seconds:g} s reached after {sent} messages handed over")
                     break
             await js.publish_async_completed()
 
@@ -272,9 +278,9 @@ async def _subscriber(section: Section, nc: NatsClient, cluster: NatsCluster, le
         if ready != "ready":
             raise RuntimeError("subscriber did not start")
         start = time.monotonic()
-        acked, _elapsed, _failed = await _publish_async(nc, "bench.sub", bounds.subscriber, bounds.seconds,
-                                                        f"{section.system} publish for a subscriber on {follower}",
-                                                        progress)
+        acked, _elapsed, _failed = await publish_async(nc, [("bench.sub", bounds.subscriber)], bounds.seconds,
+                                                       f"{section.system} publish for a subscriber on {follower}",
+                                                       progress)
         count, _first, last = await asyncio.get_running_loop().run_in_executor(
             None, lambda: out.get(timeout=bounds.seconds + 20))
         section.add("subscriber_rate", rate(count, last - start), "msg/s", count,
@@ -289,8 +295,8 @@ async def _subscriber(section: Section, nc: NatsClient, cluster: NatsCluster, le
 
 async def _replay(section: Section, nc: NatsClient, bounds: Bounds, progress: bool) -> None:
     # Fill (not timed as a figure), then read it back in batches of 1,000.
-    stored, _elapsed, _failed = await _publish_async(nc, "bench.replay", bounds.batched, bounds.seconds,
-                                                     f"{section.system} fill for replay", progress)
+    stored, _elapsed, _failed = await publish_async(nc, [("bench.replay", bounds.batched)], bounds.seconds,
+                                                    f"{section.system} fill for replay", progress)
     js = nc.jetstream()
     psub = await js.pull_subscribe("bench.replay", stream=STREAM, config=ConsumerConfig(
         ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, max_waiting=8))
@@ -359,8 +365,8 @@ async def _run_async(section: Section, cluster: NatsCluster, bounds: Bounds, pro
             name=STREAM, subjects=["bench.>"], num_replicas=3, storage=StorageType.FILE)))
         leader = await _retry("a healthy stream", 60, lambda: _stream_healthy(js))
         await _sequential(section, js, bounds, progress)
-        acked, elapsed, failed = await _publish_async(nc, "bench.pipelined", bounds.messages, bounds.seconds,
-                                                      f"{section.system} pipelined (1000 outstanding)", progress)
+        acked, elapsed, failed = await publish_async(nc, [("bench.pipelined", bounds.messages)], bounds.seconds,
+                                                     f"{section.system} pipelined (1000 outstanding)", progress)
         section.add("pipelined_rate", rate(acked, elapsed), "msg/s", acked,
                     note=f"publish_async, 1000 acks outstanding, no wait_stall{f'; {failed} failed' if failed else ''}")
         await _subscriber(section, nc, cluster, leader, bounds, progress)

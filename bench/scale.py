@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import json
 import os
 import random
@@ -59,7 +58,7 @@ import shutil
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,55 +243,6 @@ def wiber_checkpoint_settings() -> dict[str, int]:
     return {k: v for k, v in CHECKPOINT_OFTEN.items() if k in known}
 
 
-def topic_per_message(plan: Iterable[tuple[str, int]]) -> Iterator[str]:
-    """Yield the topic of each message of `plan`, a sequence of (topic, count) filled one after the other."""
-    for topic, count in plan:
-        yield from itertools.repeat(topic, count)
-
-
-def _wiber_fill(addrs: list[str], plan: Iterable[tuple[str, int]], total: int, seconds: float, desc: str,
-                progress: bool) -> tuple[int, float, int]:
-    """Publish `plan` ((topic, count) pairs, in order) through one auto-batching Publisher; wait every ack.
-
-    Returns: (acknowledged, seconds from first publish to last ack, failed).
-    """
-    from wiber.client import Timeouts
-    from wiber.publisher import Publisher
-
-    acked = 0
-    failed = 0
-    with Progress(desc, total, progress) as bar:
-        def done(future: Any) -> None:
-            nonlocal acked, failed
-            if future.exception() is None:
-                acked += 1
-                bar.update()
-            else:
-                failed += 1
-
-        publisher = Publisher(addrs, batch_size=WIBER_BATCH, linger_s=WIBER_LINGER_S, window=WIBER_WINDOW,
-                              timeouts=Timeouts(per_try_s=5.0, total_s=max(30.0, seconds)))
-        try:
-            deadline = time.monotonic() + seconds
-            start = time.perf_counter()
-            for sent, topic in enumerate(topic_per_message(plan), 1):
-                publisher.publish(topic, PAYLOAD, callback=done)
-                if sent % 1000 == 0 and time.monotonic() >= deadline:
-                    say(f"  {desc}: deadline of {seconds:g} s reached after {sent} messages handed over")
-                    break
-            try:
-                publisher.flush(timeout=max(5.0, deadline - time.monotonic()))
-            except TimeoutError as exc:
-                say(f"  {desc}: {exc}")
-            elapsed = time.perf_counter() - start
-        finally:
-            try:
-                publisher.close()
-            except Exception as exc:  # noqa: BLE001 - unanswered requests at close are reported as not acked
-                say(f"  {desc}: close: {exc!r}")
-    return acked, elapsed, failed
-
-
 class WiberScale:
     """One Wiber cluster of a case, and the phases run on it."""
 
@@ -368,8 +318,10 @@ class WiberScale:
 
     def fill(self, leader: str, plan: list[tuple[str, int]], total: int, desc: str) -> tuple[int, str]:
         """Phase (a). Returns: (messages acknowledged, the leader once every follower caught up)."""
-        acked, elapsed, failed = _wiber_fill(self.addrs(leader), plan, total, self.settings.seconds, desc,
-                                             self.settings.progress)
+        from bench.wiber_bench import publish_many
+        acked, elapsed, failed = publish_many(self.addrs(leader), plan, self.settings.seconds, WIBER_WINDOW,
+                                              WIBER_BATCH, WIBER_LINGER_S, desc, self.settings.progress,
+                                              say_deadline=True)
         self.result.details["fill"] = {"acked": acked, "total": total, "failed": failed, "seconds": round(elapsed, 3)}
         self.section.add("fill_rate", rate(acked, elapsed), "msg/s", acked,
                          note=f"Publisher(batch_size={WIBER_BATCH}, linger_s={WIBER_LINGER_S}, window={WIBER_WINDOW}); "
@@ -702,36 +654,9 @@ class NatsScale:
 
     async def fill(self, plan: list[tuple[str, int]], total: int, desc: str) -> tuple[int, str]:
         """Phase (a). Returns: (messages acknowledged, the stream leader once every server has them)."""
-        js = self.nc.jetstream(publish_async_max_pending=NATS_PENDING)
-        acked = 0
-        failed = 0
-        seconds = self.settings.seconds
-        with Progress(desc, total, self.settings.progress) as bar:
-            def done(future: asyncio.Future[Any]) -> None:
-                nonlocal acked, failed
-                if not future.cancelled() and future.exception() is None:
-                    acked += 1
-                    bar.update()
-                else:
-                    failed += 1
-
-            deadline = time.monotonic() + seconds
-
-            async def send_all() -> None:
-                for sent, subject in enumerate(topic_per_message(plan), 1):
-                    future = await js.publish_async(subject, PAYLOAD)
-                    future.add_done_callback(done)
-                    if sent % 1000 == 0 and time.monotonic() >= deadline:
-                        say(f"  {desc}: deadline of {seconds:g} s reached after {sent} messages handed over")
-                        break
-                await js.publish_async_completed()
-
-            start = time.perf_counter()
-            try:
-                await asyncio.wait_for(send_all(), timeout=seconds + 10.0)
-            except asyncio.TimeoutError:
-                say(f"  {desc}: {js.publish_async_pending()} acks still outstanding at the deadline")
-            elapsed = time.perf_counter() - start
+        acked, elapsed, failed = await self.nb.publish_async(self.nc, plan, self.settings.seconds, desc,
+                                                             self.settings.progress, pending=NATS_PENDING,
+                                                             say_deadline=True)
         self.result.details["fill"] = {"acked": acked, "total": total, "failed": failed, "seconds": round(elapsed, 3)}
         self.section.add("fill_rate", rate(acked, elapsed), "msg/s", acked,
                          note=f"publish_async, {NATS_PENDING} acks outstanding; {acked} of {total} acked"

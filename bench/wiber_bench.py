@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from bench.common import (
     percentile,
     rate,
     say,
+    topic_per_message,
     wait_for,
 )
 from wiber.client import Client, Timeouts
@@ -135,15 +137,20 @@ def _sequential(section: Section, cluster: WiberCluster, leader: str, bounds: Bo
     section.add("seq_rate", rate(len(ms), elapsed), "msg/s", len(ms), note=note)
 
 
-def _publish_many(addrs: list[str], topic: str, count: int, seconds: float, window: int, batch_size: int,
-                  linger_s: float, desc: str, progress: bool) -> tuple[int, float, int]:
-    """Publish `count` messages through one Publisher and wait for every ack (bounded by `seconds`).
+def publish_many(addrs: list[str], plan: Sequence[tuple[str, int]], seconds: float, window: int, batch_size: int,
+                 linger_s: float, desc: str, progress: bool, *, say_prefix: str = "",
+                 say_deadline: bool = False) -> tuple[int, float, int]:
+    """Publish `plan` ((topic, count) pairs, in order) through one Publisher and wait for every ack.
+
+    Bounded by `seconds`: the loop stops handing messages over at the deadline (said when
+    `say_deadline`), the flush waits what is left of it (at least 5 s). `say_prefix` starts the
+    lines said about `desc`.
 
     Returns: (acknowledged, seconds from first publish to last ack, failed).
     """
     acked = 0
     failed = 0
-    with Progress(desc, count, progress) as bar:
+    with Progress(desc, sum(count for _topic, count in plan), progress) as bar:
         def done(future: Any) -> None:
             nonlocal acked, failed
             if future.exception() is None:
@@ -157,36 +164,39 @@ def _publish_many(addrs: list[str], topic: str, count: int, seconds: float, wind
         try:
             deadline = time.monotonic() + seconds
             start = time.perf_counter()
-            for i in range(count):
+            for sent, topic in enumerate(topic_per_message(plan), 1):
                 publisher.publish(topic, PAYLOAD, callback=done)
-                if i % 1000 == 999 and time.monotonic() >= deadline:
+                if sent % 1000 == 0 and time.monotonic() >= deadline:
+                    if say_deadline:
+                        say(f"  {say_prefix}{desc}: deadline of {seconds:g} s reached after {sent} messages "
+                            f"handed over")
                     break
             try:
                 publisher.flush(timeout=max(5.0, deadline - time.monotonic()))
             except TimeoutError as exc:
-                say(f"  wiber {desc}: {exc}")
+                say(f"  {say_prefix}{desc}: {exc}")
             elapsed = time.perf_counter() - start
         finally:
             try:
                 publisher.close()
             except Exception as exc:  # noqa: BLE001 - unanswered requests at close: already reported as failed/unacked
-                say(f"  wiber {desc}: close: {exc!r}")
+                say(f"  {say_prefix}{desc}: close: {exc!r}")
     return acked, elapsed, failed
 
 
 def _pipelined(section: Section, cluster: WiberCluster, leader: str, bounds: Bounds, progress: bool) -> None:
     addrs = [cluster.addr[leader]]
-    acked, elapsed, failed = _publish_many(addrs, "pipelined", bounds.messages, bounds.seconds, 1000, 1, 0.0,
-                                           "wiber pipelined (window 1000, batch 1)", progress)
+    acked, elapsed, failed = publish_many(addrs, [("pipelined", bounds.messages)], bounds.seconds, 1000, 1, 0.0,
+                                          "wiber pipelined (window 1000, batch 1)", progress, say_prefix="wiber ")
     section.add("pipelined_rate", rate(acked, elapsed), "msg/s", acked,
                 note=f"Publisher(window=1000, batch_size=1){f'; {failed} failed' if failed else ''}")
 
 
 def _batched(section: Section, cluster: WiberCluster, leader: str, bounds: Bounds, progress: bool) -> int:
     addrs = [cluster.addr[leader]]
-    acked, elapsed, failed = _publish_many(addrs, "batched", bounds.batched, bounds.seconds, BATCH_WINDOW, 1000,
-                                           0.002, f"wiber auto-batching (window {BATCH_WINDOW}, batch 1000)",
-                                           progress)
+    acked, elapsed, failed = publish_many(addrs, [("batched", bounds.batched)], bounds.seconds, BATCH_WINDOW, 1000,
+                                          0.002, f"wiber auto-batching (window {BATCH_WINDOW}, batch 1000)",
+                                          progress, say_prefix="wiber ")
     section.add("batched_rate", rate(acked, elapsed), "msg/s", acked,
                 note=f"Publisher(window={BATCH_WINDOW}, batch_size=1000, linger 2 ms)"
                      f"{f'; {failed} failed' if failed else ''}")
@@ -230,9 +240,10 @@ def _subscriber(section: Section, cluster: WiberCluster, leader: str, bounds: Bo
         if out.get(timeout=30) != "ready":
             raise RuntimeError("subscriber did not start")
         start = time.monotonic()
-        acked, _elapsed, _failed = _publish_many([cluster.addr[leader]], "sub", bounds.subscriber, bounds.seconds,
-                                                 BATCH_WINDOW, 1000, 0.002,
-                                                 f"wiber publish for a subscriber on {follower}", progress)
+        acked, _elapsed, _failed = publish_many([cluster.addr[leader]], [("sub", bounds.subscriber)], bounds.seconds,
+                                                BATCH_WINDOW, 1000, 0.002,
+                                                f"wiber publish for a subscriber on {follower}", progress,
+                                                say_prefix="wiber ")
         count, _first, last, gaps, failovers = out.get(timeout=bounds.seconds + 20)
         section.add("subscriber_rate", rate(count, last - start), "msg/s", count,
                     note=f"Client.subscribe on follower {follower}, own process; auto-batching publisher "
