@@ -144,7 +144,10 @@ def test_reorder_window_puts_the_log_in_sending_order(cluster_factory: Callable[
     logged = [m.data for m in messages]
     assert sorted(logged) == sorted(d for _, d in sent)
     late = {m.data for m in messages if m.late}
-    assert _inversions([s for s in sent if s[1] not in late], [d for d in logged if d not in late]) == 0
+    on_time = [s for s in sent if s[1] not in late]
+    assert _inversions(on_time, [d for d in logged if d not in late]) == 0, (  # the whole story, if it fails
+        f"sent (ts, data) in send order: {sorted(on_time)}; logged (data, index, lamport, late): "
+        f"{[(m.data, m.index, m.lamport, m.late) for m in messages]}")
     assert len(late) <= len(sent) // 4, f"{len(late)} of {len(sent)} late: the order check would prove little"
     status: dict[str, Any] = client.status()
     assert status["reorder"]["window_ms"] == 800 and status["reorder"]["late"] == len(late)

@@ -115,6 +115,17 @@ def test_ties_on_ts_go_by_client_id_then_seq() -> None:
     assert buf.release(5.05) == ["b1", "c1", "c2"]
 
 
+def test_a_tie_on_ts_that_arrives_after_its_slot_is_late() -> None:
+    """(ts, client_id, seq) is the order: an equal ts with a smaller client_id, arriving after the
+    larger one was released, has missed its slot (comparing ts alone held it and logged it out of order)."""
+    buf: ReorderBuffer[str] = ReorderBuffer(0.1)
+    buf.add("c", ts=5.0, client_id="c", seq=1, now=5.0)
+    assert buf.release(5.1) == ["c"]
+    assert buf.add("b", ts=5.0, client_id="b", seq=1, now=5.1) is False
+    assert buf.add("d", ts=5.0, client_id="d", seq=1, now=5.1) is True  # after "c" in the order: held
+    assert buf.late == 1
+
+
 def test_a_message_after_its_slot_is_late_never_dropped() -> None:
     buf: ReorderBuffer[str] = ReorderBuffer(0.1)
     buf.add("a", ts=1.0, client_id="x", seq=1, now=1.0)

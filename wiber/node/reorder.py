@@ -37,7 +37,8 @@ class ReorderBuffer(Generic[T]):
         self._by_send: list[_Held[T]] = []  # heap by (ts, client_id, seq, arrival)
         self._by_due: list[tuple[float, tuple[float, str, int, int]]] = []  # heap by release time
         self._released: set[tuple[float, str, int, int]] = set()
-        self._last_released = float("-inf")
+        self._last_released: tuple[float, str, int] = (float("-inf"), "", 0)
+        """The largest (ts, client_id, seq) released: an item below it has missed its slot."""
         self._arrivals = itertools.count()
         self.late = 0
 
@@ -46,7 +47,7 @@ class ReorderBuffer(Generic[T]):
 
     def add(self, item: T, ts: float, client_id: str, seq: int, now: float) -> bool:
         """Hold `item` sent at `ts`. Returns: False when it missed its slot (release it now, as late)."""
-        if ts < self._last_released:
+        if (ts, client_id, seq) < self._last_released:  # the whole key: an equal ts may still be late
             self.late += 1
             return False
         key = (ts, client_id, seq, next(self._arrivals))
@@ -73,7 +74,7 @@ class ReorderBuffer(Generic[T]):
                 continue
             while True:
                 held = heapq.heappop(self._by_send)
-                self._last_released = max(self._last_released, held.key[0])
+                self._last_released = max(self._last_released, held.key[:3])
                 out.append(held.item)
                 if held.key == due_key:
                     break
