@@ -54,6 +54,7 @@ from wiber.node.waiting import PendingReads, PendingWrites, Waiter
 from wiber.raft.messages import AppendEntries, Entry, Message, SnapshotMeta
 from wiber.raft.wire import MAX_FRAME_BYTES
 from wiber.storage import DurableStorage, StorageFailure
+from wiber.storage.fs import OS, FileSystem
 from wiber.storage.transfer import is_transfer_frame
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,10 @@ class Node:
         clock: Clock | None = None,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
         rng: random.Random | None = None,
+        log_fs: FileSystem | None = None,
     ) -> None:
+        """Bind the sockets and open the data directory. `log_fs` is where the Raft log's files live
+        (the real file system unless a test passes its crash-consistent one)."""
         self.config = config
         self.me: NodeConfig = config.node(node_id)
         self.id = node_id
@@ -115,7 +119,7 @@ class Node:
         self._broker_settings = BrokerSettings.from_cluster(config.cluster)
         try:
             self.storage = DurableStorage.open(config.node_data_dir(node_id), fsync=config.cluster.fsync,
-                                               logger=logging.getLogger("wiber.storage"))
+                                               logger=logging.getLogger("wiber.storage"), fs=log_fs or OS)
             try:
                 self.checkpoints = Checkpoints(config, node_id, self.storage, self._broker_settings)
                 self.broker = self.checkpoints.load()
