@@ -53,7 +53,7 @@ from wiber.node.transport import Transport
 from wiber.node.waiting import PendingReads, PendingWrites, Waiter
 from wiber.raft.messages import AppendEntries, Entry, Message, SnapshotMeta
 from wiber.raft.wire import MAX_FRAME_BYTES
-from wiber.storage import DurableStorage, StorageFailure
+from wiber.storage import CorruptLog, DurableStorage, StorageFailure
 from wiber.storage.fs import OS, FileSystem
 from wiber.storage.transfer import is_transfer_frame
 
@@ -300,7 +300,11 @@ class Node:
                 self._on_timesync(frame)
                 continue
             if is_transfer_frame(frame):
-                self._send_frames(self.shipping.on_frame(frame, self.raft.leader_id, self.raft.term))
+                try:
+                    self._send_frames(self.shipping.on_frame(frame, self.raft.leader_id, self.raft.term))
+                except OSError as exc:  # our disk refused a staged chunk: ours to fix, never the peer's
+                    self._on_storage_failure(StorageFailure(f"staging a snapshot from the leader failed: {exc}"))
+                    return
                 self._step_completed_snapshot()
                 continue
             try:
@@ -489,7 +493,10 @@ class Node:
         staged = self.shipping.receiver.manifest
         if not self.shipping.receiver.complete or staged is None or staged.index != meta.index:
             raise InvariantError(f"snapshot {meta.index} reached the log without its files staged")
-        self.broker = self.checkpoints.install_staged(meta, self.shipping.install)
+        try:
+            self.broker = self.checkpoints.install_staged(meta, self.shipping.install)
+        except (OSError, CorruptLog) as exc:  # the node stops writing, as for any disk failure
+            raise StorageFailure(f"installing the leader's snapshot at {meta.index} failed: {exc}") from exc
         self.applied_index = meta.index
 
     def _maybe_checkpoint(self) -> None:
