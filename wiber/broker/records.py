@@ -2,7 +2,7 @@
 
 The broker decides *what* is stored at which offset; a `RecordStore` keeps the messages themselves.
 Tests and the simulation use `MemoryRecordStore`; a node uses the on-disk topic segments
-(`wiber.storage.segments`), so that a node's memory holds topics and sessions, not messages
+(`wiber.storage.topics`), so that a node's memory holds topics and sessions, not messages
 (DESIGN section 9). The store is told everything that changes what is kept (appends, and the first
 offset retention leaves), so every store keeps the same messages for the same applied entries.
 """

@@ -2,7 +2,7 @@
 
 This is the self-contained snapshot, messages included: what the unit and property tests compare
 (equal states give equal bytes), and what a data directory of the first on-disk format holds
-(`wiber.storage.segments` migrates it). A node's checkpoints do not use it: they keep the messages
+(`wiber.storage.topics` migrates it). A node's checkpoints do not use it: they keep the messages
 in the topic segments and only the metadata in the checkpoint database.
 
 Layout::

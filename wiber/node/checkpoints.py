@@ -71,6 +71,7 @@ class Checkpoints:
         self.export: CheckpointJob | None = None
         """The last checkpoint laid out for followers (its `exported` files in `export_path`)."""
         self._export_wanted = False
+        self._exports = 0
         self.seconds_last = 0.0
         """How long the last checkpoint took, from prepare to taken in (for STATUS and metrics)."""
         self._started_at = 0.0
@@ -120,8 +121,15 @@ class Checkpoints:
         return self._running is not None
 
     def want_export(self) -> None:
-        """A follower needs a snapshot: lay the next checkpoint out for it, and take one soon."""
+        """A follower needs a snapshot: lay the next checkpoint out for it, and take one soon (unless
+        the checkpoint being written is already laid out: the core repeats its request meanwhile)."""
+        if self._running is not None and self._running[0].export_dir is not None:
+            return
         self._export_wanted = True
+
+    def stop_exporting(self) -> None:
+        """No longer leader: forget a pending request for an export."""
+        self._export_wanted = False
 
     def due(self, applied_index: int) -> bool:
         """Returns: whether a checkpoint should start now."""
@@ -142,7 +150,8 @@ class Checkpoints:
         term = self._storage.term(broker.applied_index)
         export_dir = None
         if self._export_wanted:
-            export_dir = os.path.join(self.data_dir, EXPORT_DIR, f"{broker.applied_index:020d}")
+            self._exports += 1  # a name of its own, even at the same index: the previous one is removed
+            export_dir = os.path.join(self.data_dir, EXPORT_DIR, f"{broker.applied_index:020d}-{self._exports}")
             self._export_wanted = False
         job = self.store.prepare_checkpoint(term, take_delta(broker), export_dir=export_dir)
         # The Raft snapshot file (a descriptor) is written and fsynced on the thread too, after the
@@ -217,7 +226,7 @@ class Checkpoints:
         self.index = index
         if job.export_dir is not None:
             previous, self.export = self.export, job
-            if previous is not None and previous.export_dir is not None:
+            if previous is not None and previous.export_dir not in (None, job.export_dir):
                 _remove_tree(previous.export_dir)
         if index > self._storage.last_snapshot_index:
             started = time.monotonic()

@@ -11,7 +11,9 @@ Each turn (DESIGN section 1):
 
 Messages to one peer produced in one turn leave as one multipart ZeroMQ message, so a loaded
 leader sends one message per peer per turn. The node is the only place in Wiber that does I/O
-(and its checkpoint thread, which only fsyncs and commits: `wiber.node.checkpoints`).
+(and its checkpoint thread, which does a checkpoint's file work: fsyncs, the index commit, the Raft
+snapshot file, unlinking compacted log segments, laying a checkpoint out for a follower:
+`wiber.node.checkpoints`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from wiber import protocol
 from wiber.broker import BrokerSettings, PubOp, PubResult, encode_entry, record_to_wire
 from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
-from wiber.errors import InvariantError, StorageError, Unavailable, WireError
+from wiber.errors import StorageError, Unavailable, WireError
 from wiber.raft import (
     EntryKind,
     InstallSnapshot,
@@ -359,6 +361,7 @@ class Node:
         if msg.meta.index <= self.raft.commit_index:
             self.shipping.discard_staged()
             return
+        self.shipping.handed_over = True  # installed by this turn's Ready, or discarded after it
         self.raft.step(msg)
 
     def _hold_commit_notices(self, messages: list[Message]) -> list[Message]:
@@ -430,8 +433,13 @@ class Node:
             except StorageFailure as exc:
                 self._on_storage_failure(exc)
                 return
+            except StorageError as exc:  # a damaged block read by retention: stop writing, never crash-loop
+                self._on_storage_failure(StorageFailure(f"applying entries failed: {exc}"))
+                return
             self.raft.advance(rd)
             self.storage.release(self.applied_index)  # applied entries leave memory (read back if a peer lags)
+        if self.shipping.handed_over:  # the core did not need the staged snapshot (stale term, or it
+            self.shipping.discard_staged()  # already held those entries): free its disk space
         # The core steps down inside step() or tick(), before this runs: compare across turns.
         is_leader = self.raft.role is Role.LEADER
         if self._was_leader and not is_leader:
@@ -492,7 +500,9 @@ class Node:
         restores the snapshots the node steps into it once they are (`_step_completed_snapshot`)."""
         staged = self.shipping.receiver.manifest
         if not self.shipping.receiver.complete or staged is None or staged.index != meta.index:
-            raise InvariantError(f"snapshot {meta.index} reached the log without its files staged")
+            # Never expected (the staged snapshot is held until its Ready): stop writing, loudly.
+            raise StorageFailure(f"snapshot {meta.index} reached the log without its files staged "
+                                 f"(staged: {None if staged is None else staged.index})")
         try:
             self.broker = self.checkpoints.install_staged(meta, self.shipping.install)
         except (OSError, CorruptLog) as exc:  # the node stops writing, as for any disk failure

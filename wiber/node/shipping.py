@@ -85,6 +85,9 @@ class Shipping:
         self.receiver = Receiver(fs, node_id, self.staging_dir)
         self._heard = 0.0
         self._manifest_term = 0
+        self.handed_over = False
+        """The complete staged snapshot was stepped into the core: nothing may discard or replace it
+        until the node installs it (its Ready) or finds, at the end of that turn, that it was not needed."""
         self.sent_bytes = 0
         self.received_bytes = 0
         self.refused = 0
@@ -131,6 +134,7 @@ class Shipping:
         self._senders.clear()
         self._waiting.clear()
         self._asked.clear()
+        self._checkpoints.stop_exporting()
         self._checkpoints.drop_export()
 
     # ------------------------------------------------------------------------ both sides
@@ -163,18 +167,23 @@ class Shipping:
             self.sent_bytes += decoded.length
             return [(sender_id, reply)]
         if isinstance(decoded, Done):
-            sender = self._senders.pop(sender_id, None)
-            if sender is not None:
+            sender = self._senders.get(sender_id)
+            if sender is not None and sender.transfer_id == decoded.transfer_id:
+                del self._senders[sender_id]
                 sender.close()
                 log.info("node %s: %s has the checkpoint at index %d", self._id, sender_id, sender.manifest.index)
                 if not self._senders and not self._waiting:
                     self._checkpoints.drop_export()  # its hard links would keep retained-away segments on disk
             return []
-        if isinstance(decoded, Abort) and sender_id in self._senders:
+        if isinstance(decoded, Abort) and sender_id in self._senders \
+                and self._senders[sender_id].transfer_id == decoded.transfer_id:
             log.warning("node %s: %s stopped the snapshot transfer: %s", self._id, sender_id, decoded.reason)
             self._senders.pop(sender_id).close()
             return []
         # ManifestFrame, Data, Abort: to the follower, from the leader it follows only
+        if self.handed_over:  # the staged snapshot is the core's now: nothing may touch it this turn
+            self.refused += 1
+            return []
         if sender_id != leader:
             self.refused += 1
             return []
@@ -195,7 +204,7 @@ class Shipping:
         """Returns: once the staged snapshot is complete, the `InstallSnapshot` to step into the core
         (from the leader, at the term its manifest carried), else None."""
         receiver = self.receiver
-        if not receiver.complete or receiver.manifest is None or receiver.peer is None:
+        if self.handed_over or not receiver.complete or receiver.manifest is None or receiver.peer is None:
             return None
         manifest = receiver.manifest
         meta = SnapshotMeta(manifest.index, manifest.term)
@@ -206,12 +215,14 @@ class Shipping:
         install_staged(self._fs, self.staging_dir, target_dir)
         self.receiver.close()
         self.receiver = Receiver(self._fs, self._id, self.staging_dir)
+        self.handed_over = False
 
     def discard_staged(self) -> None:
         """The staged snapshot is no longer needed (the log caught up another way): start afresh."""
         self.receiver.close()
         _remove_dir(self._fs, self.staging_dir)
         self.receiver = Receiver(self._fs, self._id, self.staging_dir)
+        self.handed_over = False
 
     def nudge(self) -> Outgoing:
         """Called every turn or so: a transfer silent for `STALL_S` asks again for what it lacks."""

@@ -1,7 +1,7 @@
 """The file operations Wiber's storage uses, behind one small interface.
 
 Every byte Wiber keeps on disk goes through a `FileSystem`: the Raft log (`wiber.storage.durable`),
-the topic segments and their checkpoints (`wiber.storage.segments`). In a node it is `OsFileSystem`,
+the topic segments and their checkpoints (`wiber.storage.topics`). In a node it is `OsFileSystem`,
 a thin layer over `os`; the test suite swaps in a crash-consistent in-memory one that forgets, at a
 simulated power loss, every write and every directory entry that was not fsynced (in the spirit of
 Pebble's strict VFS and LazyFS). That is how the suite proves the fsyncs are where they must be.

@@ -32,9 +32,10 @@ Crash safety
 4. A segment the record lists must exist and be at least as long as what it covers, and the active
    segment's blocks up to the recorded length must all be valid; otherwise `CorruptLog` names the
    file and byte and the node does not start. Every block is checked against its CRC when read.
-5. A snapshot from the leader is written into new segment numbers and committed with ``replace``
-   (every earlier row deleted in the same transaction); the old segments are removed afterwards,
-   so a crash leaves either the old state or the new one.
+5. A first-format snapshot being migrated (`reset`) is written into new segment numbers and
+   committed with ``replace`` (every earlier row deleted in the same transaction); the old segments
+   are removed afterwards, so a crash leaves either the old state or the new one. (A leader's
+   snapshot arrives as files instead, switched in whole: `wiber.storage.transfer.install_staged`.)
 
 Memory: the write buffer (at most about `FLUSH_BYTES`), the blocks flushed since the last
 checkpoint, a small cache of decoded blocks, one name per topic, one descriptor per segment.
@@ -44,10 +45,10 @@ from __future__ import annotations
 
 import bisect
 import logging
-from array import array
 import os
 import sqlite3
 import zlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ class CheckpointJob:
     """Sealed segments found emptied by retention after the commit (dropped at the next checkpoint)."""
     exported: list[tuple[str, int, int]] = field(default_factory=list)
     """The exported files: (name, size, crc32), once `run` made the export."""
+    unsynced: set[int] = field(default_factory=set)
+    """The segments it fsyncs (given back to the store if the job fails)."""
 
     def run(self) -> None:
         """Fsync what the checkpoint points to, then commit it. Raises: OSError, sqlite3.Error."""
@@ -491,16 +494,16 @@ class TopicStore:
                 flushed.add(topic_id, first, count, position, len(frame))
                 parts.append(frame)
                 position += len(frame)
-        self._buffer.clear()
-        self._buffer_bytes = 0
         if parts:
             try:
                 self._fs.pwrite(self._fds[number], b"".join(parts), self._active_size)
-            except OSError as exc:
+            except OSError as exc:  # the buffer stays: reads keep serving what the disk refused
                 raise StorageFailure(f"cannot write {self._path(number)}: {exc}", exc.errno) from None
             self._active_size = position
             self._unsynced.add(number)
             self._new.append(flushed)
+        self._buffer.clear()
+        self._buffer_bytes = 0
         if self._active_size >= self._segment_bytes:
             self._roll()
 
@@ -528,6 +531,7 @@ class TopicStore:
         sync_fds = [self._fds[n] for n in sorted(self._unsynced) if n in self._fds]
         job = CheckpointJob(record, self._new, delta, sync_fds, self._dir_dirty, dropped, replace,
                             self._retention, self._db_path, self._fsync, self._fs, self.directory, export_dir)
+        job.unsynced = set(self._unsynced)
         self._committing, self._new = self._new, []
         self._unsynced = set()
         self._dir_dirty = False
@@ -558,9 +562,12 @@ class TopicStore:
                      len(gone))
 
     def abandon_checkpoint(self, job: CheckpointJob) -> None:
-        """The job failed: its blocks stay in memory (the node stops writing on a storage failure)."""
+        """The job failed: its blocks stay in memory, and what it was to fsync is still to be fsynced
+        (the node stops writing on a storage failure; this keeps a later checkpoint honest anyway)."""
         self._new = self._committing + self._new
         self._committing = []
+        self._unsynced |= job.unsynced
+        self._dir_dirty = self._dir_dirty or job.sync_dir
 
     def checkpoint_now(self, applied_term: int, delta: BrokerDelta, replace: bool = False) -> None:
         """A whole checkpoint on this thread (start-up migration, an installed snapshot).
