@@ -194,3 +194,38 @@ def test_a_batch_over_64_mib_reaches_every_follower(cluster_factory: Callable[..
     for nid in cluster.nodes:
         wait_for(lambda nid=nid: [o for o, _ in local_log(cluster, nid, "huge")] == list(range(14)), 30,
                  f"{nid} to hold the 70 MiB batch, once")
+
+
+def test_a_second_export_at_the_same_index_keeps_its_files(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """The core repeats InstallSnapshot while an export is written, and a second follower may need one
+    too: an export at an index already exported must not remove its own files (review finding)."""
+    from wiber.node.checkpoints import Checkpoints
+    from wiber.raft.messages import Entry, EntryKind
+    from wiber.storage import DurableStorage
+
+    cluster = cluster_factory(1, start=False)
+    settings = BrokerSettings()
+    with DurableStorage.open(cluster.config.node_data_dir("n1")) as storage:
+        checkpoints = Checkpoints(cluster.config, "n1", storage, settings)
+        try:
+            broker = checkpoints.load()
+            for index in range(1, 6):
+                data = encode_entry(1_700_000_000.0, [PubOp("t", (b"m%d" % index,), False, None, None, None, 0, False)])
+                storage.append([Entry(index, 1, EntryKind.NORMAL, data)])
+                broker.apply(index, data)
+            storage.sync()
+            exports = []
+            for _ in range(2):  # the same applied index both times
+                checkpoints.want_export()
+                assert checkpoints.due(broker.applied_index)
+                checkpoints.start(broker)
+                checkpoints.want_export()  # a repeat while it is written: not a second request
+                checkpoints.wait()
+                assert checkpoints.export is not None and checkpoints.export.export_dir is not None
+                exports.append(checkpoints.export.export_dir)
+            assert exports[0] != exports[1] and not Path(exports[0]).exists()
+            held = sorted(p.name for p in Path(exports[1]).iterdir())
+            assert held == sorted(name for name, _, _ in checkpoints.export.exported)
+            assert not checkpoints.due(broker.applied_index)  # the repeat asked for nothing more
+        finally:
+            checkpoints.close()
