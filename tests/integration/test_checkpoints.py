@@ -133,7 +133,7 @@ def test_a_wiped_follower_streams_a_snapshot_over_64_mib(cluster_factory: Callab
     wait_for(lambda: _caught_up(cluster, victim, target), 60, f"wiped {victim} to catch up")
     _check_topic(cluster, victim, "big", count)
     leader_log = cluster.nodes[leader].log_path.read_text()
-    assert f"streams the checkpoint" in leader_log and f"to {victim}" in leader_log
+    assert "streams the checkpoint" in leader_log and f"to {victim}" in leader_log
     segments = list((Path(cluster.config.node_data_dir(victim)) / "topics").glob("seg-*.dat"))
     assert sum(p.stat().st_size for p in segments) > 64 << 20
 
