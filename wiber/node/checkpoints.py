@@ -81,6 +81,9 @@ class Checkpoints:
         self.compact_ms_last = 0.0
         """How long the loop was held by the last Raft log compaction (a small file written and fsynced)."""
         self.compact_ms_max = 0.0
+        self._compact_on_take_in = False
+        self.hold_compaction: Callable[[], bool] = lambda: False
+        """Whether the Raft log must not be compacted now (a snapshot is being streamed from it)."""
         self._unlink_later: list[str] = []
         """Raft log segments compacted away, unlinked by the next checkpoint's thread."""
         self.taken = 0
@@ -159,8 +162,10 @@ class Checkpoints:
         meta = SnapshotMeta(broker.applied_index, term)
         data_dir, fsync = self.data_dir, self._store_options[0]
         # Only this loop changes the snapshot index between now and `_take_in` (an install waits for
-        # the checkpoint first), so `_take_in` compacts exactly when this writes the file.
-        write_file = meta.index > self._storage.last_snapshot_index
+        # the checkpoint first), so `_take_in` compacts exactly when this writes the file; not while
+        # a snapshot is streamed from the log (`hold_compaction`).
+        write_file = meta.index > self._storage.last_snapshot_index and not self.hold_compaction()
+        self._compact_on_take_in = write_file
         unlink, self._unlink_later = self._unlink_later, []
 
         def after_commit() -> None:
@@ -228,7 +233,7 @@ class Checkpoints:
             previous, self.export = self.export, job
             if previous is not None and previous.export_dir not in (None, job.export_dir):
                 _remove_tree(previous.export_dir)
-        if index > self._storage.last_snapshot_index:
+        if self._compact_on_take_in and index > self._storage.last_snapshot_index:
             started = time.monotonic()
             self._storage.compact(index, descriptor(index), written=True, unlink_later=self._unlink_later)
             self.compact_ms_last = (time.monotonic() - started) * 1000

@@ -148,6 +148,7 @@ class Node:
         self._max_catch_up_ticks = raft_config.election_ticks
         self.applied_index = self.broker.applied_index
         self.shipping = Shipping(node_id, self.peer_ids, self.checkpoints, self.clock.monotonic)
+        self.checkpoints.hold_compaction = self.shipping.streaming
         self._request_timeout_s = config.cluster.request_timeout_ms / 1000.0
         self._turn_deadline = 0.0  # when the requests of this turn time out (set as they are read)
         self._turn_writes: list[Waiter[PubOp]] = []

@@ -58,6 +58,8 @@ __all__ = ["STAGING_DIR", "Shipping"]
 log = logging.getLogger(__name__)
 
 STAGING_DIR: Final = "topics.staging"
+HOLD_S: Final = 10.0
+"""A transfer that pulled within this long holds the leader's log compaction (`Shipping.streaming`)."""
 STALL_S: Final = 1.0
 """A transfer with no frame for this long is nudged: the receiver asks again, the leader resends its manifest."""
 
@@ -118,6 +120,14 @@ class Shipping:
             return []  # under way: the follower is pulling
         self._asked[peer] = self._now()
         return [(peer, sender.manifest_frame())]
+
+    def streaming(self) -> bool:
+        """Returns: whether a follower pulled from this leader lately (within `HOLD_S`): the Raft log
+        is then not compacted, so the snapshot in flight stays good and the entries after it stay on
+        disk (etcd keeps a tail of entries for the same reason); a follower gone quiet for longer
+        no longer holds it (a lost DONE, a dead follower)."""
+        now = self._now()
+        return any(now - self._asked.get(peer, 0.0) < HOLD_S for peer in self._senders)
 
     def export_ready(self, last_snapshot_index: int, leader_term: int) -> Outgoing:
         """A checkpoint laid out for followers was taken in: start the transfers that waited for it."""
