@@ -1,4 +1,4 @@
-"""The client library: talk to a Wiber cluster over DESIGN section 3.
+"""The client library: talk to a Wiber cluster over docs/design.md section 3.
 
 `Client` sends one request at a time over a REQ socket. A request that gets no answer within the
 per-try timeout closes and reopens the socket and tries the next address (the zguide's Lazy
@@ -12,7 +12,7 @@ stored exactly one message.
 
 Lamport clock: the client keeps one, advanced by every stamp it sees (PUB replies, HISTORY and
 subscribed messages), and sends it with each PUB, so "B saw A's message, then published" gives B
-the larger stamp (DESIGN section 5).
+the larger stamp (docs/design.md section 5).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Message:
     """One stored message, as HISTORY and subscriptions deliver it.
 
     `late` is True for a message that reached a leader with a reorder window after its slot had
-    passed: stored at once, out of `ts` order (DESIGN section 5).
+    passed: stored at once, out of `ts` order (docs/design.md section 5).
     """
 
     topic: str
@@ -304,7 +304,7 @@ class Client:
 
     def history(self, topic: str, from_offset: int | None = None, last: int | None = None, limit: int = 100,
                 consistency: str = "local") -> History:
-        """Read stored messages of a topic in offset order (DESIGN section 3 HISTORY)."""
+        """Read stored messages of a topic in offset order (docs/design.md section 3 HISTORY)."""
         reply = self.request("HISTORY", topic=topic, from_offset=from_offset, last=last, limit=limit,
                              consistency=consistency)
         return self._history_from(reply)

@@ -1,4 +1,4 @@
-"""Wiber's exceptions: one root, wire errors mapped 1:1 to the codes of DESIGN section 3.
+"""Wiber's exceptions: one root, wire errors mapped 1:1 to the codes of docs/design.md section 3.
 
 Tree::
 

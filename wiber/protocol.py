@@ -1,4 +1,4 @@
-"""The client wire contract of DESIGN section 3 in one place: ops, limits, validation, msgpack codec.
+"""The client wire contract of docs/design.md section 3 in one place: ops, limits, validation, msgpack codec.
 
 Theory of operation
 -------------------
@@ -16,7 +16,7 @@ and one function, `validate_request`, walks the table. A checker is a small reus
 message naming the field, what was expected and what was sent. Adding an op or a field is a row in
 the table, not new control flow.
 
-Rules the table encodes (DESIGN section 3):
+Rules the table encodes (docs/design.md section 3):
 
 * not msgpack, not a map, ``op`` missing or not a str -> BAD_REQUEST; an op outside `OPS` ->
   UNKNOWN_OP naming the known ones;
@@ -129,7 +129,7 @@ _ARRAY_LEADS: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Size limits of the wire contract, from the cluster's `max_message_bytes` (DESIGN section 2).
+    """Size limits of the wire contract, from the cluster's `max_message_bytes` (docs/design.md section 2).
 
     Raises:
         ValueError: `max_message_bytes` is not a positive integer.
@@ -152,7 +152,7 @@ class Limits:
         """Returns: the largest request frame the node's unpacker accepts.
 
         The largest batch plus `ENVELOPE_HEADROOM_BYTES` for the envelope; also a sound value for
-        the client socket's `MAXMSGSIZE` (DESIGN section 8).
+        the client socket's `MAXMSGSIZE` (docs/design.md section 8).
         """
         return self.max_batch_bytes + ENVELOPE_HEADROOM_BYTES
 

@@ -1,7 +1,7 @@
 """The broker's part of a node's checkpoint: rows of what changed, and the broker rebuilt from rows.
 
 A checkpoint must cost work in proportion to what changed since the last one, never to every topic
-or session (DESIGN section 9: 100,000 topics are a normal load). The broker marks the topics and
+or session (docs/storage.md: 100,000 topics are a normal load). The broker marks the topics and
 sessions it changes; `take_delta` hands their rows over and clears the marks; the node's topic store
 writes them, with the counters, in one database transaction. `rebuild` makes a broker from all
 the rows a store holds, at start.

@@ -1,7 +1,7 @@
 """The broker's log entry: what one loop turn of PUBs becomes in the Raft log, and back.
 
 The leader gathers every PUB and PUB_BATCH of one loop turn into one log entry: `pub_op_from_request`
-turns each validated request into a `PubOp`, the reorder buffer (DESIGN section 5) may mark one
+turns each validated request into a `PubOp`, the reorder buffer (docs/design.md section 5) may mark one
 ``late``, and `encode_entry` packs them with the leader's synced clock. Every node decodes the
 committed entry with `decode_entry`, which checks it as strictly as `encode_entry` does, so a
 committed entry can always be applied.
@@ -62,7 +62,7 @@ class PubOp(NamedTuple):
         topic: the topic to append to.
         messages: PUB: exactly one message; PUB_BATCH: 1 to 10,000, stored all or none.
         batch: True for PUB_BATCH; it decides the reply's shape (``count``).
-        client_id, seq, ack_floor: the dedup session fields (DESIGN section 3); seq is set iff
+        client_id, seq, ack_floor: the dedup session fields (docs/design.md section 3); seq is set iff
             client_id is, and ack_floor (optional) is at most seq.
         lamport: the publisher's Lamport clock (0 = none sent); stored lamports exceed it.
         late: set by the leader's reorder buffer when the op arrived after its slot (section 5).
@@ -121,7 +121,7 @@ def pub_op_from_request(req: Mapping[str, Any]) -> PubOp:
 
 
 def topic_problem(topic: Any) -> str | None:
-    """Returns: why `topic` is not a valid topic name (DESIGN section 3), or None."""
+    """Returns: why `topic` is not a valid topic name (docs/design.md section 3), or None."""
     if type(topic) is not str:
         return f"topic is a {type(topic).__name__}, not a str"
     try:

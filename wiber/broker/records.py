@@ -3,7 +3,7 @@
 The broker decides *what* is stored at which offset; a `RecordStore` keeps the messages themselves.
 Tests and the simulation use `MemoryRecordStore`; a node uses the on-disk topic segments
 (`wiber.storage.topics`), so that a node's memory holds topics and sessions, not messages
-(DESIGN section 9). The store is told everything that changes what is kept (appends, and the first
+(docs/storage.md). The store is told everything that changes what is kept (appends, and the first
 offset retention leaves), so every store keeps the same messages for the same applied entries.
 """
 
@@ -52,7 +52,7 @@ class Record(NamedTuple):
         lamport: assigned at apply time, strictly increasing in log order.
         ts: the entry's time (leader's synced clock, never going back), epoch seconds.
         index: the log index of the entry that stored it.
-        late: the reorder buffer appended it after its slot (DESIGN section 5).
+        late: the reorder buffer appended it after its slot (docs/design.md section 5).
     """
 
     topic: str
@@ -71,7 +71,7 @@ class Record(NamedTuple):
 def record_to_wire(record: StoredRecord) -> dict[str, Any]:
     """Returns: the fan-out map and HISTORY item, ``{topic, offset, data, lamport, ts, index}``.
 
-    ``late: True`` is added only for a late message, so the usual map stays as DESIGN section 3 has it.
+    ``late: True`` is added only for a late message, so the usual map stays as docs/design.md section 3 has it.
     """
     topic, offset, data, lamport, ts, index, late = record
     wire = {"topic": topic, "offset": offset, "data": data, "lamport": lamport, "ts": ts, "index": index}

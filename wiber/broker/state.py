@@ -1,4 +1,4 @@
-"""`Broker`: the replicated state machine of one node (DESIGN sections 3-5).
+"""`Broker`: the replicated state machine of one node (docs/design.md sections 3-5).
 
 Theory of operation
 -------------------

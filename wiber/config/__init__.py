@@ -3,7 +3,7 @@
 Every node and every `wiber` command reads the same file. A mistake in it is caught before
 anything binds a socket or touches a disk, and reported as one line, ``FILE: KEY: PROBLEM``, that
 names the file, the key path (``cluster.heartbeat_ms``, ``nodes[1].port``) and what to change
-(DESIGN section 2; the CLI exits with status 2). Once `load_config` has returned, every value is
+(docs/design.md section 2; the CLI exits with status 2). Once `load_config` has returned, every value is
 known to be well typed and consistent, and no other module checks it again.
 
 Example (this is ``conf/cluster.yaml``)::
@@ -44,7 +44,7 @@ max_message_bytes (integer > 0, at most 67108864 = 64 MiB, default 1048576 = 1 M
 
 reorder_window_ms (integer >= 0, default 0 = off)
     With a window, the leader holds PUBs that carry a client ``ts`` for up to this long and appends
-    them in (ts, client_id, seq) order (DESIGN section 5). Must be less than request_timeout_ms.
+    them in (ts, client_id, seq) order (docs/design.md section 5). Must be less than request_timeout_ms.
 
 request_timeout_ms (integer > 0, default 5000)
     A PUB that is not committed this long after it arrived is answered UNAVAILABLE (its outcome is

@@ -36,7 +36,7 @@ PUB_PORT_OFFSET: Final = 200
 """A node's pub_port defaults to its port plus this."""
 
 MAX_TOPIC_BYTES: Final = 255
-"""Longest topic name in UTF-8 bytes (DESIGN section 3)."""
+"""Longest topic name in UTF-8 bytes (docs/design.md section 3)."""
 
 MAX_NODE_ID_LEN: Final = 64
 """Longest node id: it travels in every Raft message and names a directory."""

@@ -164,7 +164,7 @@ def _parse_topics(file: str, raw: object, base: RetentionConfig) -> Mapping[str,
 
 
 def _topic_problem(name: str) -> str | None:
-    """Returns: why `name` is not a valid topic name (DESIGN section 3), or None if it is one."""
+    """Returns: why `name` is not a valid topic name (docs/design.md section 3), or None if it is one."""
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:

@@ -1,12 +1,12 @@
 """The node side: the one loop that does I/O, and what it wires together.
 
 * `loop`        `Node`: the poller loop, Raft's Ready processing, applying, waiters
-* `clients`     the answers to client requests (DESIGN section 3)
+* `clients`     the answers to client requests (docs/design.md section 3)
 * `checkpoints` loading the state at start, checkpoints off the loop, replacing the state
 * `shipping`    a checkpoint's files streamed to a follower that needs a snapshot
 * `transport`   the node's sockets, non-blocking, drop-and-count on back-pressure
 * `timesync`    the clock-sync frames exchanged beside Raft messages
-* `reorder`     the bounded reordering window (DESIGN section 5)
+* `reorder`     the bounded reordering window (docs/design.md section 5)
 * `waiting`     clients parked until their entry commits or their read is confirmed
 
 Nothing here is imported by the client side (`wiber.client`, `wiber.publisher`).

@@ -1,5 +1,5 @@
 """A node's checkpoints: the broker loaded at start, checkpoints taken off the loop, the Raft log
-compacted behind them, and the state replaced by a leader's snapshot (DESIGN section 9).
+compacted behind them, and the state replaced by a leader's snapshot (docs/storage.md).
 
 A checkpoint is due every `snapshot_every` applied entries or `snapshot_bytes` of them. Its fast
 half runs on the loop (`TopicStore.prepare_checkpoint`: flush the write buffer, take the broker's

@@ -1,4 +1,4 @@
-"""The node's answers to client requests (DESIGN section 3): validation, dispatch, and each op.
+"""The node's answers to client requests (docs/design.md section 3): validation, dispatch, and each op.
 
 A handler answers at once (a reply map) or parks the client and answers later (None): writes wait
 for their entry to commit, linearizable reads for their ReadIndex round (`wiber.node.waiting`).
@@ -82,7 +82,7 @@ class ClientHandlers:
         if self.node._reorder is not None and sent_at is not None:
             if self.node._reorder.add(waiter, float(sent_at), msg.get("client_id") or "", msg.get("seq") or 0,
                                  self.node.synced.now()):
-                return None  # held until its window passes (DESIGN section 5)
+                return None  # held until its window passes (docs/design.md section 5)
             waiter.request = waiter.request._replace(late=True)
         self.node._turn_writes.append(waiter)
         return None

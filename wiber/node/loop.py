@@ -1,6 +1,6 @@
 """The node loop: one process, one thread, one `zmq.Poller` loop that wires every other module.
 
-Each turn (DESIGN section 1):
+Each turn (docs/design.md section 1):
 
 1. poll, with the time to the next timer as timeout;
 2. drain every readable socket without blocking: peer frames are stepped into the Raft core,
@@ -61,7 +61,7 @@ from wiber.storage.transfer import is_transfer_frame
 
 log = logging.getLogger(__name__)
 
-#: Fan-out heartbeat period (DESIGN section 3): subscribers tell a dead node from a quiet topic.
+#: Fan-out heartbeat period (docs/design.md section 3): subscribers tell a dead node from a quiet topic.
 PUB_HEARTBEAT_S = 0.25
 #: The Raft core counts time in ticks of this many milliseconds.
 TICK_MS = 10
@@ -71,7 +71,7 @@ DRAIN_LIMIT = 10_000
 TRANSFER_GRACE_S = 0.6
 #: How long a commit notice may wait for an append to ride on (see Node._hold_commit_notices).
 COMMIT_NOTICE_DELAY_S = 0.001
-#: A follower measures its clock offset to the leader this often (DESIGN section 5).
+#: A follower measures its clock offset to the leader this often (docs/design.md section 5).
 CLOCK_PROBE_S = 0.1
 #: A wait on the node's own disk this long or longer is taken off Raft's clock (Node._disk_waited).
 DISK_WAIT_PAUSES_S = TICK_MS / 1000

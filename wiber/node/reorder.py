@@ -1,4 +1,4 @@
-"""Bounded reordering (DESIGN section 5): the leader holds timestamped PUBs up to a window and
+"""Bounded reordering (docs/design.md section 5): the leader holds timestamped PUBs up to a window and
 appends them in the order they were sent.
 
 A PUB carrying the client's synced send time `ts` is held until ``min(ts, arrival) + window`` on the

@@ -2,7 +2,7 @@
 
 A follower sends `probe(t1)` with its wall clock; the leader answers `reply(t1, t2, t3)` with its
 synced clock at receipt and at sending; the follower feeds (t1, t2, t3, t4) to its
-`OffsetEstimator` (DESIGN section 5). These frames travel in the same multipart message as the Raft
+`OffsetEstimator` (docs/design.md section 5). These frames travel in the same multipart message as the Raft
 messages of the turn (piggybacked), and start with ``b"\\xc1T"``: 0xc1 is a byte msgpack never
 uses, so they cannot be mistaken for a Raft message.
 """

@@ -3,7 +3,7 @@
 Theory of operation: the node loop owns one `Transport` and one `zmq.Poller` (made once, here).
 Everything is non-blocking: reads drain what is queued with `NOBLOCK`, and sends that would block
 (a DEALER with no connected peer, a socket at its high-water mark) are dropped and counted. Raft
-tolerates lost messages; clients retry; subscribers recover gaps by offset (DESIGN section 8).
+tolerates lost messages; clients retry; subscribers recover gaps by offset (docs/design.md section 8).
 
 Framing:
 * client ROUTER: `[identity, (b"" delimiter), body]` in; the reply reuses everything before the body.
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 PEER_MAX_FRAME = 256 * 1024 * 1024
 #: How many messages a peer DEALER may queue before sends are dropped.
 PEER_SNDHWM = 10_000
-#: libzmq's own liveness check on peer connections, so a silent partition is noticed (DESIGN section 8).
+#: libzmq's own liveness check on peer connections, so a silent partition is noticed (docs/design.md section 8).
 ZMQ_HEARTBEAT_IVL_MS = 1_000
 ZMQ_HEARTBEAT_TIMEOUT_MS = 3_000
 

@@ -1,7 +1,7 @@
 """The topic segments' on-disk record: a *block*, one topic's consecutive messages, framed with a CRC.
 
 Every topic shares one sequence of segment files (``seg-<number>.dat``), so many topics cost no file,
-descriptor or fsync each (DESIGN section 9; NATS JetStream's message blocks and BookKeeper's entry
+descriptor or fsync each (docs/storage.md; NATS JetStream's message blocks and BookKeeper's entry
 logs share one log the same way). Applied messages gather in a write buffer and are written sorted by
 (topic, offset), so a topic's messages sit together; a run of one topic is cut into blocks of at most
 `BLOCK_BYTES` of data, which is the grain of the sparse index (one index row per block) and of a read.

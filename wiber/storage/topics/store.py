@@ -1,6 +1,6 @@
 """`TopicStore`: every topic's messages in one shared sequence of segment files, indexed in SQLite.
 
-Theory of operation (DESIGN section 9)
+Theory of operation (docs/storage.md)
 --------------------------------------
 The broker hands every stored message to `append`. Messages gather in a write buffer (which also
 serves the newest reads) until `FLUSH_BYTES` of them are waiting; a flush writes them, sorted by
