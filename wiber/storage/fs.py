@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-__all__ = ["FileSystem", "OsFileSystem", "OS"]
+__all__ = ["FileSystem", "OsFileSystem", "OS", "makedirs_durably"]
 
 
 class FileSystem(Protocol):
@@ -151,6 +151,25 @@ class OsFileSystem:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def makedirs_durably(fs: FileSystem, path: str, mode: int, fsync: bool) -> int:
+    """Create directory `path` and its missing parents, then fsync each new directory's parent, since
+    a new directory's name is durable only then (skipped when `fsync` is False).
+
+    Returns: how many directories were created (each one parent fsync, done or skipped).
+    """
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not fs.exists(current) and current not in missing:
+        missing.append(current)
+        current = os.path.dirname(current)
+    if missing:
+        fs.makedirs(path, mode)
+        for created in reversed(missing):
+            if fsync:
+                fs.fsync_dir(os.path.dirname(created))
+    return len(missing)
 
 
 OS: FileSystem = OsFileSystem()

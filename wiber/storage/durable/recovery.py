@@ -25,7 +25,7 @@ from wiber.storage.format import (
     parse_snapshot_name,
     scan_segment,
 )
-from wiber.storage.fs import OsFileSystem
+from wiber.storage.fs import OsFileSystem, makedirs_durably
 
 __all__ = ["Recovery"]
 
@@ -40,17 +40,8 @@ class Recovery(Files):
     def _open_directory(self) -> None:
         """Create the directory (durably: its name too) and, on the real file system, take the lock."""
         fs = self._fs
-        missing: list[str] = []
-        path = self._dir
-        while not fs.exists(path) and path not in missing:
-            missing.append(path)
-            path = os.path.dirname(path)
-        if missing:
-            fs.makedirs(self._dir, 0o777)   # os.makedirs' default: the umask decides
-            for path in reversed(missing):   # a new directory's name is durable once its parent is fsynced
-                self._sync_count += 1
-                if self._fsync:
-                    fs.fsync_dir(os.path.dirname(path))
+        # 0o777 is os.makedirs' default: the umask decides.
+        self._sync_count += makedirs_durably(fs, self._dir, 0o777, self._fsync)
         if not isinstance(fs, OsFileSystem):
             return   # no other process can reach an in-memory file system (module docstring)
         self._lock_fd = os.open(self._path(LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)

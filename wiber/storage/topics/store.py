@@ -54,7 +54,7 @@ from wiber.broker.checkpoint import BrokerDelta
 from wiber.broker.records import StoredRecord
 from wiber.errors import StorageError
 from wiber.storage.durable import CorruptLog, StorageFailure
-from wiber.storage.fs import OS, FileSystem
+from wiber.storage.fs import OS, FileSystem, makedirs_durably
 from wiber.storage.topics.blocks import (
     BlockError,
     BlockRef,
@@ -122,15 +122,7 @@ class TopicStore:
         Raises: CorruptLog: a listed segment is missing, short or damaged before the checkpoint's end.
         """
         store = cls(directory, fs=fs, fsync=fsync, segment_bytes=segment_bytes, db_path=db_path, retention=retention)
-        missing: list[str] = []
-        path = os.path.abspath(directory)
-        while not fs.exists(path) and path not in missing:
-            missing.append(path)
-            path = os.path.dirname(path)
-        fs.makedirs(directory, 0o700)
-        if fsync:
-            for created in reversed(missing):  # a new directory's name is durable once its parent is fsynced
-                fs.fsync_dir(os.path.dirname(created))
+        makedirs_durably(fs, directory, 0o700, fsync)
         try:
             store._db = IndexDb(store._db_path, fsync=fsync)
             store._recover()
