@@ -45,7 +45,7 @@ test: $(VENV)/.installed-test
 	sh tools/install-system-deps.sh
 	$(BIN)/python -m pytest
 
-# Side-by-side benchmark against NATS JetStream, PySyncObj and raw pyzmq (DESIGN section 7).
+# Side-by-side benchmark against NATS JetStream, PySyncObj and raw pyzmq (docs/design.md, section 7).
 bench: $(BENCH_VENV)/.installed-bench
 	$(BENCH_BIN)/python -m bench
 

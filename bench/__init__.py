@@ -2,5 +2,5 @@
 
 Modules: `raw` (the pyzmq ceiling), `wiber_bench`, `nats_bench` (JetStream, default sync and
 `sync_interval: always`), `pysyncobj_bench` (+ `pysyncobj_node`, one node process), `report` (the
-table, ratios and JSON), `common` (figures, bounds, child processes). DESIGN section 7.
+table, ratios and JSON), `common` (figures, bounds, child processes). docs/design.md section 7.
 """

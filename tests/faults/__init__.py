@@ -1,4 +1,4 @@
-"""Fault tests: a Jepsen-style workload, a nemesis and a checker that prove DESIGN section 4.
+"""Fault tests: a Jepsen-style workload, a nemesis and a checker that prove docs/design.md section 4.
 
 * `history`  - operation records (invoke / ok / fail / info) as JSONL, one file per process.
 * `workload` - publisher and subscriber processes that write those records.

@@ -2,7 +2,7 @@
 
 `drain` waits until every node has applied the same commit index (a quiet cluster converges),
 then reads every topic from every node with HISTORY (``consistency: local``, pages of 1000).
-`check` takes that final state and the history and finds, per DESIGN section 4:
+`check` takes that final state and the history and finds, per docs/design.md section 4:
 
 * lost            - a publish acknowledged ``ok`` whose value is missing from a node's final log (1)
 * offset_mismatch - an ``ok`` whose topic/offset is not where the value is (1)
@@ -14,7 +14,7 @@ then reads every topic from every node with HISTORY (``consistency: local``, pag
   that missed an offset, got one twice, went backwards, got a value the final log does not hold
   there, or did not deliver up to the end of the log (the subscription promise of section 3)
 * not_converged   - the nodes did not reach the same commit index before the drain deadline
-* stamp_order     - (DESIGN section 5, checked because clock skew is one of the faults) a message
+* stamp_order     - (docs/design.md section 5, checked because clock skew is one of the faults) a message
                     whose ``lamport`` is not above every earlier entry's, or whose ``ts`` is below
                     an earlier entry's, in log (index) order
 * stuck, crashed  - added by the campaign: the cluster did not become healthy again (one leader
@@ -26,7 +26,7 @@ Publishes whose outcome is unknown (``info``) may or may not be in the log; both
 Availability is measured, not judged: per nemesis heal, the time from the heal to the first
 ``ok`` publish completed after it (``recoveries``); per fault start, the time from the start to
 the first ``ok`` of a publish invoked after it (``failovers``; for faults that take the leader
-away this is DESIGN section 4, promise 6, as a client sees it).
+away this is docs/design.md section 4, promise 6, as a client sees it).
 """
 
 from __future__ import annotations

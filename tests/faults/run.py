@@ -3,7 +3,7 @@
 Starts a cluster (5 nodes by default, each in its own network namespace when run as root with
 ``ip`` and ``nft``; else on 127.0.0.1 without the network faults), runs the workload throughout,
 and applies faults picked at random with a seeded generator for ``--minutes``; then drains every
-node and checks DESIGN section 4. The seed is printed first: ``--seed`` replays the same choices
+node and checks docs/design.md section 4. The seed is printed first: ``--seed`` replays the same choices
 of faults, targets and durations (which node is leader at each moment still depends on timing).
 
 Prints a progress line while it runs and a summary table at the end (faults per kind, ops

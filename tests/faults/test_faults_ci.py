@@ -1,4 +1,4 @@
-"""DESIGN section 4 under faults, on real processes: the CI schedule (3 nodes, a few minutes).
+"""docs/design.md section 4 under faults, on real processes: the CI schedule (3 nodes, a few minutes).
 
 One campaign (`tests.faults.campaign`) runs once for the module: a workload of 3 publisher and 2
 subscriber processes (plus one pipelined, batching publisher) runs throughout while the nemesis
@@ -109,5 +109,5 @@ def test_publishes_resume_within_3_s_after_the_leader_is_lost(campaign: Campaign
 
 
 def test_lamport_and_ts_follow_log_order_through_skewed_clocks(campaign: CampaignResult) -> None:
-    # DESIGN section 5, checked here because a node restarts with a skewed clock during the run.
+    # docs/design.md section 5, checked here because a node restarts with a skewed clock during the run.
     assert campaign.report.counts()["stamp_order"] == 0, _evidence(campaign)

@@ -1,4 +1,4 @@
-"""Checkpoints with the messages on disk (DESIGN section 9), on real processes: a data directory of
+"""Checkpoints with the messages on disk (docs/storage.md), on real processes: a data directory of
 the first format is migrated, checkpoints taken every few entries keep the leader and every message,
 and the topic segments' files stay few whatever the number of topics."""
 

@@ -1,4 +1,4 @@
-"""Real node processes on 127.0.0.1 spoken to with raw zmq and msgpack only (DESIGN section 3)."""
+"""Real node processes on 127.0.0.1 spoken to with raw zmq and msgpack only (docs/design.md section 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN section 5 on real processes: clock sync under skew, ts and lamport order, causality, reordering."""
+"""docs/design.md section 5 on real processes: clock sync under skew, ts and lamport order, causality, reordering."""
 
 from __future__ import annotations
 

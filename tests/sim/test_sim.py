@@ -1,4 +1,4 @@
-"""Seeded whole-cluster simulations of the Raft core (DESIGN section 6.2).
+"""Seeded whole-cluster simulations of the Raft core (docs/design.md section 6.2).
 
 * `test_seed[N]`: `WIBER_SIM_SEEDS` seeds (default 500; even seeds run 3 nodes, odd seeds 5) of
   `WIBER_SIM_STEPS` steps (default 2000) of random faults and workload, safety checked after

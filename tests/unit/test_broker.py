@@ -1,4 +1,4 @@
-"""Tests of wiber.broker: the replicated state machine, one rule of DESIGN sections 3-5 per test.
+"""Tests of wiber.broker: the replicated state machine, one rule of docs/design.md sections 3-5 per test.
 
 What they pin: dense offsets per topic; PUB_BATCH all or none at consecutive offsets and lamports;
 lamport above the publisher's and strictly increasing; ts never going back across a leader whose

@@ -1,7 +1,7 @@
 """Tests of wiber.config: the default file, defaults, per-topic retention, and one case per kind of bad file.
 
 Every refusal must be a single line ``FILE: KEY: PROBLEM`` naming the exact key path, because that
-line is all an operator sees when a node refuses to start (DESIGN section 2).
+line is all an operator sees when a node refuses to start (docs/design.md section 2).
 """
 
 from __future__ import annotations

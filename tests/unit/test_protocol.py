@@ -1,4 +1,4 @@
-"""Tests of wiber.protocol: the DESIGN section 3 wire contract, without sockets.
+"""Tests of wiber.protocol: the docs/design.md section 3 wire contract, without sockets.
 
 What they pin: the normalized form of every op's good request; the error class and a message
 fragment for every bad field of every op; that bool never passes as an int; that the request `id`
