@@ -7,6 +7,8 @@ import subprocess
 import sys
 from typing import Callable
 
+import pytest
+
 from tests.conftest import REPO, ClusterHarness
 from wiber.loadgen import histogram, percentile
 
@@ -38,3 +40,13 @@ def test_percentiles_and_histogram_buckets() -> None:
     assert percentile([], 0.5) == 0.0
     assert histogram(values) == [("<= 0.5 ms", 1), ("<= 2 ms", 1), ("<= 5 ms", 2), ("<= 1000 ms", 1),
                                  ("> 5000 ms", 1)]
+
+
+def test_codec_benchmark_reports_both_codecs_and_their_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m bench.codec` (where the codec's speed is measured now) runs and reports its figures."""
+    from bench.codec import main
+
+    assert main(["--entries", "50", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"wiber\.raft\.wire +[\d.]+ us/entry", out), out
+    assert re.search(r"plain msgpack +[\d.]+ us/entry", out) and re.search(r"ratio +[\d.]+ x", out), out

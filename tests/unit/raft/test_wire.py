@@ -1,9 +1,8 @@
-"""The peer wire codec: round trips, untrusted input, speed."""
+"""The peer wire codec: round trips and untrusted input (its speed: `python -m bench.codec`)."""
 
 from __future__ import annotations
 
 import contextlib
-import time
 
 import msgpack
 import pytest
@@ -161,17 +160,11 @@ def test_bounds() -> None:
         decode_message(msgpack.packb([3, 1, "n1", "n2", 0, 0, too_many, 0, 0], use_bin_type=True))
 
 
-def test_append_entries_batch_is_fast() -> None:
-    """1000 entries of 100 bytes encode and decode in a few milliseconds."""
+def test_a_thousand_entry_batch_round_trips() -> None:
+    """1000 entries of 100 bytes survive encode + decode (their speed is measured by bench/codec.py)."""
     entries = tuple(Entry(k + 1, 3, EntryKind.NORMAL, bytes(100)) for k in range(1000))
     msg = AppendEntries(3, "n1", "n2", 0, 0, entries, 900, 0)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        decoded = decode_message(encode_message(msg))
-        best = min(best, time.perf_counter() - start)
-    assert decoded == msg
-    assert best < 0.010, f"encode+decode of 1000 entries took {best * 1000:.1f} ms"
+    assert decode_message(encode_message(msg)) == msg
 
 
 def test_encode_refuses_non_contiguous_batches() -> None:
