@@ -6,6 +6,8 @@
 * `zmq_ctx` / `zmq_socket(kind)` track raw sockets, close them with linger 0, and fail a test whose
   context will not terminate (pyzmq's conftest).
 * `wait_for(condition, timeout, what)` polls a condition until a deadline: the only way tests wait.
+* `ClusterHarness.timing`: the time limits a test may assert, derived from the cluster's configured
+  timeouts (a test that changes `election_timeout_ms` gets limits that follow), never bare numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -67,6 +70,31 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
         time.sleep(interval)
 
 
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Time limits of one test cluster, derived from its configured timeouts (docs/design.md section 4)."""
+
+    election_timeout_s: float
+    heartbeat_s: float
+
+    @property
+    def failover_s(self) -> float:
+        """Promise 6: a new leader accepts PUBs within 1.5 s at the default 300 ms election timeout."""
+        return 5 * self.election_timeout_s
+
+    @property
+    def step_down_s(self) -> float:
+        """CheckQuorum: a leader cut off steps down within about an election timeout; the rest is the
+        time a test takes to notice (PINGs with a timeout of their own), the same bound as a failover."""
+        return 5 * self.election_timeout_s
+
+    @property
+    def clock_error_s(self) -> float:
+        """A follower's clock estimate rests on heartbeat round trips: its error stays within half a
+        heartbeat interval when the round trips are faster than the heartbeats themselves."""
+        return self.heartbeat_s / 2
+
+
 class NodeProcess:
     """One real node process started by a test."""
 
@@ -108,6 +136,8 @@ class ClusterHarness:
         self.config: Config = load_config(str(self.config_path))
         self.nodes = {n.id: NodeProcess(n.id, root / f"{n.id}.log") for n in self.config.nodes}
         self._clients: list[Client] = []
+        self._pingers: dict[str, Client] = {}
+        self.timing = Timing(self.config.cluster.election_timeout_ms / 1000, self.config.cluster.heartbeat_ms / 1000)
 
     # ------------------------------------------------------------ processes
 
@@ -146,13 +176,16 @@ class ClusterHarness:
         return node.proc.wait(timeout=timeout)
 
     def close(self) -> None:
-        """Kill every process this harness started and close its clients."""
-        for client in self._clients:
-            client.close()
+        """Kill every process this harness started, then close its clients.
+
+        The processes go first: whatever a client's close does, no node outlives the test.
+        """
         for node in self.nodes.values():
             if node.proc is not None and node.proc.poll() is None:
                 node.proc.kill()  # SIGKILL ends a SIGSTOPped process too
                 node.proc.wait(timeout=10)
+        for client in [*self._clients, *self._pingers.values()]:
+            client.close()
 
     def log_tails(self) -> str:
         return "\n".join(f"----- {nid} ({n.log_path}) -----\n{n.log_tail()}" for nid, n in self.nodes.items())
@@ -173,9 +206,17 @@ class ClusterHarness:
         return client
 
     def ping(self, node_id: str, timeout: float = 0.5) -> dict[str, Any] | None:
-        """Returns: the node's PONG, or None when it does not answer in time."""
+        """Returns: the node's PONG, or None when it does not answer in time.
+
+        One client per node serves every ping of a test (tests poll PING in loops: a client each
+        time would cost a context, its threads and descriptors per call).
+        """
+        client = self._pingers.get(node_id)
+        if client is None:
+            client = self._pingers[node_id] = Client([self.addr(node_id)])
+        client.timeouts = Timeouts(per_try_s=timeout, total_s=timeout)
         try:
-            return self.client([node_id], per_try_s=timeout, total_s=timeout).request_to(self.addr(node_id), "PING")
+            return client.request_to(self.addr(node_id), "PING")
         except Exception:
             return None
 
@@ -211,10 +252,16 @@ def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
 
     yield make
     failed = getattr(request.node, "rep_call", None)
+    errors: list[BaseException] = []
     for harness in made:
         if failed is not None and failed.failed:
             sys.stderr.write("\n" + harness.log_tails() + "\n")
-        harness.close()
+        try:
+            harness.close()
+        except Exception as exc:  # the next harness's nodes must die too
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import itertools
 import logging
 import time
 import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -138,6 +139,7 @@ class Client:
         self.client_id = uuid.uuid4().hex
         self._seq = 0
         self.lamport = 0
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
 
     # ---------------------------------------------------------------- plumbing
 
@@ -326,7 +328,9 @@ class Client:
 
         From `from_offset` (past messages first, from HISTORY), or only new ones when None.
         """
-        return Subscription(self, topic, from_offset)
+        subscription = Subscription(self, topic, from_offset)
+        self._subscriptions.add(subscription)
+        return subscription
 
     def status_all(self) -> dict[str, dict[str, Any] | BaseException]:
         """Returns: per address, its STATUS reply or the error that stood in the way."""
@@ -341,12 +345,18 @@ class Client:
     # ---------------------------------------------------------------- lifecycle
 
     def close(self) -> None:
-        """Close the socket, and the context if this client made it."""
+        """Close this client's subscriptions and socket, and the context if this client made it.
+
+        Subscriptions still open are closed here: a context cannot terminate while a socket of it
+        is open, so leaving ``with Client(...)`` with a subscription open would otherwise block.
+        """
+        for subscription in list(self._subscriptions):
+            subscription.close()
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
         if self._own_ctx:
-            self.ctx.term()
+            self.ctx.destroy(linger=0)
 
     def __enter__(self) -> Client:
         return self

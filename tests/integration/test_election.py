@@ -43,7 +43,7 @@ def test_three_nodes_elect_one_leader_named_by_all(cluster_factory: Callable[...
     assert all(p["match_index"] >= 1 for p in status["peers"].values())
 
 
-def test_kill_9_of_the_leader_elects_a_new_one_within_1_5_s(
+def test_kill_9_of_the_leader_elects_a_new_one_within_promise_6(
         cluster_factory: Callable[..., ClusterHarness]) -> None:
     cluster = cluster_factory(3)
     failovers = []
@@ -58,7 +58,7 @@ def test_kill_9_of_the_leader_elects_a_new_one_within_1_5_s(
         assert new_leader != leader and new_term > term
         cluster.start(leader)
         cluster.wait_up()
-    assert all(f < 1.5 for f in failovers), f"failover took {failovers} s"
+    assert all(f < cluster.timing.failover_s for f in failovers), f"failover took {failovers} s"
 
 
 def test_leader_cut_off_from_both_followers_steps_down(cluster_factory: Callable[..., ClusterHarness]) -> None:
@@ -75,8 +75,8 @@ def test_leader_cut_off_from_both_followers_steps_down(cluster_factory: Callable
             return pong is not None and pong["role"] != "leader"
 
         wait_for(stepped_down, 5, f"{leader} to step down without a quorum")
-        # CheckQuorum: within about an election timeout (300 ms), plus the poll granularity.
-        assert time.monotonic() - stopped_at < 1.5
+        # CheckQuorum: within about an election timeout, plus the poll granularity.
+        assert time.monotonic() - stopped_at < cluster.timing.step_down_s
     finally:
         for nid in followers:
             cluster.signal(nid, signal.SIGCONT)

@@ -12,6 +12,7 @@ import msgpack
 import zmq
 
 from tests.conftest import REPO, ClusterHarness, raw_request, wait_for
+from wiber.node.loop import PUB_HEARTBEAT_S, TRANSFER_GRACE_S
 
 ROLES = {"follower", "pre_candidate", "candidate", "leader"}
 
@@ -151,7 +152,7 @@ def test_pub_socket_sends_heartbeats(cluster_factory: Callable[..., ClusterHarne
     first = time.monotonic()
     assert sub.poll(3000)
     sub.recv_multipart()
-    assert time.monotonic() - first < 1.0  # every 250 ms, not seconds apart
+    assert time.monotonic() - first < 4 * PUB_HEARTBEAT_S  # every heartbeat period, not seconds apart
 
 
 def test_sigterm_exits_cleanly_within_a_second(cluster_factory: Callable[..., ClusterHarness]) -> None:
@@ -159,7 +160,8 @@ def test_sigterm_exits_cleanly_within_a_second(cluster_factory: Callable[..., Cl
     started = time.monotonic()
     status = cluster.stop("n1", timeout=5)
     assert status == 0
-    assert time.monotonic() - started < 1.0
+    # A stopping node waits at most TRANSFER_GRACE_S for a leadership transfer; the rest is its exit.
+    assert time.monotonic() - started < TRANSFER_GRACE_S + 0.4
 
 
 def test_port_in_use_is_one_clear_line_and_exit_2(cluster_factory: Callable[..., ClusterHarness]) -> None:
