@@ -3,7 +3,18 @@
 Each scenario drives a small simulated cluster by hand (crash this node, compact that log, isolate
 the leader) and records every message, role change and fault (`Transcript`); the text must equal
 its golden file in ``tests/sim/testdata/``. ``WIBER_REWRITE=1`` rewrites the files, and the diff is
-then reviewed like code.
+then reviewed like code. Each scenario also asserts its outcome on the nodes' state, so a rewritten
+golden file cannot silently accept a wrong story.
+
+The scenarios (one golden file each, named after the scenario):
+
+* ``election_replication_partition``: elect, replicate, isolate the leader, elect another, heal.
+* ``snapshot_read_transfer``: a crashed follower restarts after compaction (InstallSnapshot), a
+  linearizable read, a leadership transfer.
+* ``slow_follower_after_compaction``: the leader's link to a follower is paused while it commits and
+  compacts past the follower's match; the follower is caught up by InstallSnapshot, then appends.
+
+The per-link faults are built from `SimNetwork.cut` and `clear_cuts`.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import pytest
 
 from wiber.raft import Role
 
-from .cluster import Cluster
+from .cluster import Cluster, SimNode
 from .trace import Transcript
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -85,9 +96,67 @@ def scenario_snapshot_read_transfer(c: Cluster, t: Transcript) -> None:
     _run_until(c, "transfer", lambda: c.leader() is c.nodes[follower] and _all_applied(c, 4))
 
 
+def _fault(c: Cluster, line: str) -> None:
+    """Record a fault the scenario injects by hand as an EVENT line of the transcript."""
+    c._event(line)
+
+
+def _started(c: Cluster, t: Transcript) -> SimNode:
+    """Run until a leader is elected and everyone applied its first entry. Returns: the leader."""
+    t.note("three nodes start and elect a leader, whose first entry commits everywhere")
+    _run_until(c, "a leader", lambda: c.leader() is not None and _all_applied(c, 1))
+    leader = c.leader()
+    assert leader is not None
+    return leader
+
+
+def _propose(c: Cluster, node: SimNode, datas: list[bytes]) -> tuple[int, int]:
+    """Propose on a node that must accept. Returns: the first and last index of the entries."""
+    indexes = c.propose(node.id, datas)
+    assert indexes is not None, f"{node.id} refused the proposal"
+    return indexes
+
+
+def scenario_slow_follower_after_compaction(c: Cluster, t: Transcript) -> None:
+    """A follower's link is paused while the leader commits and compacts past its match index:
+    the follower is caught up by InstallSnapshot, then by ordinary appends (etcd's
+    ``slow_follower_after_compaction``)."""
+    leader = _started(c, t)
+    fast, slow = (c.nodes[i] for i in c.ids if i != leader.id)
+    assert leader.core is not None
+    match = leader.core.match_index(slow.id)
+    t.note(f"pause {leader.id}->{slow.id} (everything {leader.id} sends {slow.id} is lost); "
+           f"{slow.id} holds up to {match}")
+    c.net.cut(leader.id, slow.id)
+    _fault(c, f"cut {leader.id}->{slow.id}")
+    t.note(f"{leader.id} commits three entries with {fast.id} alone, then compacts its log")
+    _, last = _propose(c, leader, [b"a", b"b", b"c"])
+    _run_until(c, "commit without the slow follower", lambda: leader.state[0] >= last and fast.state[0] >= last)
+    assert slow.storage.last_index() == match and slow.state[0] == match
+    assert c.compact(leader.id)
+    assert leader.core is not None and leader.core.match_index(slow.id) + 1 < leader.storage.first_index(), \
+        "the slow follower's next entry must be compacted away on the leader"
+    snapshots = c.stats["snapshots installed"]
+    t.note(f"resume {leader.id}->{slow.id}: {slow.id} refuses a probe at {last}; the entry it needs, "
+           f"{match + 1}, is compacted on {leader.id}, so {leader.id} sends its snapshot")
+    c.net.clear_cuts()
+    _fault(c, f"resume {leader.id}->{slow.id}")
+    _run_until(c, "snapshot install", lambda: slow.state[0] >= last)
+    assert c.stats["snapshots installed"] == snapshots + 1
+    meta, _ = slow.storage.snapshot()
+    assert meta.index == last and slow.storage.first_index() == last + 1, "caught up by the snapshot"
+    t.note(f"two more entries reach {slow.id} as ordinary appends after the snapshot")
+    _propose(c, leader, [b"d", b"e"])
+    _run_until(c, "appends after the snapshot", lambda: _all_applied(c, last + 2))
+    assert slow.storage.snapshot()[0].index == last, "no second snapshot"
+    assert [e.data for e in slow.storage.entries(last + 1, last + 3)] == [b"d", b"e"]
+    assert slow.state == leader.state == fast.state
+
+
 SCENARIOS = {
     "election_replication_partition": scenario_election_replication_partition,
     "snapshot_read_transfer": scenario_snapshot_read_transfer,
+    "slow_follower_after_compaction": scenario_slow_follower_after_compaction,
 }
 
 
