@@ -13,6 +13,8 @@ The scenarios (one golden file each, named after the scenario):
   linearizable read, a leadership transfer.
 * ``slow_follower_after_compaction``: the leader's link to a follower is paused while it commits and
   compacts past the follower's match; the follower is caught up by InstallSnapshot, then appends.
+* ``lagging_commit``: a follower stores and acks entries but hears nothing more from the leader; it
+  applies nothing until a heartbeat brings the commit index, then exactly the committed entries.
 
 The per-link faults are built from `SimNetwork.cut` and `clear_cuts`.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from wiber.raft import Role
+from wiber.raft import Entry, Role
 
 from .cluster import Cluster, SimNode
 from .trace import Transcript
@@ -101,6 +103,11 @@ def _fault(c: Cluster, line: str) -> None:
     c._event(line)
 
 
+def _entry(node: SimNode, index: int) -> Entry:
+    """Returns: the entry `node` holds (persisted) at `index`."""
+    return node.storage.entries(index, index + 1)[0]
+
+
 def _started(c: Cluster, t: Transcript) -> SimNode:
     """Run until a leader is elected and everyone applied its first entry. Returns: the leader."""
     t.note("three nodes start and elect a leader, whose first entry commits everywhere")
@@ -153,10 +160,58 @@ def scenario_slow_follower_after_compaction(c: Cluster, t: Transcript) -> None:
     assert slow.state == leader.state == fast.state
 
 
+def scenario_lagging_commit(c: Cluster, t: Transcript) -> None:
+    """A follower stores and acknowledges entries, then loses every message from the leader: it
+    does not apply them until the commit index reaches it, and then applies exactly those."""
+    leader = _started(c, t)
+    other, lagging = (c.nodes[i] for i in c.ids if i != leader.id)
+    t.note(f"propose p, q on {leader.id}; cut {leader.id}->{lagging.id} right after {lagging.id} "
+           f"stored them (its ack is on the way)")
+    first, last = _propose(c, leader, [b"p", b"q"])
+    _run_until(c, f"{lagging.id} storing p, q", lambda: lagging.storage.last_index() >= last)
+    c.net.cut(leader.id, lagging.id)
+    _fault(c, f"cut {leader.id}->{lagging.id}")
+    old_commit = lagging.state[0]
+    assert leader.core is not None
+    _run_until(c, "the commit of p, q", lambda: leader.state[0] >= last and other.state[0] >= last
+               and leader.core is not None and leader.core.match_index(lagging.id) >= last)
+    assert leader.state[0] == last
+    committed_state = leader.state
+    t.note(f"{leader.id} commits p, q ({other.id} and {lagging.id} acked); {lagging.id} holds them but "
+           f"its commit is still {old_commit}; r commits without {lagging.id}")
+    _propose(c, leader, [b"r"])
+    lag_core = lagging.core
+    assert lag_core is not None
+
+    def lagging_unapplied() -> bool:
+        assert lag_core.commit_index == old_commit and lagging.state[0] == old_commit, \
+            f"{lagging.id} applied before it learned the commit"
+        return leader.state[0] >= last + 1 and other.state[0] >= last + 1
+
+    _run_until(c, "the commit of r", lagging_unapplied)
+    t.note(f"heartbeats carry commit={last + 1}; {lagging.id} hears none of them for six ticks")
+    until = c.now + 6
+    _run_until(c, "six ticks", lambda: lagging_unapplied() and c.now >= until)
+    assert lagging.storage.last_index() == last and lag_core.commit_index == old_commit
+    t.note(f"resume {leader.id}->{lagging.id}: a heartbeat anchored at its match {last} tells it "
+           f"commit min({last + 1}, {last}) = {last}, so it applies p, q and no more")
+    c.net.clear_cuts()
+    _fault(c, f"resume {leader.id}->{lagging.id}")
+    _run_until(c, f"{lagging.id} learning the commit", lambda: lag_core.commit_index != old_commit)
+    assert lag_core.commit_index == last and lagging.state == committed_state, \
+        f"{lagging.id} must apply exactly p, q"
+    assert lagging.storage.last_index() == last
+    t.note(f"r reaches {lagging.id} by an ordinary append (after a probe at {last + 1} it refuses)")
+    _run_until(c, "r", lambda: _all_applied(c, last + 1))
+    assert lagging.state == leader.state == other.state
+    assert [_entry(lagging, i).data for i in range(first, last + 2)] == [b"p", b"q", b"r"]
+
+
 SCENARIOS = {
     "election_replication_partition": scenario_election_replication_partition,
     "snapshot_read_transfer": scenario_snapshot_read_transfer,
     "slow_follower_after_compaction": scenario_slow_follower_after_compaction,
+    "lagging_commit": scenario_lagging_commit,
 }
 
 
