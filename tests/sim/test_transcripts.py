@@ -15,8 +15,11 @@ The scenarios (one golden file each, named after the scenario):
   compacts past the follower's match; the follower is caught up by InstallSnapshot, then appends.
 * ``lagging_commit``: a follower stores and acks entries but hears nothing more from the leader; it
   applies nothing until a heartbeat brings the commit index, then exactly the committed entries.
+* ``leader_isolated_mid_append``: the leader is isolated when its entry reached one follower only,
+  and appends another that reaches nobody; the follower holding the first is elected and commits
+  it, the old leader steps down and its second entry is overwritten when it rejoins.
 
-The per-link faults are built from `SimNetwork.cut` and `clear_cuts`.
+The per-link faults are built from `SimNetwork.cut`, `clear_cuts`, `isolate` and `heal`.
 """
 
 from __future__ import annotations
@@ -207,11 +210,62 @@ def scenario_lagging_commit(c: Cluster, t: Transcript) -> None:
     assert [_entry(lagging, i).data for i in range(first, last + 2)] == [b"p", b"q", b"r"]
 
 
+def scenario_leader_isolated_mid_append(c: Cluster, t: Transcript) -> None:
+    """The leader's append reaches one follower only, and the leader is cut off before the ack
+    comes back; a second entry reaches nobody. The follower that holds the first entry is elected
+    and commits it; the old leader steps down and, when it rejoins, its second entry is
+    overwritten."""
+    old = _started(c, t)
+    holder, other = (c.nodes[i] for i in c.ids if i != old.id)
+    old_core = old.core
+    assert old_core is not None
+    old_term = old_core.term
+    committed = [_entry(old, i) for i in range(1, old_core.commit_index + 1)]
+    c.watch = b"y"
+    t.note(f"cut {old.id}->{other.id}; {old.id} proposes x: the append reaches {holder.id} only")
+    c.net.cut(old.id, other.id)
+    _fault(c, f"cut {old.id}->{other.id}")
+    ix, _ = _propose(c, old, [b"x"])
+    _run_until(c, f"{holder.id} storing x", lambda: holder.storage.last_index() >= ix)
+    t.note(f"isolate {old.id} before {holder.id}'s ack is back: x is on {old.id} and {holder.id}, "
+           f"uncommitted; {old.id}, still leader, appends y, which reaches nobody")
+    c.net.isolate(old.id)
+    _fault(c, f"isolate {old.id}")
+    iy, _ = _propose(c, old, [b"y"])
+    assert iy == ix + 1 and old_core.commit_index < ix
+    assert other.storage.last_index() < ix
+    t.note(f"{holder.id}, whose log is longer, wins the election; {old.id} steps down (CheckQuorum)")
+    _run_until(c, "a new leader", lambda: c.leader() not in (None, old) and old_core.role is Role.FOLLOWER)
+    assert c.leader() is holder, "only the follower holding x can win"
+    new_core = holder.core
+    assert new_core is not None and new_core.term > old_term
+    t.note(f"{holder.id}'s first entry of term {new_core.term} (index {iy}) reaches {other.id} with x "
+           f"({other.id} first refuses it: it lacks x); {other.id}'s ack commits both")
+    _run_until(c, "x committed", lambda: holder.state[0] >= iy and other.state[0] >= iy)
+    for n in (holder, other):
+        assert (_entry(n, ix).term, _entry(n, ix).data) == (old_term, b"x"), "x committed by the new leader"
+        assert _entry(n, iy).term == new_core.term
+    assert (_entry(old, iy).term, _entry(old, iy).data) == (old_term, b"y")
+    t.note(f"heal: {old.id} learns term {new_core.term}; its y at {iy} is overwritten by {holder.id}'s entry")
+    c.net.heal()
+    _fault(c, "heal")
+    _run_until(c, "catch-up", lambda: _all_applied(c, iy))
+    assert old.core is old_core and old_core.role is Role.FOLLOWER and old_core.leader_id == holder.id
+    assert old_core.term == new_core.term
+    assert _entry(old, iy) == _entry(holder, iy) and _entry(old, iy).data != b"y", "y overwritten"
+    assert c.watch_applied == set(), "y, never acknowledged, is applied nowhere"
+    for n in c.nodes.values():
+        assert [_entry(n, i) for i in range(1, len(committed) + 1)] == committed, "a committed entry was lost"
+        assert _entry(n, ix).data == b"x"
+    assert old.state == holder.state == other.state
+
+
 SCENARIOS = {
     "election_replication_partition": scenario_election_replication_partition,
     "snapshot_read_transfer": scenario_snapshot_read_transfer,
     "slow_follower_after_compaction": scenario_slow_follower_after_compaction,
     "lagging_commit": scenario_lagging_commit,
+    "leader_isolated_mid_append": scenario_leader_isolated_mid_append,
 }
 
 
