@@ -8,7 +8,8 @@ UNAVAILABLE or STORAGE answers are retried (elsewhere, for STORAGE).
 Exactly-once publishing: a Client has a random `client_id` and numbers its publishes `seq` 1, 2,
 3, ...; every retry of one publish carries the same seq, so the broker stores it at most once and
 answers a retry with the first answer (`duplicate: True`). One `publish()` call that returns has
-stored exactly one message.
+stored exactly one message. When the cluster has evicted the session (SESSION_EXPIRED), the call
+raises `SessionExpired` and the client continues under a new `client_id`.
 
 Lamport clock: the client keeps one, advanced by every stamp it sees (PUB replies, HISTORY and
 subscribed messages), and sends it with each PUB, so "B saw A's message, then published" gives B
@@ -31,7 +32,15 @@ import zmq
 
 from wiber import protocol, zmqcalls
 from wiber.clock import Clock, OffsetEstimator, SystemClock, skew_from_env
-from wiber.errors import ClientError, NotLeader, StorageError, Unavailable, WireError, error_from_reply
+from wiber.errors import (
+    ClientError,
+    NotLeader,
+    SessionExpired,
+    StorageError,
+    Unavailable,
+    WireError,
+    error_from_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +149,7 @@ class Client:
         self._seq = 0
         self.lamport = 0
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._outcome_unknown = False  # whether a try of the last request may have been stored
 
     # ---------------------------------------------------------------- plumbing
 
@@ -208,6 +218,7 @@ class Client:
         body = protocol.pack(self._build(op, fields))
         deadline = time.monotonic() + self.timeouts.total_s
         last_error: BaseException | None = None
+        self._outcome_unknown = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -218,6 +229,7 @@ class Client:
             reply = self._try_once(body, min(self.timeouts.per_try_s, remaining))
             if reply is None:
                 last_error = TimeoutError(f"{self._current} did not answer")
+                self._outcome_unknown = True  # the try may have reached the log
                 continue
             if reply["ok"]:
                 return reply
@@ -231,6 +243,7 @@ class Client:
             if isinstance(err, (Unavailable, StorageError)):
                 # Outcome unknown (or this node's disk failed): the same request, same seq, is safe.
                 last_error = err
+                self._outcome_unknown = True
                 self._reset(None if isinstance(err, StorageError) else self._current)
                 _pause(deadline, 0.05)
                 continue
@@ -274,6 +287,32 @@ class Client:
         self._seq += 1
         return self._seq
 
+    def _new_session(self) -> None:
+        """Continue under a new client_id: the cluster refuses every request of an evicted one."""
+        old, self.client_id = self.client_id, uuid.uuid4().hex
+        log.info("client %s: session expired; continuing as %s", old, self.client_id)
+
+    def _publish_once(self, op: str, topic: str, **fields: Any) -> dict[str, Any]:
+        """Send a PUB or PUB_BATCH under this client's session. Returns: the ok reply.
+
+        A SESSION_EXPIRED answer ends the session (the cluster would refuse every later request of
+        this client_id): the client continues under a new one, and the caller gets `SessionExpired`
+        saying whether this request can have been stored by an earlier try. It is never resent
+        under the new session here: whether the same message was stored before under the old one
+        (by a try of this call, or by a process that used the same client_id) only HISTORY can tell.
+        """
+        seq = self._next_seq()
+        try:
+            return self.request(op, topic=topic, client_id=self.client_id, seq=seq, ack_floor=seq, **fields)
+        except SessionExpired as exc:
+            expired_id = self.client_id
+            self._new_session()
+            if self._outcome_unknown:
+                raise
+            raise SessionExpired(f"{op} to {topic!r} refused: the session of client {expired_id!r} had "
+                                 f"expired when it arrived, so this try stored nothing; publish it again "
+                                 f"(the client now uses a new session)") from exc
+
     def publish(self, topic: str, data: bytes | str, ts: float | None = None) -> Ack:
         """Store one message and wait until a majority has it on disk. Returns: its Ack.
 
@@ -282,24 +321,21 @@ class Client:
         send time (`ts`, default `now()`), which a cluster with a reorder window orders by.
 
         Raises:
-            SessionExpired: a retry came too late for the cluster to know whether it was stored.
+            SessionExpired: a retry came too late for the cluster to know whether it was stored (the
+                client continues under a new session; check HISTORY for this message).
             ClientError: no answer before the total deadline (the message may or may not be stored).
             BadRequest, TooLarge: the request itself is wrong.
         """
         payload = data.encode() if isinstance(data, str) else data
         sent_at = self.now() if ts is None else ts
-        seq = self._next_seq()
-        reply = self.request("PUB", topic=topic, data=payload, client_id=self.client_id, seq=seq,
-                             ack_floor=seq, lamport=self.lamport or None, ts=sent_at)
+        reply = self._publish_once("PUB", topic, data=payload, lamport=self.lamport or None, ts=sent_at)
         ack = Ack.from_reply(reply)
         self.observe_lamport(ack.lamport + ack.count - 1)
         return ack
 
     def publish_batch(self, topic: str, messages: Sequence[bytes]) -> Ack:
         """Store a batch at consecutive offsets, all or none, exactly once. Returns: its Ack."""
-        seq = self._next_seq()
-        reply = self.request("PUB_BATCH", topic=topic, messages=list(messages), client_id=self.client_id,
-                             seq=seq, ack_floor=seq, lamport=self.lamport or None)
+        reply = self._publish_once("PUB_BATCH", topic, messages=list(messages), lamport=self.lamport or None)
         ack = Ack.from_reply(reply)
         self.observe_lamport(ack.lamport + ack.count - 1)
         return ack

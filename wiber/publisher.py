@@ -38,7 +38,15 @@ import zmq
 
 from wiber import protocol, zmqcalls
 from wiber.client import Ack, Timeouts, normalize_address
-from wiber.errors import ClientError, NotLeader, StorageError, Unavailable, WireError, error_from_reply
+from wiber.errors import (
+    ClientError,
+    NotLeader,
+    SessionExpired,
+    StorageError,
+    Unavailable,
+    WireError,
+    error_from_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +117,7 @@ class _Request:
     """One PUB or PUB_BATCH in flight."""
 
     seq: int
+    client_id: str  # the session it belongs to: kept by every resend, whatever sessions came after
     topic: str
     messages: list[bytes]
     futures: list[PublishFuture]
@@ -312,13 +321,14 @@ class Publisher:
             self._read_replies(0.01)
             self._check_timeouts()
         self._seq += 1
-        request = _Request(self._seq, topic, messages, futures, deadline=time.monotonic() + self.timeouts.total_s)
+        request = _Request(self._seq, self.client_id, topic, messages, futures,
+                           deadline=time.monotonic() + self.timeouts.total_s)
         self._in_flight[request.seq] = request
         self._transmit(request)
 
     def _transmit(self, request: _Request) -> None:
         floor = next(iter(self._in_flight))
-        msg: dict[str, Any] = {"topic": request.topic, "client_id": self.client_id, "seq": request.seq,
+        msg: dict[str, Any] = {"topic": request.topic, "client_id": request.client_id, "seq": request.seq,
                                "ack_floor": floor, "id": request.seq}
         if self.lamport:
             msg["lamport"] = self.lamport
@@ -392,7 +402,26 @@ class Publisher:
                 time.sleep(0.02)
                 self._resend_all(None if isinstance(err, StorageError) else self._address)
                 return
+            if isinstance(err, SessionExpired):
+                err = self._session_expired(request, err)
             self._finish(request, None, err)  # SESSION_EXPIRED, BAD_REQUEST, TOO_LARGE: final
+
+    def _session_expired(self, request: _Request, err: SessionExpired) -> SessionExpired:
+        """A request refused as SESSION_EXPIRED. Returns: the error its futures get.
+
+        The cluster refuses every later request of an evicted client_id, so new requests go out
+        under a new one. Requests already in flight keep theirs: their resends must stay
+        deduplicated. A request sent once was refused without being stored; one sent again after
+        a timeout or a failover may have been stored by an earlier try.
+        """
+        if request.client_id == self.client_id:
+            self.client_id = uuid.uuid4().hex
+            log.info("publisher: session %s expired; continuing as %s", request.client_id, self.client_id)
+        if request.attempts == 1:
+            return SessionExpired(f"publish to {request.topic!r} refused: the session of client "
+                                  f"{request.client_id!r} had expired when it arrived, so it is not stored; "
+                                  f"publish it again")
+        return err
 
     def _check_timeouts(self) -> None:
         if not self._in_flight:
