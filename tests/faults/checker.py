@@ -13,6 +13,19 @@ then reads every topic from every node with HISTORY (``consistency: local``, pag
 * sub_skipped / sub_duplicated / sub_nonmonotonic / sub_mismatch / sub_incomplete - a subscriber
   that missed an offset, got one twice, went backwards, got a value the final log does not hold
   there, or did not deliver up to the end of the log (the subscription promise of section 3)
+* stale_read      - a ``linearizable`` HISTORY whose answer misses something observed before it was
+                    sent (5): the topic's end offset it reported is not above the offset of every
+                    publish acknowledged ``ok`` before the read's invoke (real time: one machine's
+                    monotonic clock), nor at the end offset of every read answered before it (a
+                    local read shows only committed messages, which a later linearizable read must
+                    show too), nor above every offset a subscriber was delivered before it
+* read_mismatch   - a HISTORY answer (either consistency) that shows what is not committed or not
+                    where it is (5): an (offset, value) that differs from the final log there, an
+                    offset past the final log's end, an end offset past the final log's end (the
+                    node had applied more than was ever committed), or offsets that are not
+                    consecutive or not below the end offset the answer gave. Local reads may be
+                    stale (any end at or below the final one is fine); offsets that retention
+                    removed before the drain are not judged
 * not_converged   - the nodes did not reach the same commit index before the drain deadline
 * stamp_order     - (docs/design.md section 5, checked because clock skew is one of the faults) a message
                     whose ``lamport`` is not above every earlier entry's, or whose ``ts`` is below
@@ -22,7 +35,9 @@ then reads every topic from every node with HISTORY (``consistency: local``, pag
 * client_crashed  - added by the campaign: a workload process (the client library) exited with an
                     error or had to be killed
 
-Publishes whose outcome is unknown (``info``) may or may not be in the log; both are fine.
+Publishes whose outcome is unknown (``info``) may or may not be in the log; both are fine. A read
+invoked while a publish is in flight may or may not show it; failed or unanswered reads show
+nothing and are only counted (`Report.history_reads`).
 Availability is measured, not judged: per nemesis heal, the time from the heal to the first
 ``ok`` publish completed after it (``recoveries``); per fault start, the time from the start to
 the first ``ok`` of a publish invoked after it (``failovers``; for faults that take the leader
@@ -42,7 +57,9 @@ from typing import Any
 from tests.faults.history import (
     FAIL,
     HEAL,
+    HISTORY,
     INVOKE,
+    LINEARIZABLE,
     NEMESIS,
     OK,
     PUBLISH,
@@ -54,7 +71,7 @@ from tests.faults.history import (
 ANOMALY_KINDS = (
     "lost", "offset_mismatch", "duplicated", "unexpected", "inconsistent",
     "sub_skipped", "sub_duplicated", "sub_nonmonotonic", "sub_mismatch", "sub_incomplete", "not_converged",
-    "stamp_order", "stuck", "crashed", "client_crashed",
+    "stale_read", "read_mismatch", "stamp_order", "stuck", "crashed", "client_crashed",
 )
 
 #: topic -> [(offset, value)] in offset order, as one node holds it.
@@ -144,6 +161,8 @@ class Report:
     anomalies: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {k: [] for k in ANOMALY_KINDS})
     ops: Counter[str] = field(default_factory=Counter)
     reads: int = 0
+    #: consistency -> op type -> how many HISTORY reads (invoke / ok / fail / info)
+    history_reads: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     stored: int = 0
     recoveries: list[dict[str, Any]] = field(default_factory=list)
     failovers: list[dict[str, Any]] = field(default_factory=list)
@@ -175,6 +194,7 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {"anomalies": self.anomalies, "counts": self.counts(), "ops": dict(self.ops), "reads": self.reads,
+                "history_reads": {k: dict(v) for k, v in self.history_reads.items()},
                 "stored": self.stored, "recoveries": self.recoveries, "failovers": self.failovers,
                 "faults": dict(self.faults)}
 
@@ -261,6 +281,7 @@ def check(history: Sequence[Op], final: FinalState, subscribers_must_finish: boo
             report.add("offset_mismatch", value=op.value, acked=(op.topic, op.offset), found=sorted(where))
 
     _check_subscribers(history, ref, report, subscribers_must_finish)
+    _check_history_reads(history, ref, report)
     _check_stamps(final, report)
     _measure_recoveries(history, acked, report)
     return report
@@ -296,6 +317,88 @@ def _check_subscribers(history: Sequence[Op], ref: Mapping[str, Mapping[int, str
         end = max(log) + 1 if log else 0
         if must_finish and last + 1 < end:
             report.add("sub_incomplete", process=process, topic=topic, delivered_up_to=last, log_end=end)
+
+
+def _paired_reads(history: Sequence[Op], report: Report) -> list[tuple[Op | None, Op]]:
+    """Returns: each answered HISTORY read with its invoke (a reader process has one read in flight)."""
+    invokes: dict[str, Op] = {}
+    answered: list[tuple[Op | None, Op]] = []
+    for op in history:
+        if op.f != HISTORY:
+            continue
+        invoke = op if op.type == INVOKE else invokes.pop(op.process, None)
+        consistency = (invoke or op).consistency or "?"
+        report.history_reads[consistency][op.type] += 1
+        if op.type == INVOKE:
+            invokes[op.process] = op
+        elif op.type == OK:
+            answered.append((invoke, op))
+    return answered
+
+
+def _read_problems(read: Op, topic: str, log: Mapping[int, str]) -> list[dict[str, Any]]:
+    """Returns: what a read's answer shows that the final log (`log`, of `topic`) does not hold."""
+    problems: list[dict[str, Any]] = []
+    messages = read.messages or ()
+    end = read.end if read.end is not None else max((o + 1 for o, _ in messages), default=0)
+    log_first = min(log, default=0)
+    log_end = max(log) + 1 if log else 0
+    offsets = [o for o, _ in messages]
+    if offsets and (offsets != list(range(offsets[0], offsets[0] + len(offsets))) or offsets[-1] >= end):
+        problems.append({"problem": "offsets not consecutive below the end it gave", "offsets": offsets,
+                         "end": end})
+    if end > log_end:
+        problems.append({"problem": "end beyond the final log", "end": end, "log_end": log_end})
+    for offset, value in messages:
+        if offset < log_first:
+            continue  # removed by retention before the drain: nothing to compare with
+        if offset >= log_end:
+            problems.append({"problem": "offset beyond the final log", "offset": offset, "got": value,
+                             "log_end": log_end})
+        elif log.get(offset) != value:
+            problems.append({"problem": "value differs from the final log", "offset": offset, "got": value,
+                             "log": log.get(offset)})
+    return problems
+
+
+def _check_history_reads(history: Sequence[Op], ref: Mapping[str, Mapping[int, str]], report: Report) -> None:
+    """Every answer shows only the final log (read_mismatch); a linearizable one, all seen before it (stale_read)."""
+    answered = _paired_reads(history, report)
+    # Per topic, what was observed when: (completed at, end offset it proves, who observed it).
+    seen: dict[str, list[tuple[float, int, dict[str, Any]]]] = defaultdict(list)
+    for op in history:
+        if op.f == PUBLISH and op.type == OK and op.topic is not None and op.offset is not None:
+            seen[op.topic].append((op.time, op.offset + 1, {"publish": op.value, "process": op.process,
+                                                           "offset": op.offset, "acked_at": op.time}))
+        elif (op.f == READ and op.type == OK and op.topic is not None and op.offset is not None
+              and ref.get(op.topic, {}).get(op.offset) == op.value):
+            seen[op.topic].append((op.time, op.offset + 1, {"delivered_to": op.process, "offset": op.offset,
+                                                           "at": op.time}))
+    for invoke, read in answered:
+        topic = (invoke or read).topic or ""
+        problems = _read_problems(read, topic, ref.get(topic, {}))
+        for problem in problems:
+            report.add("read_mismatch", process=read.process, node=read.node, consistency=read.consistency,
+                       topic=topic, invoked_at=invoke.time if invoke else None, answered_at=read.time, **problem)
+        if not problems and read.end is not None:
+            seen[topic].append((read.time, read.end, {"read_by": read.process, "node": read.node,
+                                                      "consistency": read.consistency, "end": read.end,
+                                                      "answered_at": read.time}))
+    floors: dict[str, tuple[list[float], list[tuple[int, dict[str, Any]]]]] = {}
+    for topic, events in seen.items():
+        events.sort(key=lambda e: e[0])
+        best: list[tuple[int, dict[str, Any]]] = []
+        for _, end, who in events:
+            best.append((end, who) if not best or end > best[-1][0] else best[-1])
+        floors[topic] = ([e[0] for e in events], best)
+    for invoke, read in answered:
+        if invoke is None or invoke.consistency != LINEARIZABLE or invoke.topic not in floors:
+            continue
+        times, best = floors[invoke.topic]
+        i = bisect.bisect_left(times, invoke.time)  # observations completed strictly before the read was sent
+        if i and (read.end or 0) < best[i - 1][0]:
+            report.add("stale_read", process=read.process, node=read.node, topic=invoke.topic,
+                       invoked_at=invoke.time, end=read.end, must_reach=best[i - 1][0], witness=best[i - 1][1])
 
 
 def _check_stamps(final: FinalState, report: Report, limit: int = 20) -> None:

@@ -6,8 +6,11 @@ A client process records an ``invoke`` before it sends a request and exactly one
 * ``fail`` - it certainly did not happen (the request was refused as bad; never stored);
 * ``info`` - the outcome is unknown (timeout, SESSION_EXPIRED): it may or may not be stored.
 
-Subscribers record each delivered message as an ``ok`` ``read`` with its offset and value. The
-nemesis records each fault as ``info`` ops with ``f`` = ``start`` / ``heal``, the fault's kind in
+Subscribers record each delivered message as an ``ok`` ``read`` with its offset and value.
+Readers record each HISTORY request as a ``history`` op: the invoke names the topic, the
+``consistency`` (``linearizable`` or ``local``) and what was asked (``detail``); an ``ok`` adds the
+node that answered, the topic's ``end`` offset it reported and the ``messages`` it returned as
+``[offset, value]`` pairs (a few per read, so the files stay small). The nemesis records each fault as ``info`` ops with ``f`` = ``start`` / ``heal``, the fault's kind in
 ``value`` and its number in ``fault_id``.
 
 Each process writes its own file (no interleaving across processes) and flushes every line, so a
@@ -34,6 +37,9 @@ TYPES = (INVOKE, OK, FAIL, INFO)
 
 PUBLISH = "publish"
 READ = "read"
+HISTORY = "history"
+LINEARIZABLE = "linearizable"
+LOCAL = "local"
 START = "start"
 HEAL = "heal"
 
@@ -56,6 +62,9 @@ class Op:
     node: str | None = None
     fault_id: int | None = None
     detail: str | None = None
+    consistency: str | None = None
+    end: int | None = None
+    messages: tuple[tuple[int, str], ...] | None = None
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, separators=(",", ":"))
@@ -63,7 +72,10 @@ class Op:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Op:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        kept = {k: v for k, v in raw.items() if k in known}
+        if kept.get("messages") is not None:  # JSON lists back to the tuples records are made of
+            kept["messages"] = tuple((int(o), str(v)) for o, v in kept["messages"])
+        return cls(**kept)
 
 
 def now_times() -> tuple[float, float]:

@@ -10,8 +10,11 @@ from tests.faults.checker import ANOMALY_KINDS, FinalState, check
 from tests.faults.history import (
     FAIL,
     HEAL,
+    HISTORY,
     INFO,
     INVOKE,
+    LINEARIZABLE,
+    LOCAL,
     NEMESIS,
     OK,
     PUBLISH,
@@ -41,6 +44,20 @@ class H:
 
     def read(self, process: str, topic: str, offset: int, value: str) -> None:
         self._add(Op(process, OK, READ, topic, value, offset, time=self.t))
+
+    def read_invoke(self, process: str, topic: str, consistency: str, node: str = "n1") -> None:
+        self._add(Op(process, INVOKE, HISTORY, topic, time=self.t, node=node, consistency=consistency))
+
+    def read_done(self, process: str, topic: str, consistency: str, end: int | None = None,
+                  messages: tuple[tuple[int, str], ...] = (), outcome: str = OK, node: str = "n1") -> None:
+        self._add(Op(process, outcome, HISTORY, topic, time=self.t, node=node, consistency=consistency,
+                     end=end if outcome == OK else None, messages=messages if outcome == OK else None))
+
+    def hread(self, process: str, topic: str, consistency: str, end: int | None = None,
+              messages: tuple[tuple[int, str], ...] = (), outcome: str = OK, node: str = "n1") -> None:
+        """A HISTORY read answered before anything else happens."""
+        self.read_invoke(process, topic, consistency, node)
+        self.read_done(process, topic, consistency, end, messages, outcome, node)
 
     def nemesis(self, f: str, kind: str, fault_id: int) -> None:
         self._add(Op(NEMESIS, INFO, f, value=kind, fault_id=fault_id, node="n1", time=self.t))
@@ -236,6 +253,119 @@ def test_recovery_is_the_time_from_heal_to_the_next_acknowledged_publish() -> No
     assert start[2] is None
 
 
+def test_a_linearizable_read_missing_an_acknowledged_publish_is_stale() -> None:
+    h, final = clean_case()  # p2-0 was acknowledged at a/1 before the read below was sent
+    h.hread("r1", "a", LINEARIZABLE, end=1, messages=((0, "p1-0"),), node="n3")
+    report = check(h.ops, final)
+    assert found(report.counts()) == {"stale_read"}
+    stale = report.anomalies["stale_read"][0]
+    assert stale["node"] == "n3" and stale["end"] == 1
+    assert stale["must_reach"] == 3  # s1 was delivered a/2 (p2-1) before the read, too
+    assert stale["witness"]["delivered_to"] == "s1"
+
+
+def test_a_linearizable_read_missing_a_publish_acknowledged_just_before_it_is_stale() -> None:
+    h = H()
+    h.pub("p1", "a", "x0", offset=0)
+    h.pub("p1", "a", "x1", offset=1)
+    h.hread("r1", "a", LINEARIZABLE, end=1, messages=((0, "x0"),))
+    report = check(h.ops, FinalState({"n1": {"a": [(0, "x0"), (1, "x1")]}}))
+    assert found(report.counts()) == {"stale_read"}
+    assert report.anomalies["stale_read"][0]["witness"]["publish"] == "x1"
+    assert report.anomalies["stale_read"][0]["must_reach"] == 2
+
+
+def test_a_stale_local_read_is_fine() -> None:
+    h, final = clean_case()
+    h.hread("r1", "a", LOCAL, end=1, messages=((0, "p1-0"),), node="n3")  # n3 had applied less: allowed
+    h.hread("r1", "b", LOCAL, end=0)  # nothing applied yet on that node
+    report = check(h.ops, final)
+    assert report.clean, report.describe()
+    assert report.history_reads[LOCAL] == {"invoke": 2, "ok": 2}
+
+
+def test_a_linearizable_read_concurrent_with_a_publish_may_or_may_not_see_it() -> None:
+    final = FinalState({"n1": {"a": [(0, "x0"), (1, "x1")]}})
+    for end, messages in ((1, ((0, "x0"),)), (2, ((0, "x0"), (1, "x1")))):
+        h = H()
+        h.pub("p1", "a", "x0", offset=0)
+        h.read_invoke("r1", "a", LINEARIZABLE)
+        h.pub("p1", "a", "x1", offset=1)  # acknowledged after the read was sent, before its answer
+        h.read_done("r1", "a", LINEARIZABLE, end=end, messages=messages)
+        report = check(h.ops, final)
+        assert report.clean, report.describe()
+    h = H()
+    h.pub("p1", "a", "x0", offset=0)
+    h._add(Op("p1", INVOKE, PUBLISH, "a", "x1", time=h.t))
+    h.hread("r1", "a", LINEARIZABLE, end=1, messages=((0, "x0"),))  # sent while x1 was in flight
+    h._add(Op("p1", OK, PUBLISH, "a", "x1", 1, time=h.t))
+    assert check(h.ops, final).clean
+
+
+def test_a_linearizable_read_behind_an_earlier_read_is_stale() -> None:
+    h, final = clean_case()
+    h.ops = [op for op in h.ops if op.f != READ]  # no subscriber: only the reads are witnesses
+    h.hread("r2", "a", LOCAL, end=3, messages=((2, "p2-1"),), node="n2")
+    h.hread("r1", "a", LINEARIZABLE, end=2, messages=((1, "p2-0"),), node="n1")  # shows less than r2 did
+    report = check(h.ops, final, subscribers_must_finish=False)
+    assert found(report.counts()) == {"stale_read"}
+    assert report.anomalies["stale_read"][0]["witness"]["read_by"] == "r2"
+    h.ops = h.ops[:-2]
+    h.hread("r1", "a", LOCAL, end=2, messages=((1, "p2-0"),), node="n1")  # a local read may lag it
+    assert check(h.ops, final, subscribers_must_finish=False).clean
+
+
+@pytest.mark.parametrize("consistency", [LINEARIZABLE, LOCAL])
+def test_a_read_value_other_than_the_final_logs_is_a_mismatch(consistency: str) -> None:
+    h, final = clean_case()
+    h.hread("r1", "a", consistency, end=3, messages=((1, "p2-0"), (2, "p9-9")))
+    report = check(h.ops, final)
+    assert found(report.counts()) == {"read_mismatch"}
+    bad = report.anomalies["read_mismatch"][0]
+    assert (bad["problem"], bad["offset"], bad["got"], bad["log"]) == ("value differs from the final log", 2,
+                                                                        "p9-9", "p2-1")
+    assert bad["consistency"] == consistency
+
+
+def test_a_read_showing_what_was_never_committed_is_a_mismatch() -> None:
+    h, final = clean_case()
+    # n2 applied p2-2 at b/1 and showed it; the final log of b ends at offset 0: never committed.
+    h.hread("r1", "b", LOCAL, end=2, messages=((0, "p1-1"), (1, "p2-2")), node="n2")
+    report = check(h.ops, final)
+    assert found(report.counts()) == {"read_mismatch"}
+    problems = {x["problem"] for x in report.anomalies["read_mismatch"]}
+    assert problems == {"end beyond the final log", "offset beyond the final log"}
+    assert report.anomalies["stale_read"] == []  # a refuted answer is no witness for later reads
+
+
+def test_a_read_whose_offsets_are_not_consecutive_below_its_end_is_a_mismatch() -> None:
+    h, final = clean_case()
+    h.hread("r1", "a", LOCAL, end=3, messages=((0, "p1-0"), (2, "p2-1")))
+    h.hread("r1", "a", LOCAL, end=2, messages=((1, "p2-0"), (2, "p2-1")))
+    report = check(h.ops, final)
+    assert found(report.counts()) == {"read_mismatch"}
+    assert [x["offsets"] for x in report.anomalies["read_mismatch"]] == [[0, 2], [1, 2]]
+
+
+def test_reads_that_failed_or_got_no_answer_are_counted_not_judged() -> None:
+    h, final = clean_case()
+    h.hread("r1", "a", LINEARIZABLE, outcome=FAIL, node="n2")  # NOT_LEADER, UNAVAILABLE
+    h.hread("r1", "a", LINEARIZABLE, outcome=INFO, node="n3")  # no answer in time
+    h.hread("r1", "a", LINEARIZABLE, end=3, messages=((2, "p2-1"),))
+    report = check(h.ops, final)
+    assert report.clean, report.describe()
+    assert report.history_reads[LINEARIZABLE] == {"invoke": 3, "ok": 1, "fail": 1, "info": 1}
+
+
+def test_offsets_retention_removed_before_the_drain_are_not_judged() -> None:
+    h = H()
+    h.pub("p1", "a", "x0", offset=0)
+    h.pub("p1", "a", "x1", offset=1)
+    h.hread("r1", "a", LINEARIZABLE, end=2, messages=((0, "x0"), (1, "x1")))
+    report = check(h.ops, FinalState({"n1": {"a": [(1, "x1")]}}))  # offset 0 removed by retention
+    assert found(report.counts()) == {"lost"}  # x0 is gone from the log, as retention does; the read is fine
+
+
 def test_every_anomaly_kind_is_counted() -> None:
     h, final = clean_case()
     assert set(check(h.ops, final).counts()) == set(ANOMALY_KINDS)
@@ -251,3 +381,10 @@ def test_history_round_trips_through_jsonl_and_skips_a_torn_last_line(tmp_path: 
     with open(tmp_path / "b.jsonl", "a") as f:
         f.write('{"process": "p2", "ty')  # the writer was killed mid-line
     assert read_history(tmp_path) == sorted(h.ops, key=lambda op: op.time)
+
+
+def test_a_history_read_round_trips_through_jsonl(tmp_path: Path) -> None:
+    h = H()
+    h.hread("r1", "a", LINEARIZABLE, end=5, messages=((3, "p1-3"), (4, "p2-0")), node="n2")
+    write_history(tmp_path / "r1.jsonl", h.ops)
+    assert read_history(tmp_path) == h.ops
