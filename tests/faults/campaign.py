@@ -5,14 +5,15 @@ tests.faults.run` (a long randomized one). The steps:
 
 1. Put the nodes in network namespaces when the machine allows it (else on 127.0.0.1, and the
    network faults are skipped with the reason), start them, wait for one leader named by all.
-2. Start the workload processes; wait for the first acknowledged publish.
+2. Start the workload processes (publishers, subscribers, HISTORY readers); wait for the first
+   acknowledged publish.
 3. For each fault of the schedule: wait until the cluster is healthy (one leader named by every
    node, followers caught up), apply the fault, keep it for a while, heal it, measure how long
    until the cluster is healthy again (if not within `healthy_timeout_s`: record ``stuck`` with
    the node log tails and heal everything), let the workload run quietly for a while. Holding a
    fault for N seconds is the schedule, not a wait for a condition.
 4. Heal everything; keep the workload running `tail_s` more (so the last heal's recovery is
-   measured); stop the publishers; drain every node; let the subscribers catch up to the end of
+   measured); stop the publishers and readers; drain every node; let the subscribers catch up to the end of
    the log; stop them; check.
 
 Everything started is stopped by pid in a `finally`, and the namespaces are deleted; node logs,
@@ -130,7 +131,8 @@ def run_campaign(spec: CampaignSpec, out_dir: Path, on_progress: ProgressFn | No
         last_tick[0] = now
         p = workload.poll()
         on_progress({"elapsed": now - started, "total": total_s, "applied": sum(applied.values()),
-                     "fault": current["fault"], "ok": p.ok, "info": p.info, "fail": p.fail, "reads": p.reads})
+                     "fault": current["fault"], "ok": p.ok, "info": p.info, "fail": p.fail, "reads": p.reads,
+                     "history_ok": dict(p.history_ok)})
 
     def check_crashes() -> None:
         assert cluster is not None
@@ -172,7 +174,9 @@ def run_campaign(spec: CampaignSpec, out_dir: Path, on_progress: ProgressFn | No
             raise RuntimeError(f"the cluster did not come up healthy: {problem}\n{cluster.log_tails()}")
         nemesis_history = HistoryWriter(history_dir / "nemesis.jsonl", NEMESIS)
         nemesis = Nemesis(cluster, nemesis_history, rng, reason)
-        workload = Workload(cluster.addrs(), history_dir, out_dir / "workload-logs", spec.workload)
+        addr_map = cluster.addr_map()
+        workload = Workload(list(addr_map.values()), history_dir, out_dir / "workload-logs", spec.workload,
+                            node_ids=list(addr_map))
         workload.start()
         deadline = time.monotonic() + 30.0
         while workload.poll().ok == 0:
@@ -298,6 +302,9 @@ def summary_table(result: CampaignResult) -> str:
     ops = r.ops
     lines.append(f"publishes: {ops.get('invoke', 0)} invoked, {ops.get('ok', 0)} ok, {ops.get('fail', 0)} fail, "
                  f"{ops.get('info', 0)} unknown; {r.stored} stored; {r.reads} subscriber deliveries")
+    lines.append("HISTORY reads: " + "; ".join(
+        f"{consistency} {c.get('ok', 0)} ok, {c.get('fail', 0)} fail, {c.get('info', 0)} unanswered"
+        for consistency, c in sorted(r.history_reads.items())) if r.history_reads else "HISTORY reads: none")
     counts = r.counts()
     lines.append("anomalies: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     rec = r.recovery_times()

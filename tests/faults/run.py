@@ -7,9 +7,9 @@ node and checks docs/design.md section 4. The seed is printed first: ``--seed`` 
 of faults, targets and durations (which node is leader at each moment still depends on timing).
 
 Prints a progress line while it runs and a summary table at the end (faults per kind, ops
-ok/fail/unknown, anomalies, recovery times). Exit status: 0 clean, 1 the checker found anomalies
-(details in ``report.json`` next to the node logs and histories in the output directory), 2 the
-campaign could not run.
+ok/fail/unknown, HISTORY reads per consistency, anomalies, recovery times). Exit status: 0 clean,
+1 the checker found anomalies (details in ``report.json`` next to the node logs and histories in
+the output directory), 2 the campaign could not run.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ class ProgressLine:
     def __call__(self, state: dict[str, Any]) -> None:
         elapsed = state["elapsed"]
         stats = (f"faults {state['applied']} | ok {state['ok']} unknown {state['info']} fail {state['fail']} "
-                 f"| reads {state['reads']} | {state['fault'][:50]}")
+                 f"| delivered {state['reads']} | read lin {state['history_ok'].get('linearizable', 0)} "
+                 f"local {state['history_ok'].get('local', 0)} | {state['fault'][:50]}")
         if self.bar is not None:
             self.bar.n = min(int(elapsed), int(self.total_s))
             self.bar.set_postfix_str(stats, refresh=True)
@@ -94,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="longest a fault is held, in seconds (default 8; each is held 0.3..this, log-uniform)")
     parser.add_argument("--combine", type=float, default=0.3,
                         help="chance that a second fault (process + network) overlaps the first (default 0.3)")
+    parser.add_argument("--readers", type=int, default=2,
+                        help="processes issuing HISTORY reads, alternately linearizable and local (default 2)")
     parser.add_argument("--topics", type=int, default=3, help="topics, each with one subscriber (default 3)")
     parser.add_argument("--pace-ms", type=float, default=20.0, help="mean pause between a publisher's publishes")
     parser.add_argument("--snapshot-every", type=int, default=200, help="cluster.snapshot_every (default 200)")
@@ -128,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nodes=args.nodes, seed=seed, schedule=None, minutes=args.minutes, pool=faults, netns=not args.no_netns,
         hold_s=(0.3, max(0.3, args.max_hold)), quiet_s=(0.5, 3.0), combine_p=args.combine,
         settings=settings,
-        workload=WorkloadSpec(publishers=args.publishers, pipelined=args.pipelined, topics=topics, subscribed=topics,
+        workload=WorkloadSpec(publishers=args.publishers, pipelined=args.pipelined, readers=args.readers,
+                              topics=topics, subscribed=topics,
                               pace_s=args.pace_ms / 1000.0, max_seconds=args.minutes * 60 + 300, seed=seed),
     )
     progress = ProgressLine(args.minutes * 60)

@@ -1,7 +1,8 @@
 """docs/design.md section 4 under faults, on real processes: the CI schedule (3 nodes, a few minutes).
 
 One campaign (`tests.faults.campaign`) runs once for the module: a workload of 3 publisher and 2
-subscriber processes (plus one pipelined, batching publisher) runs throughout while the nemesis
+subscriber processes (plus one pipelined, batching publisher, and 2 readers issuing HISTORY
+alternately linearizable and local to nodes picked at random) runs throughout while the nemesis
 applies, one after the other, kill -9 of the leader and of a follower, SIGSTOP/SIGCONT of the
 leader, a restart with a skewed clock, and - with the nodes in network namespaces (root, `ip`,
 `nft`) - one node isolated, the leader cut from the majority, a bridge, one-way loss, a
@@ -24,6 +25,7 @@ from tests.faults.campaign import (
     run_campaign,
     summary_table,
 )
+from tests.faults.history import LINEARIZABLE, LOCAL
 from tests.faults.nemesis import LEADER_LOSS
 from tests.faults.workload import WorkloadSpec
 
@@ -32,6 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(330)]
 SCHEDULE = ("kill_leader", "kill_follower", "pause_leader", "clock_skew",
             "isolate_one", "leader_from_majority", "bridge", "one_way", "blackhole_one", "slow_link")
 RECOVERY_LIMIT_S = 3.0
+MIN_READS = 100  # HISTORY reads of each consistency answered ok, so the read check is not vacuous
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,8 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> CampaignResult:
         nodes=3, seed=seed, schedule=SCHEDULE, netns=os.environ.get("WIBER_FAULTS_NO_NETNS", "") in ("", "0"),
         hold_s=(2.0, 3.0), quiet_s=(1.0, 1.5), tail_s=3.0,
         healthy_timeout_s=15.0, settings={"snapshot_every": 50},  # checkpoints every few seconds of load
-        workload=WorkloadSpec(publishers=3, pipelined=1, topics=("t0", "t1", "t2"), subscribed=("t0", "t1"),
-                              pace_s=0.02, max_seconds=280.0, seed=seed),
+        workload=WorkloadSpec(publishers=3, pipelined=1, readers=2, topics=("t0", "t1", "t2"),
+                              subscribed=("t0", "t1"), pace_s=0.02, max_seconds=280.0, seed=seed),
     )
     out: Path = tmp_path_factory.mktemp("faults-ci")
     result = run_campaign(spec, out)
@@ -89,6 +92,15 @@ def test_every_node_holds_the_same_dense_log(campaign: CampaignResult) -> None:
 def test_subscribers_see_every_message_once_in_order(campaign: CampaignResult) -> None:
     assert campaign.report.subscribers_clean(), _evidence(campaign)
     assert campaign.report.reads > 0
+
+
+def test_reads_show_only_committed_messages_and_linearizable_ones_everything_acknowledged_before(
+        campaign: CampaignResult) -> None:
+    # docs/design.md section 4, promise 5, under the same faults.
+    counts = campaign.report.counts()
+    assert counts["stale_read"] == 0 and counts["read_mismatch"] == 0, _evidence(campaign)
+    answered = {c: campaign.report.history_reads[c]["ok"] for c in (LINEARIZABLE, LOCAL)}
+    assert min(answered.values()) >= MIN_READS, f"too few reads answered: {answered}" + _evidence(campaign)
 
 
 def test_cluster_never_stuck_and_no_node_crashed(campaign: CampaignResult) -> None:

@@ -14,7 +14,15 @@ Subscribers (``python -m tests.faults.workload subscribe ...``) follow one topic
 with `Client.subscribe` and record every delivered (offset, value). Should the subscription raise,
 it is recorded (``info``) and reopened after the last delivered offset.
 
-Both are bounded by a count and a time, and stop cleanly at SIGTERM (the operation under way
+Readers (``python -m tests.faults.workload read ...``) issue HISTORY requests alternately
+``linearizable`` and ``local`` (docs/design.md section 4, promise 5), each to a node picked at
+random, on a topic picked at random: mostly the newest `window` messages (``last``), one in four
+a window from a random offset below the end seen so far. A linearizable read that reaches a
+follower follows its NOT_LEADER once, to the leader it names; a local read is answered by the
+node asked, whatever its state. An answer is ``ok`` with the node, the topic's end offset and the
+(offset, value) pairs; an error answer is ``fail``, no answer in time ``info``.
+
+All are bounded by a count or a time, and stop cleanly at SIGTERM (the operation under way
 finishes first). `Workload` is the driver's side: it starts the processes, tails their files for
 progress, waits for subscribers to catch up and stops everything it started, by pid.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import functools
+import itertools
 import json
 import random
 import signal
@@ -34,17 +43,31 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.faults.cluster import die_with_parent
-from tests.faults.history import FAIL, INFO, INVOKE, OK, PUBLISH, READ, HistoryWriter
+from tests.faults.history import (
+    FAIL,
+    HISTORY,
+    INFO,
+    INVOKE,
+    LINEARIZABLE,
+    LOCAL,
+    OK,
+    PUBLISH,
+    READ,
+    HistoryWriter,
+)
 from wiber.client import Client, Timeouts
 from wiber.errors import (
     BadRequest,
     ClientError,
+    NotLeader,
     SessionExpired,
     TooLarge,
     UnknownOp,
     WiberError,
+    WireError,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -177,6 +200,63 @@ def run_subscriber(addrs: Sequence[str], topic: str, process: str, out: Path, se
                 sub.close()
 
 
+def _history_at(client: Client, nodes: dict[str, str], node: str, consistency: str,
+                fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """HISTORY at one node; a linearizable read refused by a follower goes once to the leader it names.
+
+    Returns: the node that answered (its id, or its address if it is not among `nodes`) and the reply.
+    """
+    try:
+        return node, client.request_to(nodes[node], "HISTORY", consistency=consistency, **fields)
+    except NotLeader as err:
+        if err.leader_addr is None:
+            raise
+        leader = err.leader or err.leader_addr
+        return leader, client.request_to(err.leader_addr, "HISTORY", consistency=consistency, **fields)
+
+
+def run_reader(addrs: Sequence[str], node_ids: Sequence[str], topics: Sequence[str], process: str, out: Path,
+               seconds: float, pace_s: float, seed: int, window: int = 8, per_try_s: float = 0.5,
+               total_s: float = 5.0) -> None:
+    """Read `topics` with HISTORY, alternately linearizable and local, for up to `seconds`, recording each."""
+    stop = _stop_event()
+    rng = random.Random(seed)
+    deadline = time.monotonic() + seconds
+    nodes = dict(zip(node_ids, addrs, strict=True))
+    ends: dict[str, int] = {}  # per topic, the highest end offset any answer reported
+    with HistoryWriter(out, process) as history, Client(list(addrs), Timeouts(per_try_s, total_s)) as client:
+        for i in itertools.count():
+            if stop.is_set() or time.monotonic() >= deadline:
+                break
+            consistency = LINEARIZABLE if i % 2 == 0 else LOCAL
+            topic = rng.choice(list(topics))
+            node = rng.choice(list(nodes))
+            fields: dict[str, Any] = {"topic": topic, "limit": window}
+            if ends.get(topic) and rng.random() < 0.25:
+                fields["from_offset"] = rng.randrange(ends[topic])
+                asked = f"from {fields['from_offset']}"
+            else:
+                fields["last"] = window
+                asked = f"last {window}"
+            history.record(INVOKE, HISTORY, topic=topic, node=node, consistency=consistency, detail=asked)
+            try:
+                answered, reply = _history_at(client, nodes, node, consistency, fields)
+            except WireError as exc:
+                history.record(FAIL, HISTORY, topic=topic, node=node, consistency=consistency,
+                               error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - no answer in time, or a zmq error: no result
+                history.record(INFO, HISTORY, topic=topic, node=node, consistency=consistency,
+                               error=f"{type(exc).__name__}: {exc}")
+            else:
+                messages = tuple((int(m["offset"]), bytes(m["data"]).decode("utf-8", "replace"))
+                                 for m in reply["messages"])
+                end = int(reply["end_offset"])
+                ends[topic] = max(ends.get(topic, 0), end)
+                history.record(OK, HISTORY, topic=topic, node=answered, consistency=consistency, end=end,
+                               messages=messages)
+            stop.wait(pace_s * rng.uniform(0.5, 1.5))  # bounded pacing, not synchronization
+
+
 # ---------------------------------------------------------------------------------------------
 # The driver's side.
 
@@ -192,6 +272,7 @@ class Progress:
     reads: int = 0
     last_ok_time: float = 0.0
     read_next: dict[str, int] = field(default_factory=dict)  # subscriber process -> next offset
+    history_ok: dict[str, int] = field(default_factory=dict)  # consistency -> HISTORY reads answered ok
 
 
 class _Tail:
@@ -223,6 +304,9 @@ class WorkloadSpec:
     topics: tuple[str, ...] = ("t0", "t1", "t2")
     subscribed: tuple[str, ...] = ("t0", "t1")  # one subscriber process per topic listed
     pipelined: int = 0  # more publisher processes, through the pipelined Publisher
+    readers: int = 1  # processes issuing HISTORY reads, alternately linearizable and local
+    read_pace_s: float = 0.05
+    read_window: int = 8  # messages per read
     pipelined_pace_s: float = 0.005
     pace_s: float = 0.02
     max_seconds: float = 900.0
@@ -235,13 +319,16 @@ class WorkloadSpec:
 class Workload:
     """Starts, watches and stops the workload processes of one run (only these, by pid)."""
 
-    def __init__(self, addrs: Sequence[str], history_dir: Path, log_dir: Path, spec: WorkloadSpec) -> None:
+    def __init__(self, addrs: Sequence[str], history_dir: Path, log_dir: Path, spec: WorkloadSpec,
+                 node_ids: Sequence[str] | None = None) -> None:
         self.addrs = list(addrs)
+        self.node_ids = list(node_ids) if node_ids is not None else [f"n{i}" for i in range(1, len(addrs) + 1)]
         self.history_dir = Path(history_dir)
         self.log_dir = Path(log_dir)
         self.spec = spec
         self.publishers: dict[str, subprocess.Popen[bytes]] = {}
         self.subscribers: dict[str, subprocess.Popen[bytes]] = {}
+        self.readers: dict[str, subprocess.Popen[bytes]] = {}
         self.progress = Progress()
         self._tails: dict[str, _Tail] = {}
         self.sub_topic: dict[str, str] = {}
@@ -275,6 +362,12 @@ class Workload:
                 ["publish", "--pipelined", "--topics", ",".join(self.spec.topics), "--count",
                  str(self.spec.max_count), "--pace", str(self.spec.pipelined_pace_s),
                  "--seed", str(self.spec.seed * 1000 + 500 + i)], name)
+        for i in range(1, self.spec.readers + 1):
+            name = f"r{i}"
+            self.readers[name] = self._spawn(
+                ["read", "--topics", ",".join(self.spec.topics), "--nodes", ",".join(self.node_ids),
+                 "--pace", str(self.spec.read_pace_s), "--window", str(self.spec.read_window),
+                 "--seed", str(self.spec.seed * 1000 + 700 + i)], name)
 
     def poll(self) -> Progress:
         """Read what the processes appended since the last call. Returns: the running tally."""
@@ -299,6 +392,9 @@ class Workload:
                 elif f == READ and kind == OK:
                     p.reads += 1
                     p.read_next[name] = max(p.read_next.get(name, 0), int(rec["offset"]) + 1)
+                elif f == HISTORY and kind == OK:
+                    consistency = str(rec.get("consistency"))
+                    p.history_ok[consistency] = p.history_ok.get(consistency, 0) + 1
         return p
 
     def log_tail(self, name: str, lines: int = 30) -> str:
@@ -310,7 +406,7 @@ class Workload:
 
     def dead(self) -> dict[str, int]:
         """Returns: workload processes that exited, with their status."""
-        procs = {**self.publishers, **self.subscribers}
+        procs = {**self.publishers, **self.readers, **self.subscribers}
         return {n: int(p.returncode) for n, p in procs.items() if p.poll() is not None}
 
     def _stop(self, procs: dict[str, subprocess.Popen[bytes]], timeout: float) -> None:
@@ -326,8 +422,8 @@ class Workload:
                 p.wait(timeout=10)
 
     def stop_publishers(self, timeout: float = 15.0) -> None:
-        """SIGTERM the publishers; each finishes the publish under way (at most `total_s`)."""
-        self._stop(self.publishers, timeout)
+        """SIGTERM the publishers and readers; each finishes the request under way (at most `total_s`)."""
+        self._stop({**self.publishers, **self.readers}, timeout)
         self.poll()
 
     def wait_subscribers(self, ends: dict[str, int], timeout: float) -> dict[str, int]:
@@ -352,7 +448,7 @@ class Workload:
         self.poll()
 
     def kill_all(self) -> None:
-        for p in [*self.publishers.values(), *self.subscribers.values()]:
+        for p in [*self.publishers.values(), *self.readers.values(), *self.subscribers.values()]:
             if p.poll() is None:
                 p.kill()
                 try:
@@ -365,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.faults.workload",
                                      description="One workload process of the fault tests.")
     sub = parser.add_subparsers(dest="role", required=True)
-    for name in ("publish", "subscribe"):
+    for name in ("publish", "subscribe", "read"):
         p = sub.add_parser(name)
         p.add_argument("--addrs", required=True, help="comma-separated client addresses")
         p.add_argument("--process", required=True, help="this process's name in the history")
@@ -379,6 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--pace", type=float, default=0.02, help="seconds between publishes (mean)")
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--pipelined", action="store_true", help="use the pipelined, batching Publisher")
+        elif name == "read":
+            p.add_argument("--topics", required=True, help="comma-separated topics")
+            p.add_argument("--nodes", required=True, help="comma-separated node ids, in the order of --addrs")
+            p.add_argument("--pace", type=float, default=0.05, help="seconds between reads (mean)")
+            p.add_argument("--window", type=int, default=8, help="messages per read")
+            p.add_argument("--seed", type=int, default=0)
         else:
             p.add_argument("--topic", required=True)
     args = parser.parse_args(argv)
@@ -387,6 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = run_pipelined_publisher if args.pipelined else run_publisher
         run(addrs, [t for t in args.topics.split(",") if t], args.process, args.out, args.count,
                       args.seconds, args.pace, args.seed, args.per_try, args.total)
+    elif args.role == "read":
+        run_reader(addrs, [n for n in args.nodes.split(",") if n], [t for t in args.topics.split(",") if t],
+                   args.process, args.out, args.seconds, args.pace, args.seed, args.window, args.per_try, args.total)
     else:
         run_subscriber(addrs, args.topic, args.process, args.out, args.seconds, args.per_try, args.total)
     return 0
