@@ -469,20 +469,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--seconds", type=float, default=600.0, help="stop after this long at most")
         p.add_argument("--per-try", type=float, default=0.5)
         p.add_argument("--total", type=float, default=5.0)
+        if name == "subscribe":
+            p.add_argument("--topic", required=True)
+            continue
+        p.add_argument("--topics", required=True, help="comma-separated topics")
+        p.add_argument("--seed", type=int, default=0)
         if name == "publish":
-            p.add_argument("--topics", required=True, help="comma-separated topics")
             p.add_argument("--count", type=int, default=100_000, help="publish at most this many")
             p.add_argument("--pace", type=float, default=0.02, help="seconds between publishes (mean)")
-            p.add_argument("--seed", type=int, default=0)
             p.add_argument("--pipelined", action="store_true", help="use the pipelined, batching Publisher")
-        elif name == "read":
-            p.add_argument("--topics", required=True, help="comma-separated topics")
+        else:
             p.add_argument("--nodes", required=True, help="comma-separated node ids, in the order of --addrs")
             p.add_argument("--pace", type=float, default=0.05, help="seconds between reads (mean)")
             p.add_argument("--window", type=int, default=8, help="messages per read")
-            p.add_argument("--seed", type=int, default=0)
-        else:
-            p.add_argument("--topic", required=True)
     args = parser.parse_args(argv)
     addrs = [a for a in args.addrs.split(",") if a]
     if args.role == "publish":
