@@ -1,4 +1,5 @@
-"""N Raft cores over `MemoryStorage` and a `SimNetwork`, with crashes, checked after every step.
+"""N Raft cores over `MemoryStorage` (or real `DurableStorage` on a `CrashFS` each) and a
+`SimNetwork`, with crashes, checked after every step.
 
 Theory of operation
 -------------------
@@ -16,6 +17,15 @@ what it sent in phase 1 is out; of what it was writing, only a prefix in the dur
 crash discards the core; a restart builds a new core over the same `MemoryStorage`, which holds
 exactly what was written, and restores the state machine from the storage's snapshot.
 
+With ``storage="durable"`` each node writes the real `DurableStorage` on its own `CrashFS`, in the
+node's order (`tests/sim/durable.py`), and a crash is a power loss: whatever was not fsynced is
+gone. The crash between the phases is then a crash point: the power goes out at one of the file
+operations of the Ready's persist (snapshot install, append, hard-state replace, sync), chosen with
+the seeded rng; compactions, written as a node's checkpoint, are interrupted the same way with
+`disk_crash_rate` (as are Readys installing a snapshot, both being rare). A restart reopens the
+storage, whose recovery decides what survived, and the `SafetyChecker` takes the node's persisted
+log to be what recovery returned.
+
 The state machine is a chain hash of the applied entries; its snapshot is ``b"index:hash"``.
 """
 
@@ -26,6 +36,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from wiber.raft import (
     Message,
@@ -37,7 +48,9 @@ from wiber.raft import (
     describe,
 )
 from wiber.raft.storage import MemoryStorage
+from wiber.storage.durable import DurableStorage
 
+from .durable import APPEND, COMPACTION, SNAPSHOT_INSTALL, SimDisk, SimulatedCrash, write_ready
 from .invariants import SafetyChecker
 from .network import SimNetwork
 
@@ -56,13 +69,15 @@ class SimNode:
     """One simulated node: its storage (its disk), its core while up, its state machine."""
 
     id: str
-    storage: MemoryStorage
+    storage: MemoryStorage | DurableStorage
     core: Raft | None = None
     restarts: int = 0
     state: tuple[int, int] = (0, 0)  # state machine: (applied index, chain hash)
     crash_mid_ready: bool = False  # crash between phase 1 and 2 of the next Ready that persists
     down_until: int = 0
     read_floors: dict[bytes, int] = field(default_factory=dict)
+    disk: SimDisk | None = None  # the CrashFS under a DurableStorage (storage="durable")
+    writing: str = ""  # the stage of the Ready being persisted (`write_ready`), for crash reports
 
 
 class Cluster:
@@ -71,7 +86,9 @@ class Cluster:
     def __init__(self, ids: list[str], seed: int, *, election_ticks: int = 10, heartbeat_ticks: int = 2,
                  max_inflight: int = 4, max_batch_entries: int = 8, max_batch_bytes: int = 1 << 20,
                  pre_vote: bool = True, check_quorum: bool = True, wire: bool = False,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None,
+                 storage: Literal["memory", "durable"] = "memory") -> None:
+        """`storage="durable"`: each node runs `DurableStorage` on its own `CrashFS` (module docstring)."""
         self.ids = list(ids)
         self.seed = seed
         self.rng = random.Random(seed)
@@ -91,12 +108,21 @@ class Cluster:
             for i in ids
         }
         self.nodes: dict[str, SimNode] = {}
+        # durable: records every ~7 (tiny entries) to ~30 entries per segment, so segments roll often
+        segment_bytes = self.rng.choice((256, 1024)) if storage == "durable" else 0
         for i in ids:
             self.checker.add_node(i)
-            node = SimNode(i, MemoryStorage())
+            if storage == "durable":
+                disk = SimDisk(f"/data/{i}", segment_bytes)
+                node = SimNode(i, disk.storage, disk=disk)
+            else:
+                node = SimNode(i, MemoryStorage())
             self.nodes[i] = node
             self._start(node)
         self.mid_ready_crash_rate = 0.0
+        #: Durable storage, while `mid_ready_crash_rate` is on: the chance that a compaction, or a
+        #: Ready installing a snapshot, is interrupted at one of its file operations.
+        self.disk_crash_rate = 0.25
         #: When set, nodes that apply an entry with exactly this data are added to `watch_applied`.
         self.watch: bytes | None = None
         self.watch_applied: set[str] = set()
@@ -126,12 +152,24 @@ class Cluster:
         node.read_floors = {}
         node.crash_mid_ready = False
 
+    @classmethod
+    def like(cls, other: Cluster, *, storage: Literal["memory", "durable"]) -> Cluster:
+        """Returns: a new cluster with `other`'s ids, seed, Raft settings and wire mode, on `storage`."""
+        cfg = other.configs[other.ids[0]]
+        return cls(list(other.ids), other.seed, election_ticks=cfg.election_ticks,
+                   heartbeat_ticks=cfg.heartbeat_ticks, max_inflight=cfg.max_inflight,
+                   max_batch_entries=cfg.max_batch_entries, max_batch_bytes=cfg.max_batch_bytes,
+                   pre_vote=cfg.pre_vote, check_quorum=cfg.check_quorum, wire=other.net.wire,
+                   logger=other.logger, storage=storage)
+
     def crash(self, node_id: str, down_for: int = 0) -> None:
-        """Kill a node now: it loses everything not persisted (its core)."""
+        """Kill a node now: it loses everything not persisted (its core; on disk, all not fsynced)."""
         node = self.nodes[node_id]
         if node.core is None:
             return
         node.core = None
+        if node.disk is not None:
+            node.disk.power_loss(self.rng)
         node.down_until = self.now + down_for
         self.crashes += 1
         self._event(f"crash {node_id}")
@@ -142,9 +180,27 @@ class Cluster:
         if node.core is not None:
             return
         node.restarts += 1
+        if node.disk is not None:
+            self._recover(node, node.disk)
         self._start(node)
         self._event(f"restart {node_id}")
         self._process(node)
+
+    def _recover(self, node: SimNode, disk: SimDisk) -> None:
+        """Reopen the node's storage on what its disk kept; the checker's view of its persisted log
+        becomes what recovery returned (Log Matching checks every recovered entry)."""
+        lost_from = node.storage.last_index()
+        storage = node.storage = disk.open()
+        checker = self.checker
+        checker.add_node(node.id)
+        meta, _ = storage.snapshot()
+        if meta.index:
+            checker.persisted_snapshot(node.id, meta)
+        first, last = storage.first_index(), storage.last_index()
+        if last >= first:
+            checker.persisted_entries(node.id, storage.entries(first, last + 1), meta.index, False)
+        if last < lost_from:
+            self.stats["entries lost at a power loss"] += lost_from - last
 
     def up(self) -> list[SimNode]:
         """Returns: the nodes that are running."""
@@ -203,30 +259,20 @@ class Cluster:
         assert core is not None
         checker = self.checker
         send = self.net.send
-        storage = node.storage
         while core.has_ready():
             rd = core.ready()
             for m in rd.messages:
                 send(m)
-            if (rd.entries or rd.hard_state is not None or rd.snapshot is not None) and (
-                    node.crash_mid_ready
-                    or (self.mid_ready_crash_rate and self.rng.random() < self.mid_ready_crash_rate)):
-                self._torn_write(node, rd)
+            is_leader = core.role is _LEADER
+            persists = rd.entries or rd.hard_state is not None or rd.snapshot is not None
+            if persists and self._crashes_now(node, rd):
+                if node.disk is None:
+                    self._torn_write(node, rd)
+                else:
+                    self._crash_point(node, node.disk, rd, is_leader)
                 self.crash(node.id, self.rng.randint(1, 30))
                 return
-            is_leader = core.role is _LEADER
-            if rd.snapshot is not None:
-                meta, data = rd.snapshot
-                storage.apply_snapshot(meta, data)
-                checker.persisted_snapshot(node.id, meta)
-                self.stats["snapshots installed"] += 1
-                node.state = _decode_state(data)
-                checker.restored(node.id, node.state)
-            if rd.entries:
-                checker.persisted_entries(node.id, rd.entries, storage.last_index(), is_leader)
-                storage.append(rd.entries)
-            if rd.hard_state is not None:
-                storage.set_hard_state(rd.hard_state)
+            self._persist(node, rd, is_leader)
             for m in rd.messages_after_persist:
                 send(m)
             if rd.committed_entries:
@@ -239,7 +285,54 @@ class Cluster:
                     checker.read_answered(node.id, rs.index, floor)
                     self.stats["reads answered"] += 1
             core.advance(rd)
+            if node.disk is not None:  # applied entries leave memory, read back from disk if needed
+                node.disk.storage.release(node.state[0])
         checker.observe_role(node.id, core.role is _LEADER, core.term, core.last_index)
+
+    def _crashes_now(self, node: SimNode, rd: Ready) -> bool:
+        """Returns: whether the node crashes while persisting `rd` (scheduled, or drawn)."""
+        rate = self.mid_ready_crash_rate
+        if rate and node.disk is not None and rd.snapshot is not None:
+            rate = max(rate, self.disk_crash_rate)
+        return node.crash_mid_ready or bool(rate and self.rng.random() < rate)
+
+    def _persist(self, node: SimNode, rd: Ready, is_leader: bool) -> None:
+        """Write `rd` in the node's order (`write_ready`); the checker sees each write as it starts."""
+        checker = self.checker
+
+        def before(stage: str) -> None:
+            node.writing = stage
+            if stage == SNAPSHOT_INSTALL:
+                assert rd.snapshot is not None
+                meta, data = rd.snapshot
+                checker.persisted_snapshot(node.id, meta)
+                self.stats["snapshots installed"] += 1
+                node.state = _decode_state(data)
+                checker.restored(node.id, node.state)
+            elif stage == APPEND:
+                checker.persisted_entries(node.id, rd.entries, node.storage.last_index(), is_leader)
+
+        write_ready(node.storage, rd, before)
+        node.writing = ""
+
+    def _crash_point(self, node: SimNode, disk: SimDisk, rd: Ready, is_leader: bool) -> None:
+        """A power loss at one file operation of persisting `rd`, drawn from the rng (module docstring).
+
+        The caller then crashes the node, which loses what was not fsynced.
+        """
+        self.stats["crashes while persisting"] += 1
+        k = disk.crash_point(lambda d: write_ready(d.storage, rd), self.rng)
+        if k is None:  # nothing to write on disk (only the commit index changed)
+            self._persist(node, rd, is_leader)
+            return
+        disk.fs.crash_after(k)
+        try:
+            self._persist(node, rd, is_leader)
+        except SimulatedCrash:
+            self.stats[f"crash points: {node.writing}"] += 1
+            self._event(f"crash {node.id} at file operation {k} of its write ({node.writing})")
+            return
+        raise AssertionError(f"{node.id}: the crash point {k} of a Ready's persist was not reached")
 
     def _torn_write(self, node: SimNode, rd: Ready) -> None:
         """A crash while writing `rd`, before its fsync completed: a prefix of the writes survives.
@@ -319,10 +412,33 @@ class Cluster:
         index, _ = node.state
         if index <= node.storage.first_index() - 1:
             return False
-        node.storage.compact(index, _encode_state(node.state))
+        data = _encode_state(node.state)
+        if node.disk is None:
+            node.storage.compact(index, data)
+        elif not self._compact_on_disk(node, node.disk, index, data):
+            return False
         self.stats["compactions"] += 1
         self._event(f"compact {node_id} to {index}")
         return True
+
+    def _compact_on_disk(self, node: SimNode, disk: SimDisk, index: int, data: bytes) -> bool:
+        """Compact as a node's checkpoint does; with `disk_crash_rate`, crash at one of its file
+        operations instead. Returns: whether it completed."""
+        k = None
+        if self.mid_ready_crash_rate and self.rng.random() < self.disk_crash_rate:
+            k = disk.crash_point(lambda d: d.compact(index, data), self.rng)
+        if k is None:
+            disk.compact(index, data)
+            return True
+        disk.fs.crash_after(k)
+        try:
+            disk.compact(index, data)
+        except SimulatedCrash:
+            self.stats[f"crash points: {COMPACTION}"] += 1
+            self._event(f"crash {node.id} at file operation {k} of compacting to {index}")
+            self.crash(node.id, self.rng.randint(1, 30))
+            return False
+        raise AssertionError(f"{node.id}: the crash point {k} of a compaction was not reached")
 
     def _event(self, line: str) -> None:
         if self.on_event is not None:
