@@ -139,10 +139,12 @@ from wiber.config.model import (
     MAX_TOPIC_BYTES,
     PUB_PORT_OFFSET,
     RAFT_PORT_OFFSET,
+    ClientRights,
     ClusterConfig,
     Config,
     NodeConfig,
     RetentionConfig,
+    SecurityConfig,
 )
 
 __all__ = [
@@ -152,10 +154,12 @@ __all__ = [
     "MAX_TOPIC_BYTES",
     "PUB_PORT_OFFSET",
     "RAFT_PORT_OFFSET",
+    "ClientRights",
     "ClusterConfig",
     "Config",
     "NodeConfig",
     "RetentionConfig",
+    "SecurityConfig",
     "load_config",
     "parse_config",
 ]

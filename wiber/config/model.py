@@ -111,12 +111,35 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientRights:
+    """One entry of `security.clients`: the name of a client's key and what it may do
+    (docs/design.md section 10). Patterns are topic patterns (`*` one token, `>` the rest)."""
+
+    name: str
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    admin: bool = False  # every op, STATUS and cluster commands
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """The `security` section: where the zcert key files live and who may use the client ports."""
+
+    keys_dir: str  # absolute: <name>.key (public) and <name>.key_secret per node and per client
+    clients: tuple[ClientRights, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """A whole configuration file: where it came from, the cluster settings and the nodes in file order."""
+    """A whole configuration file: where it came from, the cluster settings and the nodes in file order.
+
+    `security` is None when the file has no `security` section (no CURVE: loopback only, unless
+    `cluster.insecure`)."""
 
     path: str
     cluster: ClusterConfig
     nodes: tuple[NodeConfig, ...]
+    security: SecurityConfig | None = None
 
     def node(self, node_id: str) -> NodeConfig:
         """Returns: the node named `node_id`.
