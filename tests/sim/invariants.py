@@ -25,11 +25,29 @@ from collections.abc import Sequence
 
 from wiber.raft import Entry, SnapshotMeta
 
-__all__ = ["InvariantViolation", "SafetyChecker", "chain"]
+__all__ = [
+    "ELECTION_SAFETY", "LEADER_APPEND_ONLY", "LEADER_COMPLETENESS", "LINEARIZABLE_READS", "LOG_MATCHING",
+    "PROPERTIES", "STATE_MACHINE_SAFETY", "InvariantViolation", "SafetyChecker", "chain",
+]
+
+ELECTION_SAFETY = "Election Safety"
+LEADER_APPEND_ONLY = "Leader Append-Only"
+LOG_MATCHING = "Log Matching"
+LEADER_COMPLETENESS = "Leader Completeness"
+STATE_MACHINE_SAFETY = "State Machine Safety"
+LINEARIZABLE_READS = "Linearizable reads"
+#: Every property checked, as named at the start of an `InvariantViolation`'s message.
+PROPERTIES = (ELECTION_SAFETY, LEADER_APPEND_ONLY, LOG_MATCHING, LEADER_COMPLETENESS, STATE_MACHINE_SAFETY,
+              LINEARIZABLE_READS)
 
 
 class InvariantViolation(AssertionError):
-    """A Raft safety property does not hold."""
+    """A Raft safety property does not hold; the message starts with its name and a colon."""
+
+    @property
+    def broken(self) -> str:
+        """The name of the property broken (one of `PROPERTIES`)."""
+        return str(self).split(":", 1)[0]
 
 
 def chain(prev: int, entry: Entry) -> int:
@@ -72,11 +90,12 @@ class SafetyChecker:
             self._check_completeness(node, term)
             return
         if leader != node:
-            raise InvariantViolation(f"Election Safety: {leader} and {node} are both leaders of term {term}")
+            raise InvariantViolation(f"{ELECTION_SAFETY}: {leader} and {node} are both leaders of term "
+                                     f"{term}")
         seen_term, seen_last = self._lead_last.get(node, (term, last_index))
         if seen_term == term and last_index < seen_last:
             raise InvariantViolation(
-                f"Leader Append-Only: leader {node} of term {term} shrank its log from {seen_last} "
+                f"{LEADER_APPEND_ONLY}: leader {node} of term {term} shrank its log from {seen_last} "
                 f"to {last_index}")
         self._lead_last[node] = (term, last_index)
 
@@ -88,7 +107,7 @@ class SafetyChecker:
         first = entries[0].index
         if is_leader and first <= stored_last:
             raise InvariantViolation(
-                f"Leader Append-Only: leader {node} overwrote its persisted log from index {first} "
+                f"{LEADER_APPEND_ONLY}: leader {node} overwrote its persisted log from index {first} "
                 f"(it held up to {stored_last})")
         base = self.node_base[node]
         hashes = self.node_chain[node]
@@ -99,8 +118,8 @@ class SafetyChecker:
             first = entries[0].index
         k = first - base
         if k > len(hashes):
-            raise InvariantViolation(f"Log Matching: {node} persisted entry {first} after a gap (log ends at "
-                                     f"{base + len(hashes) - 1})")
+            raise InvariantViolation(f"{LOG_MATCHING}: {node} persisted entry {first} after a gap (log ends "
+                                     f"at {base + len(hashes) - 1})")
         del hashes[k:]
         h = hashes[-1]
         known = self.entry_chain
@@ -109,7 +128,7 @@ class SafetyChecker:
             seen = known.setdefault((e.index, e.term), h)
             if seen != h:
                 raise InvariantViolation(
-                    f"Log Matching: {node} holds entry {e.index} of term {e.term} with a different prefix "
+                    f"{LOG_MATCHING}: {node} holds entry {e.index} of term {e.term} with a different prefix "
                     f"or content than another log")
             hashes.append(h)
 
@@ -117,7 +136,7 @@ class SafetyChecker:
         """`node` replaced its log by a snapshot: it must be of entries some log held."""
         h = self.entry_chain.get((meta.index, meta.term))
         if h is None:
-            raise InvariantViolation(f"Log Matching: {node} installed snapshot {meta.term}/{meta.index} "
+            raise InvariantViolation(f"{LOG_MATCHING}: {node} installed snapshot {meta.term}/{meta.index} "
                                      f"of an entry no log ever held")
         self.node_base[node] = meta.index
         self.node_chain[node] = [h]
@@ -133,13 +152,13 @@ class SafetyChecker:
         for e in entries:
             if e.index != index + 1:
                 raise InvariantViolation(
-                    f"State Machine Safety: {node} applied {e.index} right after {index}")
+                    f"{STATE_MACHINE_SAFETY}: {node} applied {e.index} right after {index}")
             index += 1
             h = chain(h, e)
             if index < len(committed):
                 if committed[index] != h:
                     raise InvariantViolation(
-                        f"State Machine Safety: {node} applied a different entry at index {index} "
+                        f"{STATE_MACHINE_SAFETY}: {node} applied a different entry at index {index} "
                         f"(term {e.term}) than another node")
             else:
                 committed.append(h)
@@ -149,10 +168,10 @@ class SafetyChecker:
         """`node` restored its state machine from a snapshot of (index, chain hash)."""
         index, h = state
         if index < len(self.committed) and self.committed[index] != h:
-            raise InvariantViolation(f"State Machine Safety: {node} restored a snapshot at {index} that "
+            raise InvariantViolation(f"{STATE_MACHINE_SAFETY}: {node} restored a snapshot at {index} that "
                                      f"differs from the committed state")
         if index >= len(self.committed):
-            raise InvariantViolation(f"State Machine Safety: {node} restored a snapshot at {index} beyond "
+            raise InvariantViolation(f"{STATE_MACHINE_SAFETY}: {node} restored a snapshot at {index} beyond "
                                      f"anything applied ({len(self.committed) - 1})")
 
     def read_floor(self) -> int:
@@ -162,7 +181,7 @@ class SafetyChecker:
     def read_answered(self, node: str, index: int, floor: int) -> None:
         """A ReadState at `index` answered a read requested when `floor` was committed."""
         if index < floor:
-            raise InvariantViolation(f"Linearizable reads: {node} answered a read at index {index} though "
+            raise InvariantViolation(f"{LINEARIZABLE_READS}: {node} answered a read at index {index} though "
                                      f"{floor} was committed when it was requested")
 
     def _check_completeness(self, node: str, term: int) -> None:
@@ -175,5 +194,5 @@ class SafetyChecker:
         k = top - base
         if k >= len(hashes) or hashes[k] != self.committed[top]:
             raise InvariantViolation(
-                f"Leader Completeness: {node} became leader of term {term} without committed entry {top} "
+                f"{LEADER_COMPLETENESS}: {node} became leader of term {term} without committed entry {top} "
                 f"(its persisted log ends at {base + len(hashes) - 1})")
