@@ -12,24 +12,35 @@
    proposed again, as a client would retry, if it does not commit).
 
 Safety is checked after every step by the cluster's `SafetyChecker`.
+
+`SIM` and `SIM_STEPS` are what tests/sim/test_sim.py runs (`DEFAULT` plus reads at stale leaders,
+for a median of over a thousand ticks a seed); ``python -m tests.sim.replay`` (`replay_command`)
+replays any seed of it, and `seed_offset` moves the seeds of each test run.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
 from dataclasses import dataclass
 
+from wiber.raft import Role
 from wiber.raft.messages import ENTRY_OVERHEAD
 
 from .cluster import Cluster
 
 __all__ = [
-    "LivenessFailure", "Profile", "SimResult", "cluster_for", "nodes_for", "replay_command", "run_seed",
+    "DEFAULT", "DEFAULT_STEPS", "SIM", "SIM_STEPS", "LivenessFailure", "Profile", "SimResult", "cluster_for",
+    "env_int", "failure_line", "nodes_for", "replay_command", "run_seed", "seed_offset",
 ]
 
 DEFAULT_STEPS = 2000
+#: The steps of a seed in tests/sim/test_sim.py: a median of about 1,200 ticks (2,000 steps: 440).
+SIM_STEPS = 6000
+#: The environment variable that fixes `seed_offset`.
+SEED_OFFSET_ENV = "WIBER_SIM_SEED_OFFSET"
 
 
 class LivenessFailure(AssertionError):
@@ -47,9 +58,16 @@ class Profile:
     fault: float = 0.1
     mid_ready_crash_rate: float = 0.002
     liveness_ticks: int = 300
+    #: While a node still leads an older term than the newest leader's (cut off, not yet stepped
+    #: down), the chance per tick that a client reads there (0: the draw is skipped, so seeds run
+    #: as they did before this knob).
+    stale_read: float = 0.0
 
 
 DEFAULT = Profile()
+#: The profile of tests/sim/test_sim.py and of ``python -m tests.sim.replay``: clients also read
+#: at leaders that were cut off, where only ReadIndex's heartbeat round stops a stale answer.
+SIM = Profile(stale_read=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +115,41 @@ def cluster_for(seed: int, *, wire: bool = False, logger: logging.Logger | None 
     )
 
 
-def replay_command(seed: int, steps: int = DEFAULT_STEPS, test: str = "tests/sim/test_sim.py") -> str:
-    """Returns: the shell command that replays exactly this seed."""
-    env = f"WIBER_SIM_SEED={seed}"
-    if steps != DEFAULT_STEPS:
-        env += f" WIBER_SIM_STEPS={steps}"
-    return f"{env} .venv/bin/python -m pytest {test} -k replay"
+def replay_command(seed: int, steps: int = DEFAULT_STEPS, test: str | None = None, *, wire: bool = False,
+                   mutation: str | None = None) -> str:
+    """Returns: the shell command that replays exactly this seed of the `SIM` profile (with `wire`,
+    under `mutation`): ``python -m tests.sim.replay`` (tests/sim/replay.py).
+
+    With `test`, the command is instead that test file's own replay test (`WIBER_SIM_SEED`), for
+    files that replay their seeds themselves (tests/sim/test_sim_durable.py).
+    """
+    if test is not None:
+        env = f"WIBER_SIM_SEED={seed}"
+        if steps != DEFAULT_STEPS:
+            env += f" WIBER_SIM_STEPS={steps}"
+        return f"{env} .venv/bin/python -m pytest {test} -k replay"
+    command = f".venv/bin/python -m tests.sim.replay --seed {seed} --steps {steps}"
+    if wire:
+        command += " --wire"
+    if mutation is not None:
+        command += f" --mutation {mutation}"
+    return command
+
+
+def failure_line(seed: int, steps: int, exc: BaseException, *, wire: bool = False,
+                 mutation: str | None = None) -> str:
+    """Returns: a seed's failure as one line, ending with the command that replays it."""
+    detail = " ".join(str(exc).split())
+    return (f"seed={seed}: {type(exc).__name__}: {detail} -- replay: "
+            f"{replay_command(seed, steps, wire=wire, mutation=mutation)}")
+
+
+@functools.cache
+def seed_offset() -> int:
+    """Returns: where this run's seeds start: `SEED_OFFSET_ENV` when set, else drawn at random once
+    per process, so that each run of the suite explores new seeds (and prints the offset)."""
+    value = os.environ.get(SEED_OFFSET_ENV, "").strip()
+    return int(value) if value else random.SystemRandom().randrange(1_000_000)
 
 
 def env_int(name: str, default: int) -> int:
@@ -157,6 +204,12 @@ def _chaos_tick(c: Cluster, rng: random.Random, p: Profile, serial: int) -> int:
             serial += 1
         if r() < p.transfer:
             c.transfer(leader.id, None if r() < 0.5 else rng.choice(c.ids))
+    if p.stale_read:
+        stale = [n for n in up if n is not leader and n.core is not None and n.core.role is Role.LEADER]
+        if stale and r() < p.stale_read:
+            if c.read(rng.choice(stale).id, f"r{serial}".encode()):
+                c.stats["reads at a stale leader"] += 1
+            serial += 1
     if r() < p.compact:
         c.compact(rng.choice(up).id)
     if r() < p.fault:

@@ -1,127 +1,141 @@
-r"""Proof that the simulation catches real bugs: switch off one rule of the core, find a violation.
+"""Proof that the simulation catches real bugs: switch off one rule of the core, see the property break.
 
-Each mutation replaces one small method of `Raft` (monkeypatch, nothing test-only in the core):
+Each mutation of `tests/sim/mutations.py` replaces one method of `Raft` and names the safety
+property of `tests/sim/invariants.py` it must break; every property has at least one:
 
-* `up_to_date_check`: `_log_is_up_to_date` always grants (section 5.4.1 switched off), so a node
-  with a stale log can win an election and overwrite committed entries.
-* `figure_8`: `_maybe_commit` commits any entry a majority holds, whatever its term (the rule of
-  section 5.4.2 switched off), so an old-term entry can be committed and then overwritten.
-* `persist_before_reply`: `_reply_channel` sends every reply before persisting, so a node can
-  acknowledge entries or grant a vote and then lose them in a crash.
+* Election Safety: `vote_twice` (a vote granted again in the same term), `vote_before_persisting`
+  (a vote forgotten in a crash).
+* Leader Append-Only: `leader_drops_uncommitted` (a new leader deletes its uncommitted tail).
+* Log Matching: `no_prev_term_check` (a follower appends after a mismatching prev entry).
+* Leader Completeness: `up_to_date_check` (section 5.4.1 off), `figure_8` (section 5.4.2 off),
+  `ack_before_persisting` (an acknowledged entry lost in a crash).
+* State Machine Safety: `commit_beyond_new_entries` (a follower commits a stale suffix).
+* Linearizable reads: `read_without_heartbeat` (ReadIndex without its heartbeat round), also shown
+  by a deterministic scenario: a leader cut off from the others answers from its stale commit index.
 
-The seeds listed were found by searching the default simulation (`WIBER_MUTATION_SEARCH=N` searches
-N seeds and prints the ones that fail); any change to the core or the simulation may move them, in
-which case search again and update the lists. Replay one with, e.g. ::
-
-    WIBER_MUTATION=figure_8 WIBER_SIM_SEED=176 \
-        .venv/bin/python -m pytest tests/sim/test_mutations.py -k replay
-
+The listed seeds must each raise exactly that property, and pass without the mutation. When a
+change to the core or the simulation moves them, find new ones with
+``.venv/bin/python -m tests.sim.replay --search 300 --mutation NAME``; replay one with
+``.venv/bin/python -m tests.sim.replay --seed N --steps 2000 --mutation NAME``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import pytest
 
-from wiber.raft import Raft
-from wiber.raft.messages import Message
-from wiber.raft.quorum import committed_index
+from wiber.raft import Role
 
-from .chaos import DEFAULT_STEPS, env_int, run_seed
-from .invariants import InvariantViolation
-
-
-def _always_up_to_date(self: Raft, last_index: int, last_term: int) -> bool:
-    """(a) Grant votes whatever the candidate's log."""
-    return True
+from .chaos import SIM, replay_command, run_seed
+from .cluster import Cluster
+from .invariants import LINEARIZABLE_READS, PROPERTIES, InvariantViolation
+from .mutations import MUTATION_STEPS, MUTATIONS, mutated
 
 
-def _commit_by_counting_any_term(self: Raft) -> bool:
-    """(b) Figure 8 switched off: commit what a majority holds, of any term."""
-    matches = {p: pr.match for p, pr in self._prs.items()}
-    matches[self._id] = self._self_match
-    return self._log.commit_to(committed_index(matches, self._voters))
+def _outcome(seed: int) -> str:
+    """Returns: how seed `seed` ends (`MUTATION_STEPS` steps of `SIM`): the property broken, or why not."""
+    try:
+        run_seed(seed, MUTATION_STEPS, profile=SIM)
+    except InvariantViolation as exc:
+        return exc.broken
+    except Exception as exc:  # noqa: BLE001 - any other ending is reported, and is not the property
+        return f"{type(exc).__name__}: {exc}"
+    return "passed"
 
 
-def _reply_before_persisting(self: Raft, msg: Message) -> list[Message]:
-    """(c) Every reply leaves with the messages that do not wait for the disk."""
-    return self._msgs
+def test_every_property_has_a_mutation() -> None:
+    """Each safety property the checker knows is the target of at least one mutation."""
+    assert {m.breaks for m in MUTATIONS.values()} == set(PROPERTIES)
 
 
-MUTATIONS: dict[str, tuple[str, Callable[..., object], list[int]]] = {
-    "up_to_date_check": ("_log_is_up_to_date", _always_up_to_date, [0, 1, 2, 4]),
-    "figure_8": ("_maybe_commit", _commit_by_counting_any_term, [176, 200, 266, 322]),
-    "persist_before_reply": ("_reply_channel", _reply_before_persisting, [0, 58, 66, 78]),
-}
+@pytest.mark.parametrize("name", list(MUTATIONS))
+def test_the_mutation_breaks_its_property(name: str) -> None:
+    """With the rule switched off, every listed seed breaks the property the mutation targets."""
+    mutation = MUTATIONS[name]
+    with mutated(name):
+        outcomes = {seed: _outcome(seed) for seed in mutation.seeds}
+    wrong = {seed: outcome for seed, outcome in outcomes.items() if outcome != mutation.breaks}
+    assert not wrong, (
+        f"mutation {name} must break {mutation.breaks}, seeds ended otherwise: {wrong} (replay: "
+        f"{replay_command(next(iter(wrong)), MUTATION_STEPS, mutation=name)}; search again: "
+        f".venv/bin/python -m tests.sim.replay --search 300 --mutation {name})")
 
 
-def replay_mutation_command(name: str, seed: int) -> str:
-    """Returns: the command that replays `seed` under mutation `name`."""
-    return (f"WIBER_MUTATION={name} WIBER_SIM_SEED={seed} .venv/bin/python -m pytest "
-            f"tests/sim/test_mutations.py -k replay")
+@pytest.mark.parametrize("name", list(MUTATIONS))
+def test_the_listed_seeds_pass_on_the_real_core(name: str) -> None:
+    """Without the mutation the same seeds pass: the violation is the mutation's doing."""
+    outcomes = {seed: _outcome(seed) for seed in MUTATIONS[name].seeds}
+    assert set(outcomes.values()) == {"passed"}, outcomes
 
 
-@pytest.mark.parametrize("name", sorted(MUTATIONS))
-def test_mutation_is_caught(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the rule switched off, some listed seed breaks a safety invariant."""
-    method, replacement, seeds = MUTATIONS[name]
-    monkeypatch.setattr(Raft, method, replacement)
-    caught = []
-    for seed in seeds:
-        try:
-            run_seed(seed, DEFAULT_STEPS)
-        except InvariantViolation as exc:
-            caught.append((seed, str(exc)))
-        except AssertionError:
-            pass  # a liveness failure is not proof enough: safety must break
-    assert caught, (f"mutation {name} survived seeds {seeds}: search again with "
-                    f"WIBER_MUTATION={name} WIBER_MUTATION_SEARCH=2000 .venv/bin/python -m pytest "
-                    f"tests/sim/test_mutations.py -k search -s")
+# -- a stale leader's read, deterministically ----------------------------------------------------------
 
 
-@pytest.mark.skipif("WIBER_MUTATION" not in os.environ, reason="set WIBER_MUTATION and WIBER_SIM_SEED")
-def test_replay_mutation(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Replay one seed under one mutation; it is expected to fail with the violation."""
-    name = os.environ["WIBER_MUTATION"]
-    method, replacement, _ = MUTATIONS[name]
-    monkeypatch.setattr(Raft, method, replacement)
-    run_seed(env_int("WIBER_SIM_SEED", 0), env_int("WIBER_SIM_STEPS", DEFAULT_STEPS))
+def _run_until(c: Cluster, done: Callable[[], bool], what: str, limit: int = 5000) -> None:
+    """Step `c` until `done()`; fail after `limit` steps."""
+    for _ in range(limit):
+        if done():
+            return
+        c.step()
+    raise AssertionError(f"no {what} within {limit} steps: {c.describe_nodes()}")
 
 
-@pytest.mark.skipif("WIBER_MUTATION_SEARCH" not in os.environ,
-                    reason="set WIBER_MUTATION_SEARCH=<seeds> (and WIBER_MUTATION) to search for seeds")
-def test_search_mutation_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Print the seeds among the first N whose run breaks an invariant under the mutation(s)."""
-    count = env_int("WIBER_MUTATION_SEARCH", 0)
-    names = [os.environ["WIBER_MUTATION"]] if "WIBER_MUTATION" in os.environ else sorted(MUTATIONS)
-    for name in names:
-        method, replacement, _ = MUTATIONS[name]
-        with monkeypatch.context() as patch:
-            patch.setattr(Raft, method, replacement)
-            found = []
-            for seed in range(count):
-                try:
-                    run_seed(seed, DEFAULT_STEPS)
-                except InvariantViolation:
-                    found.append(seed)
-                except AssertionError:
-                    pass
-        print(f"{name}: {len(found)} of {count} seeds break an invariant: {found[:20]}")
-        for seed in found[:3]:
-            print("  " + replay_mutation_command(name, seed))
+def _ticks(c: Cluster, ticks: int) -> None:
+    """Run `c` for `ticks` ticks of simulated time."""
+    end = c.now + ticks
+    _run_until(c, lambda: c.now >= end, f"t={end}", 100 * ticks)
 
 
-def test_a_failing_seed_reports_one_line_with_the_command_to_rerun_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """What CI prints for a failing seed: one line, ending with the exact command to replay it."""
-    from .test_sim import run_or_fail
+def _role(c: Cluster, node: str) -> Role | None:
+    """Returns: the role of `node` (None while it is down)."""
+    core = c.nodes[node].core
+    return core.role if core is not None else None
 
-    monkeypatch.setattr(Raft, "_log_is_up_to_date", _always_up_to_date)
-    with pytest.raises(pytest.fail.Exception) as info:
-        run_or_fail(0, DEFAULT_STEPS)
-    message = str(info.value)
-    assert "\n" not in message and message.startswith("seed=0: InvariantViolation: ")
-    assert message.endswith(
-        "replay: WIBER_SIM_SEED=0 .venv/bin/python -m pytest tests/sim/test_sim.py -k replay")
+
+def stale_leader_read() -> tuple[Cluster, str]:
+    """Three nodes, CheckQuorum off; the leader, n*, commits two commands, is cut off from the
+    others, which elect a new leader and commit a third; then a client reads at the old leader, and
+    the cluster runs two more election timeouts.
+
+    Returns:
+        the cluster and the old leader's id.
+    Raises:
+        InvariantViolation: the old leader answered the read from its commit index (stale: the new
+            leader has committed more).
+    """
+    c = Cluster(["n1", "n2", "n3"], 7, check_quorum=False)
+    _run_until(c, lambda: c.leader() is not None, "leader")
+    old = c.leader()
+    assert old is not None
+    c.propose(old.id, [b"a", b"b"])
+    _run_until(c, lambda: all(n.state[0] >= 3 for n in c.nodes.values()), "commit of a, b everywhere")
+    c.net.isolate(old.id)
+    _run_until(c, lambda: c.leader() not in (None, old), "new leader")
+    new = c.leader()
+    assert new is not None and old.core is not None and old.core.role is Role.LEADER
+    c.propose(new.id, [b"c"])
+    stale_commit = old.core.commit_index
+    _run_until(c, lambda: c.checker.read_floor() > stale_commit, "commit of c")
+    assert c.read(old.id, b"stale read"), "the old leader refused the read"
+    _ticks(c, 2 * c.configs[old.id].election_ticks)
+    return c, old.id
+
+
+def test_a_leader_cut_off_does_not_answer_a_read() -> None:
+    """The real core holds the stale leader's read (no heartbeat round completes), and drops it
+    when it learns of the new term, without a violation."""
+    c, old = stale_leader_read()
+    assert _role(c, old) is Role.LEADER, c.describe_nodes()
+    assert b"stale read" in c.nodes[old].read_floors and c.stats["reads answered"] == 0
+    c.net.heal()
+    _ticks(c, 4 * c.configs[old].election_ticks)
+    assert _role(c, old) is Role.FOLLOWER, c.describe_nodes()
+    assert c.stats["reads answered"] == 0
+
+
+def test_a_read_without_the_heartbeat_round_is_caught_in_the_scenario() -> None:
+    """With `read_without_heartbeat`, the stale leader answers at once, and the checker says so."""
+    with mutated("read_without_heartbeat"), pytest.raises(InvariantViolation) as info:
+        stale_leader_read()
+    assert info.value.broken == LINEARIZABLE_READS, str(info.value)
