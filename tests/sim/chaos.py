@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from wiber.raft import Role
@@ -33,7 +34,8 @@ from .cluster import Cluster
 
 __all__ = [
     "DEFAULT", "DEFAULT_STEPS", "SIM", "SIM_STEPS", "LivenessFailure", "Profile", "SimResult", "cluster_for",
-    "env_int", "failure_line", "nodes_for", "replay_command", "run_seed", "seed_offset",
+    "env_int", "failure_line", "nodes_for", "replay_command", "run_seed", "run_until",
+    "seed_offset",
 ]
 
 DEFAULT_STEPS = 2000
@@ -150,6 +152,19 @@ def seed_offset() -> int:
     per process, so that each run of the suite explores new seeds (and prints the offset)."""
     value = os.environ.get(SEED_OFFSET_ENV, "").strip()
     return int(value) if value else random.SystemRandom().randrange(1_000_000)
+
+
+def run_until(c: Cluster, done: Callable[[], bool], what: str, limit: int = 5000) -> None:
+    """Step `c` until `done()` (scenarios).
+
+    Raises:
+        AssertionError: `what` did not happen within `limit` steps.
+    """
+    for _ in range(limit):
+        if done():
+            return
+        c.step()
+    raise AssertionError(f"no {what} within {limit} steps: {c.describe_nodes()}")
 
 
 def env_int(name: str, default: int) -> int:

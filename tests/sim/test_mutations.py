@@ -21,13 +21,11 @@ change to the core or the simulation moves them, find new ones with
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from wiber.raft import Role
 
-from .chaos import SIM, replay_command, run_seed
+from .chaos import SIM, replay_command, run_seed, run_until
 from .cluster import Cluster
 from .invariants import LINEARIZABLE_READS, PROPERTIES, InvariantViolation
 from .mutations import MUTATION_STEPS, MUTATIONS, mutated
@@ -72,19 +70,10 @@ def test_the_listed_seeds_pass_on_the_real_core(name: str) -> None:
 # -- a stale leader's read, deterministically ----------------------------------------------------------
 
 
-def _run_until(c: Cluster, done: Callable[[], bool], what: str, limit: int = 5000) -> None:
-    """Step `c` until `done()`; fail after `limit` steps."""
-    for _ in range(limit):
-        if done():
-            return
-        c.step()
-    raise AssertionError(f"no {what} within {limit} steps: {c.describe_nodes()}")
-
-
 def _ticks(c: Cluster, ticks: int) -> None:
     """Run `c` for `ticks` ticks of simulated time."""
     end = c.now + ticks
-    _run_until(c, lambda: c.now >= end, f"t={end}", 100 * ticks)
+    run_until(c, lambda: c.now >= end, f"t={end}", 100 * ticks)
 
 
 def _role(c: Cluster, node: str) -> Role | None:
@@ -105,18 +94,18 @@ def stale_leader_read() -> tuple[Cluster, str]:
             leader has committed more).
     """
     c = Cluster(["n1", "n2", "n3"], 7, check_quorum=False)
-    _run_until(c, lambda: c.leader() is not None, "leader")
+    run_until(c, lambda: c.leader() is not None, "leader")
     old = c.leader()
     assert old is not None
     c.propose(old.id, [b"a", b"b"])
-    _run_until(c, lambda: all(n.state[0] >= 3 for n in c.nodes.values()), "commit of a, b everywhere")
+    run_until(c, lambda: all(n.state[0] >= 3 for n in c.nodes.values()), "commit of a, b everywhere")
     c.net.isolate(old.id)
-    _run_until(c, lambda: c.leader() not in (None, old), "new leader")
+    run_until(c, lambda: c.leader() not in (None, old), "new leader")
     new = c.leader()
     assert new is not None and old.core is not None and old.core.role is Role.LEADER
     c.propose(new.id, [b"c"])
     stale_commit = old.core.commit_index
-    _run_until(c, lambda: c.checker.read_floor() > stale_commit, "commit of c")
+    run_until(c, lambda: c.checker.read_floor() > stale_commit, "commit of c")
     assert c.read(old.id, b"stale read"), "the old leader refused the read"
     _ticks(c, 2 * c.configs[old.id].election_ticks)
     return c, old.id
