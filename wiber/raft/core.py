@@ -55,6 +55,7 @@ from wiber.errors import InvariantError, WiberError
 from wiber.raft.config import RaftConfig
 from wiber.raft.log import RaftLog
 from wiber.raft.messages import (
+    MAX_NUMBER,
     AppendEntries,
     AppendEntriesReply,
     Entry,
@@ -604,6 +605,9 @@ class Raft:
 
     def _campaign(self, pre: bool, force: bool) -> None:
         """Start a pre-vote (`pre`) or an election; `force` marks a transfer's campaign."""
+        if self._term >= MAX_NUMBER:  # only forged messages get a term this high: never go past it
+            self._logger.error("%s cannot campaign: its term %d is the largest there is", self._id, self._term)
+            return
         if pre:
             self._become_pre_candidate()
             term = self._term + 1

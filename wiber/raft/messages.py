@@ -36,6 +36,7 @@ from typing import Union
 __all__ = [
     "ENTRY_OVERHEAD",
     "MAX_ENTRIES_PER_MESSAGE",
+    "MAX_NUMBER",
     "AppendEntries",
     "AppendEntriesReply",
     "Entry",
@@ -77,6 +78,13 @@ ENTRY_OVERHEAD = 16
 #: The most entries one AppendEntries may carry (the codec refuses more; the config cannot ask for
 #: more). Bounds the objects a peer's frame can make the decoder create.
 MAX_ENTRIES_PER_MESSAGE = 1 << 17
+
+
+#: The largest term, index or counter any peer message, entry or hard state may hold: a signed
+#: 64-bit int. The codec refuses larger ones, so ``term + 1`` and ``index + 1`` always stay within
+#: what msgpack and the on-disk formats can hold (a forged term 2**64 - 1 once made every node fail
+#: encoding ``term + 1``, and again at each restart from its persisted term).
+MAX_NUMBER = 2**63 - 1
 
 
 def entry_size(entry: Entry) -> int:

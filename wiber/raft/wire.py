@@ -11,9 +11,9 @@ Frames come from the network and are untrusted. `decode_message` bounds the unpa
 `MAX_FRAME_BYTES` are refused before unpacking; every string, binary and array length is bounded by
 the frame's own length, so a 5-byte header cannot make msgpack allocate gigabytes), checks the
 exact shape and every field's type (`bool` is not accepted where an `int` is expected, nor the
-reverse), refuses negative indexes and terms, and raises `MalformedMessage` — and nothing else —
-for any frame it does not accept. Semantic checks (entry terms not above the message's term, and so
-on) belong to the core, which drops such messages.
+reverse), refuses negative numbers and any above `MAX_NUMBER` (2**63 - 1), and raises
+`MalformedMessage` — and nothing else — for any frame it does not accept. Semantic checks (entry
+terms not above the message's term, and so on) belong to the core, which drops such messages.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import msgpack
 
 from wiber.raft.messages import (
     MAX_ENTRIES_PER_MESSAGE,
+    MAX_NUMBER,
     AppendEntries,
     AppendEntriesReply,
     Entry,
@@ -137,9 +138,9 @@ def decode_message(frame: bytes, max_frame: int = MAX_FRAME_BYTES) -> Message:
 
 
 def _int(value: Any, what: str) -> int:
-    """Returns: `value` if it is a non-negative int (not a bool). Raises: MalformedMessage."""
-    if type(value) is not int or value < 0:
-        raise MalformedMessage(f"{what} must be a non-negative integer")
+    """Returns: `value` if it is an int (not a bool) in [0, MAX_NUMBER]. Raises: MalformedMessage."""
+    if type(value) is not int or not 0 <= value <= MAX_NUMBER:
+        raise MalformedMessage(f"{what} must be an integer from 0 to 2**63 - 1")
     return value
 
 
@@ -195,13 +196,15 @@ def _build(obj: Any) -> Message:
             raise MalformedMessage("entries must be an array of (term, kind, data) triples")
         if len(flat) > 3 * MAX_ENTRIES_PER_MESSAGE:
             raise MalformedMessage(f"more than {MAX_ENTRIES_PER_MESSAGE} entries in one message")
+        if prev_index + len(flat) // 3 > MAX_NUMBER:
+            raise MalformedMessage("entry indexes past 2**63 - 1")
         entries = []
         index = prev_index
         kinds = _KINDS
         for k in range(0, len(flat), 3):
             e_term, e_kind, e_data = flat[k], flat[k + 1], flat[k + 2]
-            if type(e_term) is not int or e_term < 0:
-                raise MalformedMessage("entry term must be a non-negative integer")
+            if type(e_term) is not int or not 0 <= e_term <= MAX_NUMBER:
+                raise MalformedMessage("entry term must be an integer from 0 to 2**63 - 1")
             if type(e_kind) is not int or not 0 <= e_kind < 2:
                 raise MalformedMessage("entry kind must be 0 or 1")
             if type(e_data) is not bytes:

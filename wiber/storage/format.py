@@ -57,7 +57,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from wiber.raft.messages import Entry, EntryKind, HardState, SnapshotMeta
+from wiber.raft.messages import MAX_NUMBER, Entry, EntryKind, HardState, SnapshotMeta
 
 __all__ = [
     "CORRUPT_SUFFIX",
@@ -286,7 +286,13 @@ def find_valid_record(buf: bytes, start: int, max_index: int) -> int | None:
 
 
 def encode_hard_state(hs: HardState) -> bytes:
-    """Returns: the bytes of a hard state file holding `hs`."""
+    """Returns: the bytes of a hard state file holding `hs`.
+
+    Raises:
+        ValueError: a term or commit above `MAX_NUMBER` (only forged messages lead there), or a vote too long.
+    """
+    if not 0 <= hs.term <= MAX_NUMBER or not 0 <= hs.commit <= MAX_NUMBER:
+        raise ValueError(f"hard state term {hs.term} or commit {hs.commit} is over 2**63 - 1: refused")
     vote = b"" if hs.voted_for is None else hs.voted_for.encode("utf-8")
     if len(vote) > 0xFFFF:
         raise ValueError(f"voted_for is {len(vote)} bytes long; at most 65535 fit")
@@ -310,6 +316,9 @@ def decode_hard_state(buf: bytes) -> HardState:
         raise FormatError(f"hard state file is {len(buf)} bytes, expected {end + 4}", min(len(buf), end))
     if zlib.crc32(buf[:end]) != _SNAP_CRC.unpack_from(buf, end)[0]:
         raise FormatError("hard state checksum mismatch", end)
+    if term > MAX_NUMBER or commit > MAX_NUMBER:
+        raise FormatError(f"hard state term {term} or commit {commit} is over 2**63 - 1 (a forged message's? "
+                          "this version never writes one)", 5)
     try:
         vote = buf[_HS_HEAD.size:end].decode("utf-8") if has_vote else None
     except UnicodeDecodeError as exc:

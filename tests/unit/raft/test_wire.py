@@ -27,7 +27,7 @@ from wiber.raft import wire
 from wiber.raft.wire import MAX_FRAME_BYTES, MalformedMessage, decode_message, encode_message
 
 ids = st.text(min_size=1, max_size=12)
-nat = st.integers(0, 2**63)
+nat = st.integers(0, 2**63 - 1)
 small = st.integers(0, 10_000)
 
 

@@ -316,7 +316,7 @@ def test_open_creates_nested_directories(tmp_path: Path) -> None:
 
 
 def test_format_round_trips_and_refusals() -> None:
-    for hs in (HardState(0, None, 0), HardState(7, "n1", 12), HardState(2**63, "", 5), HardState(1, "ü", 0)):
+    for hs in (HardState(0, None, 0), HardState(7, "n1", 12), HardState(2**63 - 1, "", 5), HardState(1, "ü", 0)):
         assert decode_hard_state(encode_hard_state(hs)) == hs
     raw = bytearray(encode_hard_state(HardState(3, "n2", 4)))
     raw[8] ^= 1

@@ -351,7 +351,7 @@ class DurableStorage(Recovery, InMemoryLogView):
         """Create the segment file for records from `first` and make it the current one."""
         path = self._path(segment_name(first))
         self._close_fd()
-        self._fd = self._fs.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = self._fs.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._dir_dirty = True
         seg = Segment(first, path)
         self._segments.append(seg)
@@ -370,8 +370,14 @@ class DurableStorage(Recovery, InMemoryLogView):
         vote = (hs.term, hs.voted_for)
         if vote != self._durable_vote:
             try:
+                encoded = encode_hard_state(hs)
+            except ValueError as exc:  # never from this version's core: refuse rather than write it
+                err = StorageFailure(f"storage {self._dir}: {exc}")
+                self._mark_failed(err)
+                raise err from None
+            try:
                 self._sync_log()
-                self._replace(HARD_STATE_NAME, [encode_hard_state(hs)])
+                self._replace(HARD_STATE_NAME, [encoded])
             except OSError as exc:
                 raise self._fail(f"writing the hard state (term {hs.term}, vote {hs.voted_for})", exc) from exc
             self._durable_vote = vote
@@ -497,7 +503,7 @@ class DurableStorage(Recovery, InMemoryLogView):
         fs = self._fs
         path = self._path(name)
         tmp = path + TEMP_SUFFIX
-        fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             offset = 0
             for part in parts:
@@ -546,7 +552,7 @@ def write_snapshot_file(fs: FileSystem, directory: str, meta: SnapshotMeta, data
     """
     path = os.path.join(directory, snapshot_name(meta))
     tmp = path + TEMP_SUFFIX
-    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         offset = 0
         for part in (encode_snapshot_header(meta, data), data):
