@@ -1,0 +1,115 @@
+"""What every `wiber` client command shares: the options naming the cluster, the Client they build,
+the argparse value types, and how a command fails (one line on stderr, an exit status)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
+
+from wiber import protocol
+from wiber.config import load_config
+from wiber.errors import WireError
+
+if TYPE_CHECKING:  # the client library imports zmq: kept out of `wiber --help`
+    from wiber.client import Client
+
+DEFAULT_CONFIG = os.environ.get("WIBER_CONFIG", "conf/cluster.yaml")
+
+#: The subcommand table each command module adds its parsers to.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class UsageError(Exception):
+    """A command line the cluster would refuse anyway (a bad topic name): exit status 2."""
+
+
+def fail(message: str, status: int) -> int:
+    """Print `wiber: MESSAGE` on stderr. Returns: `status`, the exit status to leave with."""
+    print(f"wiber: {message}", file=sys.stderr)
+    return status
+
+
+def client_args(p: argparse.ArgumentParser) -> None:
+    """Add the options naming the cluster (--config, --addr) and the per-node --timeout."""
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"cluster YAML (default {DEFAULT_CONFIG})")
+    p.add_argument("--addr", action="append", metavar="HOST:PORT",
+                   help="a node's client address; repeat for several (overrides --config)")
+    p.add_argument("--timeout", type=float_at_least(0.0, strict=True), default=1.0, metavar="S",
+                   help="seconds to wait per node (default 1)")
+
+
+def publisher_args(p: argparse.ArgumentParser, context: str) -> None:
+    """Add the `Publisher` options (--batch, --linger-ms, --window) shared by `pub` and `bench pub`."""
+    # The window is capped at the broker's default session_window: a resend must find its answer kept.
+    p.add_argument("--batch", type=int_between(1, protocol.MAX_BATCH_MESSAGES), default=1000, metavar="N",
+                   help=f"{context}messages per request at most (default 1000; 1 sends plain PUBs)")
+    p.add_argument("--linger-ms", type=float_at_least(0.0), default=2.0, metavar="MS",
+                   help=f"{context}how long a partial batch waits for more (default 2)")
+    p.add_argument("--window", type=int_between(1, 4096), default=100, metavar="N",
+                   help=f"{context}requests in flight at most (default 100)")
+
+
+def addresses(args: argparse.Namespace) -> list[str]:
+    """Returns: the client addresses to talk to: every --addr, else every node of --config."""
+    if args.addr:
+        return list(args.addr)
+    config = load_config(args.config)
+    return [n.client_addr for n in config.nodes]
+
+
+def open_client(args: argparse.Namespace) -> Client:
+    """Returns: a Client on the command's nodes, waiting --timeout per try and three tries in all."""
+    from wiber.client import Client, Timeouts
+
+    return Client(addresses(args), Timeouts(per_try_s=args.timeout, total_s=max(args.timeout, 3 * args.timeout)))
+
+
+def checked_topic(topic: str) -> str:
+    """Returns: `topic`, checked by the wire contract's own rule before anything is sent.
+
+    Raises:
+        UsageError: the name is empty, too long, holds NUL or starts with `$`.
+    """
+    try:
+        return protocol.validate_topic(topic)
+    except WireError as exc:
+        raise UsageError(f"bad topic name {topic!r}: {exc}") from None
+
+
+def max_message_bytes(args: argparse.Namespace) -> int:
+    """Returns: the cluster's `max_message_bytes` (from --config; the default with --addr)."""
+    if args.addr:
+        return protocol.Limits().max_message_bytes
+    return load_config(args.config).cluster.max_message_bytes
+
+
+def int_between(low: int, high: int | None) -> Callable[[str], int]:
+    """Returns: an argparse type accepting integers in [low, high] (no upper bound when high is None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"{low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+    return parse
+
+
+def float_at_least(low: float, strict: bool = False) -> Callable[[str], float]:
+    """Returns: an argparse type accepting numbers >= low (> low when strict)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'above' if strict else 'at least'} {low:g}, got {text}")
+        return value
+    return parse
+
