@@ -1,4 +1,4 @@
-"""The client library: talk to a Wiber cluster over docs/design.md section 3.
+"""`Client`: requests to a Wiber cluster with failover, exactly-once publishing and a Lamport clock.
 
 `Client` sends one request at a time over a REQ socket. A request that gets no answer within the
 per-try timeout closes and reopens the socket and tries the next address (the zguide's Lazy
@@ -23,14 +23,13 @@ import logging
 import time
 import uuid
 import weakref
-from collections import deque
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import msgpack
 import zmq
 
 from wiber import protocol, zmqcalls
+from wiber.client.subscription import Subscription
+from wiber.client.values import Ack, History, Message, Timeouts, normalize_address, pause
 from wiber.clock import Clock, OffsetEstimator, SystemClock, skew_from_env
 from wiber.errors import (
     ClientError,
@@ -43,78 +42,6 @@ from wiber.errors import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """How long the client waits: per try (one address) and in all (every retry included)."""
-
-    per_try_s: float = 1.0
-    total_s: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """A stored publish: where it is (topic, offset, log index) and its stamps.
-
-    For a batch, `offset` and `lamport` are the first message's; the batch holds `count` messages.
-    `duplicate` says the node answered a retry from its session (the message was stored once).
-    """
-
-    topic: str
-    offset: int
-    index: int
-    lamport: int
-    ts: float
-    duplicate: bool
-    count: int = 1
-
-    @classmethod
-    def from_reply(cls, reply: dict[str, Any]) -> Ack:
-        return cls(reply["topic"], reply["offset"], reply["index"], reply["lamport"], reply["ts"],
-                   bool(reply["duplicate"]), int(reply.get("count", 1)))
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One stored message, as HISTORY and subscriptions deliver it.
-
-    `late` is True for a message that reached a leader with a reorder window after its slot had
-    passed: stored at once, out of `ts` order (docs/design.md section 5).
-    """
-
-    topic: str
-    offset: int
-    data: bytes
-    lamport: int
-    ts: float
-    index: int
-    late: bool = False
-
-    @classmethod
-    def from_wire(cls, topic: str, item: dict[str, Any]) -> Message:
-        return cls(topic, int(item["offset"]), bytes(item["data"]), int(item["lamport"]), float(item["ts"]),
-                   int(item["index"]), item.get("late") is True)
-
-
-@dataclass(frozen=True, slots=True)
-class History:
-    """A HISTORY answer: messages in offset order and where the topic stands."""
-
-    topic: str
-    messages: list[Message]
-    next_offset: int
-    first_offset: int
-    end_offset: int
-    commit_index: int
-
-
-def normalize_address(address: str) -> str:
-    """Returns: a zmq endpoint for `host:port` or `tcp://host:port`."""
-    address = address.strip()
-    if "://" in address:
-        return address
-    return f"tcp://{address}"
 
 
 class Client:
@@ -238,14 +165,14 @@ class Client:
                 last_error = err
                 self._reset(err.leader_addr)  # None: no leader known yet, try the next node
                 if err.leader_addr is None:
-                    _pause(deadline, 0.05)
+                    pause(deadline, 0.05)
                 continue
             if isinstance(err, (Unavailable, StorageError)):
                 # Outcome unknown (or this node's disk failed): the same request, same seq, is safe.
                 last_error = err
                 self._outcome_unknown = True
                 self._reset(None if isinstance(err, StorageError) else self._current)
-                _pause(deadline, 0.05)
+                pause(deadline, 0.05)
                 continue
             raise err
 
@@ -399,181 +326,3 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _pause(deadline: float, seconds: float) -> None:
-    """Back off briefly before another try (bounded by the deadline): an election is under way."""
-    time.sleep(max(0.0, min(seconds, deadline - time.monotonic())))
-
-
-#: A node whose PUB heartbeats stop for this long is taken for dead (three 250 ms heartbeats).
-HEARTBEAT_SILENCE_S = 0.75
-#: At most this many messages wait in a Subscription's own buffer; the rest stay in the socket or
-#: in HISTORY, so a subscriber far behind does not hold the whole backlog in memory.
-MAX_BUFFERED = 10_000
-
-
-class Subscription:
-    """Every message of one topic, once, in offset order: the zguide's Clone pattern.
-
-    It subscribes first (SUB on the node's PUB socket), then fills from HISTORY, drops what it
-    already has, fetches any gap it sees (PUB drops under pressure and before a subscription has
-    settled), catches up when a heartbeat shows the node committed more than it has seen, and moves
-    to another node when three heartbeats in a row are missed.
-    """
-
-    def __init__(self, client: Client, topic: str, from_offset: int | None) -> None:
-        self.client = client
-        self.topic = topic
-        self._prefix = protocol.topic_prefix(topic)
-        self._next: int | None = from_offset
-        self._sock: zmq.Socket[bytes] | None = None
-        self._node: str | None = None
-        self._buffer: deque[Message] = deque()
-        self._behind = False  # HISTORY holds more than the buffer took: read on before live messages
-        self._last_heard = 0.0
-        self._seen_commit = 0
-        self.failovers = 0
-        self.gaps_filled = 0
-
-    @property
-    def next_offset(self) -> int | None:
-        """The offset of the next message this subscription will deliver."""
-        return self._next
-
-    def _attach(self, deadline: float) -> None:
-        """Subscribe at some node (rotating on failure) and catch up from HISTORY."""
-        self._detach()
-        reply = self.client.request("SUB", topic=self.topic)
-        sock = self.client.ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
-        sock.setsockopt(zmq.SUBSCRIBE, protocol.HEARTBEAT_PREFIX)
-        sock.connect(reply["pub_addr"])
-        self._sock = sock
-        self._node = self.client._current
-        self._last_heard = time.monotonic()
-        if self._next is None:
-            self._next = int(reply["next_offset"])
-        self._catch_up(deadline)
-
-    def _detach(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-
-    def _catch_up(self, deadline: float) -> None:
-        """Read from HISTORY (at the attached node) until nothing more is committed there, or until
-        `MAX_BUFFERED` messages wait for the application (then `_behind` says to read on later)."""
-        assert self._next is not None
-        self._behind = True
-        while time.monotonic() < deadline and len(self._buffer) < MAX_BUFFERED:
-            history = self.client.history(self.topic, from_offset=self._next, limit=1000)
-            self._seen_commit = max(self._seen_commit, history.commit_index)
-            if history.first_offset > self._next:
-                log.warning("subscription %s: offsets %d..%d were removed by retention before delivery",
-                            self.topic, self._next, history.first_offset - 1)
-            fresh = [m for m in history.messages if m.offset >= self._next]
-            self._buffer.extend(fresh)
-            if fresh:
-                self._next = fresh[-1].offset + 1
-            if history.next_offset >= history.end_offset:
-                self._behind = False
-                return
-
-    def _on_live(self, item: dict[str, Any], deadline: float) -> None:
-        assert self._next is not None
-        offset = int(item["offset"])
-        if offset < self._next:
-            return  # already delivered (from HISTORY, or a duplicate after failover)
-        if offset > self._next:
-            self.gaps_filled += 1
-            self._catch_up(deadline)  # a gap: PUB dropped something; HISTORY has it
-            if offset != self._next:
-                return  # delivered from HISTORY already, or still ahead of what the buffer took
-        message = Message.from_wire(self.topic, item)
-        self._buffer.append(message)
-        self._next = offset + 1
-
-    def get(self, timeout: float | None = None) -> Message | None:
-        """Returns: the next message, or None when none arrives within `timeout` seconds."""
-        deadline = time.monotonic() + (self.client.timeouts.total_s if timeout is None else timeout)
-        while True:
-            if self._buffer:
-                message = self._buffer.popleft()
-                self.client.observe_lamport(message.lamport)
-                return message
-            now = time.monotonic()
-            if now >= deadline:
-                return None
-            try:
-                if self._behind and self._sock is not None:
-                    self._catch_up(deadline)
-                    continue
-                if self._sock is None or now - self._last_heard > HEARTBEAT_SILENCE_S:
-                    if self._sock is not None:
-                        self.failovers += 1
-                        log.info("subscription %s: %s went silent, moving to another node", self.topic, self._node)
-                        self.client._reset()  # next address
-                    self._attach(deadline)
-                    continue
-                self._poll_once(min(deadline, self._last_heard + HEARTBEAT_SILENCE_S), deadline)
-            except (ClientError, WireError) as exc:
-                log.info("subscription %s: %s; retrying", self.topic, exc)
-                self._detach()
-                self.client._reset()
-                _pause(deadline, 0.05)
-
-    def _poll_once(self, until: float, deadline: float) -> None:
-        sock = self._sock
-        assert sock is not None
-        if not sock.poll(max(1, int((until - time.monotonic()) * 1000))):
-            return
-        for _ in range(MAX_BUFFERED):  # what waits beyond this stays in the socket (its RCVHWM bounds it)
-            try:
-                prefix, body = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except ValueError:
-                continue  # not two frames: not ours
-            self._last_heard = time.monotonic()
-            try:
-                item = msgpack_unpack(body)
-            except ValueError:
-                continue
-            if prefix == protocol.HEARTBEAT_PREFIX:
-                commit = int(item.get("commit_index", 0))
-                if commit > self._seen_commit:
-                    self._catch_up(deadline)  # the tail may have been dropped: ask HISTORY
-                    self._seen_commit = max(self._seen_commit, commit)
-            elif prefix == self._prefix:
-                self._on_live(item, deadline)
-                self._seen_commit = max(self._seen_commit, int(item.get("index", 0)))
-
-    def __iter__(self) -> Iterator[Message]:
-        while True:
-            message = self.get(timeout=3600.0)
-            if message is not None:
-                yield message
-
-    def close(self) -> None:
-        """Stop listening."""
-        self._detach()
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def msgpack_unpack(body: bytes) -> dict[str, Any]:
-    """Decode a fan-out body. Raises: ValueError when it is not a msgpack map."""
-    try:
-        item = msgpack.unpackb(body, raw=False)
-    except Exception as exc:  # bytes from the network: anything can fail
-        raise ValueError(str(exc)) from None
-    if not isinstance(item, dict):
-        raise ValueError("not a map")
-    return item

@@ -1,0 +1,26 @@
+"""The client library: talk to a Wiber cluster over docs/design.md section 3.
+
+`Client` (connection.py) sends one request at a time with failover and exactly-once publishing;
+`Subscription` (subscription.py) delivers a topic's messages once, in offset order; values.py
+holds what they hand out (Ack, Message, History) and take (Timeouts). The pipelined, batching
+publisher is `wiber.publisher.Publisher`.
+"""
+
+from __future__ import annotations
+
+from wiber.client.connection import Client
+from wiber.client.subscription import HEARTBEAT_SILENCE_S, MAX_BUFFERED, Subscription, msgpack_unpack
+from wiber.client.values import Ack, History, Message, Timeouts, normalize_address
+
+__all__ = [
+    "HEARTBEAT_SILENCE_S",
+    "MAX_BUFFERED",
+    "Ack",
+    "Client",
+    "History",
+    "Message",
+    "Subscription",
+    "Timeouts",
+    "msgpack_unpack",
+    "normalize_address",
+]
