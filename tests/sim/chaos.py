@@ -117,33 +117,29 @@ def cluster_for(seed: int, *, wire: bool = False, logger: logging.Logger | None 
     )
 
 
-def replay_command(seed: int, steps: int = DEFAULT_STEPS, test: str | None = None, *, wire: bool = False,
-                   mutation: str | None = None) -> str:
-    """Returns: the shell command that replays exactly this seed of the `SIM` profile (with `wire`,
-    under `mutation`): ``python -m tests.sim.replay`` (tests/sim/replay.py).
-
-    With `test`, the command is instead that test file's own replay test (`WIBER_SIM_SEED`), for
-    files that replay their seeds themselves (tests/sim/test_sim_durable.py).
-    """
-    if test is not None:
-        env = f"WIBER_SIM_SEED={seed}"
-        if steps != DEFAULT_STEPS:
-            env += f" WIBER_SIM_STEPS={steps}"
-        return f"{env} .venv/bin/python -m pytest {test} -k replay"
+def replay_command(seed: int, steps: int = DEFAULT_STEPS, *, wire: bool = False, mutation: str | None = None,
+                   durable: bool = False, storage_mutant: str | None = None) -> str:
+    """Returns: the shell command that replays exactly this seed (with `wire`, under `mutation`, on
+    durable storage, under a storage mutant): ``python -m tests.sim.replay`` (tests/sim/replay.py)."""
     command = f".venv/bin/python -m tests.sim.replay --seed {seed} --steps {steps}"
     if wire:
         command += " --wire"
     if mutation is not None:
         command += f" --mutation {mutation}"
+    if durable or storage_mutant is not None:
+        command += " --durable"
+    if storage_mutant is not None:
+        command += f" --storage-mutant {storage_mutant}"
     return command
 
 
 def failure_line(seed: int, steps: int, exc: BaseException, *, wire: bool = False,
-                 mutation: str | None = None) -> str:
+                 mutation: str | None = None, durable: bool = False, storage_mutant: str | None = None) -> str:
     """Returns: a seed's failure as one line, ending with the command that replays it."""
     detail = " ".join(str(exc).split())
-    return (f"seed={seed}: {type(exc).__name__}: {detail} -- replay: "
-            f"{replay_command(seed, steps, wire=wire, mutation=mutation)}")
+    where = " (durable storage)" if durable or storage_mutant is not None else ""
+    return (f"seed={seed}{where}: {type(exc).__name__}: {detail} -- replay: "
+            f"{replay_command(seed, steps, wire=wire, mutation=mutation, durable=durable, storage_mutant=storage_mutant)}")
 
 
 @functools.cache

@@ -7,6 +7,12 @@ Every failure the simulation reports ends with one of these commands (`chaos.rep
     .venv/bin/python -m tests.sim.replay --seed 176 --steps 2000 --mutation figure_8
     .venv/bin/python -m tests.sim.replay --seeds 300 --steps 20000           # many long seeds (make faults)
     .venv/bin/python -m tests.sim.replay --search 2000 --mutation figure_8   # seeds that catch a mutation
+    .venv/bin/python -m tests.sim.replay --seed 30 --steps 2000 --durable --storage-mutant hard-state-rename-not-fsynced
+    .venv/bin/python -m tests.sim.replay --search 400 --storage-mutant sync-does-nothing
+
+``--durable`` runs the seeds on `DurableStorage` over CrashFS with crash points (tests/sim/on_disk.py,
+its own profile, as tests/sim/test_sim_durable.py does); ``--storage-mutant`` leaves one of its
+fsyncs out (and implies ``--durable``).
 
 Seeds run the `chaos.SIM` profile. ``--seeds N`` runs N seeds from ``--offset`` (default: drawn at
 random and printed) and prints one line per failure. ``--search N`` runs seeds 0..N-1 under each
@@ -25,9 +31,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .chaos import SIM, SIM_STEPS, cluster_for, failure_line, replay_command, run_seed
+from .chaos import DEFAULT_STEPS, SIM, SIM_STEPS, cluster_for, failure_line, replay_command, run_seed
 from .invariants import InvariantViolation
 from .mutations import MUTATION_STEPS, MUTATIONS, mutated
+from .on_disk import STORAGE_MUTANTS, cluster_on_disk, run_on_disk, search_on_disk, storage_mutated
 from .trace import Transcript
 
 __all__ = ["main", "search"]
@@ -36,19 +43,24 @@ __all__ = ["main", "search"]
 TAIL = 200
 
 
-def replay(seed: int, steps: int, wire: bool, mutation: str | None, trace: bool) -> int:
+def replay(seed: int, steps: int, wire: bool, mutation: str | None, trace: bool, durable: bool = False,
+           storage_mutant: str | None = None) -> int:
     """Run one seed with its transcript. Returns: the exit status (1 if it failed)."""
     logger = logging.getLogger(f"wiber.sim.replay.{seed}")
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    cluster = cluster_for(seed, wire=wire, logger=logger)
+    cluster = cluster_on_disk(seed, logger) if durable else cluster_for(seed, wire=wire, logger=logger)
     transcript = Transcript(cluster)
     try:
-        with mutated(mutation):
-            result = run_seed(seed, steps, profile=SIM, cluster=cluster)
+        with mutated(mutation), storage_mutated(storage_mutant):
+            if durable:
+                result = run_on_disk(seed, steps, cluster=cluster)
+            else:
+                result = run_seed(seed, steps, profile=SIM, cluster=cluster)
     except Exception as exc:  # noqa: BLE001 - every failure of a seed is reported the same way
         print("\n".join(transcript.lines if trace else transcript.lines[-TAIL:]))
-        print(failure_line(seed, steps, exc, wire=wire, mutation=mutation))
+        print(failure_line(seed, steps, exc, wire=wire, mutation=mutation, durable=durable,
+                           storage_mutant=storage_mutant))
         return 1
     finally:
         transcript.close()
@@ -58,7 +70,7 @@ def replay(seed: int, steps: int, wire: bool, mutation: str | None, trace: bool)
     return 0
 
 
-def run_many(count: int, offset: int, steps: int, wire: bool, mutation: str | None) -> int:
+def run_many(count: int, offset: int, steps: int, wire: bool, mutation: str | None, durable: bool = False) -> int:
     """Run seeds ``offset .. offset + count - 1``, one line per failure. Returns: the exit status."""
     print(f"{count} seeds from offset {offset}, {steps} steps each (rerun: --seeds {count} --offset {offset} "
           f"--steps {steps})", flush=True)
@@ -68,10 +80,11 @@ def run_many(count: int, offset: int, steps: int, wire: bool, mutation: str | No
     with mutated(mutation):
         for seed in range(offset, offset + count):
             try:
-                ticks.append(run_seed(seed, steps, profile=SIM, wire=wire).ticks)
+                result = run_on_disk(seed, steps) if durable else run_seed(seed, steps, profile=SIM, wire=wire)
+                ticks.append(result.ticks)
             except Exception as exc:  # noqa: BLE001 - every failure of a seed is reported the same way
                 failed += 1
-                print(failure_line(seed, steps, exc, wire=wire, mutation=mutation), flush=True)
+                print(failure_line(seed, steps, exc, wire=wire, mutation=mutation, durable=durable), flush=True)
     if ticks:
         print(f"ticks per passing seed: median {statistics.median(ticks):.0f}, min {min(ticks)}, "
               f"max {max(ticks)}")
@@ -116,7 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wire", action="store_true", help="round-trip every message through the codec")
     parser.add_argument("--mutation", choices=sorted(MUTATIONS), help="run with this rule of the core off")
     parser.add_argument("--trace", action="store_true", help="print the whole transcript of --seed")
+    parser.add_argument("--durable", action="store_true",
+                        help="nodes on DurableStorage over CrashFS, crashing at file operations")
+    parser.add_argument("--storage-mutant", choices=sorted(STORAGE_MUTANTS),
+                        help="leave this fsync out of DurableStorage (implies --durable)")
     args = parser.parse_args(argv)
+    durable = args.durable or args.storage_mutant is not None
+    if durable and (args.wire or args.mutation):
+        parser.error("--durable runs the on-disk profile: without --wire or --mutation")
+    if args.search is not None and args.storage_mutant is not None:
+        steps = args.steps if args.steps is not None else DEFAULT_STEPS
+        found = search_on_disk(args.storage_mutant, args.search, steps)
+        print(f"{args.storage_mutant}: {len(found)} of {args.search} seeds break a safety property: {found[:20]}")
+        for seed in found[:3]:
+            print("  " + replay_command(seed, steps, storage_mutant=args.storage_mutant))
+        return 0
     if args.search is not None:
         steps = args.steps if args.steps is not None else MUTATION_STEPS
         for name in [args.mutation] if args.mutation else sorted(MUTATIONS):
@@ -129,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps = args.steps if args.steps is not None else SIM_STEPS
     if args.seeds is not None:
         offset = args.offset if args.offset is not None else random.SystemRandom().randrange(1_000_000)
-        return run_many(args.seeds, offset, steps, args.wire, args.mutation)
-    return replay(args.seed, steps, args.wire, args.mutation, args.trace)
+        return run_many(args.seeds, offset, steps, args.wire, args.mutation, durable)
+    return replay(args.seed, steps, args.wire, args.mutation, args.trace, durable, args.storage_mutant)
 
 
 if __name__ == "__main__":
