@@ -63,3 +63,10 @@ faults: $(VENV)/.installed-test
 	$(BIN)/python -m tests.sim.replay $(SIM_ARGS)
 	sh tools/install-system-deps.sh
 	$(BIN)/python -m tests.faults.run $(FAULTS_ARGS)
+
+# Source mutants (tests/mutants.py): each deletes or moves one safety rule of the shipped code (the
+# persist fsync, its place before the replies, ReadIndex's heartbeat round, session dedup) in a
+# throwaway git worktree and runs the tests meant to catch it; exits 1 if one survives (~30 s).
+.PHONY: mutants
+mutants: $(VENV)/.installed-test
+	$(BIN)/python -m tests.mutants
