@@ -140,7 +140,17 @@ class OsFileSystem:
         return os.path.exists(path)
 
     def makedirs(self, path: str, mode: int = 0o700) -> None:
-        os.makedirs(path, mode=mode, exist_ok=True)
+        # Level by level: os.makedirs gives missing parents the default mode, not `mode`.
+        if os.path.isdir(path):
+            return
+        parent = os.path.dirname(os.path.abspath(path))
+        if parent != os.path.abspath(path) and not os.path.exists(parent):
+            self.makedirs(parent, mode)
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            if not os.path.isdir(path):
+                raise
 
     def rmdir(self, path: str) -> None:
         os.rmdir(path)

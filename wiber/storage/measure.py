@@ -44,7 +44,7 @@ def _ms(seconds: float) -> str:
 def _raw_fsync(directory: str, rounds: int, budget: float) -> list[float]:
     """Returns: seconds per write(4 KiB) + fsync on a plain file (the floor for any durable append)."""
     path = os.path.join(directory, "raw")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     block = os.urandom(4096)
     samples: list[float] = []
     deadline = time.perf_counter() + budget

@@ -40,11 +40,12 @@ class Recovery(Files):
     def _open_directory(self) -> None:
         """Create the directory (durably: its name too) and, on the real file system, take the lock."""
         fs = self._fs
-        # 0o777 is os.makedirs' default: the umask decides.
-        self._sync_count += makedirs_durably(fs, self._dir, 0o777, self._fsync)
+        # 0o700: the log is the node's own (messages, sessions); no other user reads it.
+        self._sync_count += makedirs_durably(fs, self._dir, 0o700, self._fsync)
         if not isinstance(fs, OsFileSystem):
             return   # no other process can reach an in-memory file system (module docstring)
-        self._lock_fd = os.open(self._path(LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        os.chmod(self._dir, 0o700)  # a directory made by an older version (0o755) is closed too
+        self._lock_fd = os.open(self._path(LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -16,7 +16,7 @@ from typing import Final
 from wiber.broker.checkpoint import BrokerDelta
 from wiber.storage.fs import FileSystem
 from wiber.storage.topics.blocks import BlockRef, segment_name
-from wiber.storage.topics.index import INDEX_NAME, CheckpointRecord, IndexDb
+from wiber.storage.topics.index import INDEX_NAME, CheckpointRecord, IndexDb, create_private
 
 __all__ = ["CheckpointJob", "Flushed", "export"]
 
@@ -145,6 +145,7 @@ def export(fs: FileSystem, directory: str, db_path: str, record: CheckpointRecor
     if os.path.exists(copy):
         os.unlink(copy)
     source = sqlite3.connect(db_path)
+    create_private(copy)
     target_db = sqlite3.connect(copy)
     try:
         source.backup(target_db)

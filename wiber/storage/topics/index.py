@@ -16,6 +16,7 @@ Tables::
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -86,11 +87,21 @@ class CheckpointRecord:
         return cls(index, term, tuple(segments), length, counters)
 
 
+def create_private(path: str) -> None:
+    """Create the database file `path` (if missing) readable by this user only: SQLite would make it
+    0644, and its WAL and journal files take the database's mode."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 class IndexDb:
     """One connection to ``index.db``: the loop's reader, or the checkpoint thread's writer."""
 
     def __init__(self, path: str, *, fsync: bool = True, thread_safe: bool = False) -> None:
         self.path = path
+        create_private(path)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=not thread_safe)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'OFF'}")
