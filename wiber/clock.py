@@ -8,11 +8,16 @@ on purpose, so clock-sync code can be tested with real processes.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Mapping, Protocol
 
 SKEW_ENV = "WIBER_CLOCK_SKEW_MS"
+MAX_OFFSET_S = 86_400.0
+"""A clock-sync sample saying the reference is further off than a day is refused (a forged or broken peer)."""
+MAX_DELAY_S = 60.0
+"""A clock-sync sample whose round trip took longer than this is refused: its error bound says nothing."""
 
 
 class Clock(Protocol):
@@ -92,6 +97,10 @@ class OffsetEstimator:
     ``offset = ((t2 - t1) + (t3 - t4)) / 2`` and ``delay = (t4 - t1) - (t3 - t2)``. The offset of a
     sample is wrong by at most half its delay (all asymmetry on one side), so of the last `window`
     samples the one with the smallest delay is used, and its half delay is the error bound.
+
+    Samples come from the network: one with a time that is not finite, an offset over
+    `MAX_OFFSET_S` or a delay over `MAX_DELAY_S` is refused (a NaN offset once became a leader's
+    message ``ts`` and crashed it), so `offset` and `error` are always finite.
     """
 
     def __init__(self, window: int = 8) -> None:
@@ -106,17 +115,25 @@ class OffsetEstimator:
     def samples(self) -> int:
         return len(self._samples)
 
-    def add(self, t1: float, t2: float, t3: float, t4: float) -> None:
-        """Take one exchange (seconds). Exchanges with a negative delay (clock stepped) are ignored."""
+    def add(self, t1: float, t2: float, t3: float, t4: float) -> bool:
+        """Take one exchange (seconds). Exchanges with a negative delay (clock stepped) are ignored,
+        absurd ones (see the class docstring) refused.
+
+        Returns: whether the sample was taken.
+        """
         delay = (t4 - t1) - (t3 - t2)
-        if delay < 0:
-            return
-        self._samples.append((delay, ((t2 - t1) + (t3 - t4)) / 2.0))
+        offset = ((t2 - t1) + (t3 - t4)) / 2.0
+        if not (math.isfinite(delay) and math.isfinite(offset)) or not 0 <= delay <= MAX_DELAY_S:
+            return False
+        if abs(offset) > MAX_OFFSET_S:
+            return False
+        self._samples.append((delay, offset))
         if len(self._samples) > self.window:
             del self._samples[0]
         best_delay, best_offset = min(self._samples)
         self.offset = best_offset
         self.error = best_delay / 2.0
+        return True
 
     def reset(self) -> None:
         """Forget the samples (the reference changed) but keep the current offset until new ones come."""
@@ -135,6 +152,9 @@ class SyncedClock:
         self.estimator = estimator or OffsetEstimator()
 
     def now(self) -> float:
-        """Returns: wall time plus the estimated offset to the reference, epoch seconds."""
-        return self.clock.wall() + self.estimator.offset
+        """Returns: wall time plus the estimated offset to the reference, epoch seconds (the wall
+        time alone should that ever not be a finite number: it becomes messages' ``ts``)."""
+        wall = self.clock.wall()
+        now = wall + self.estimator.offset
+        return now if math.isfinite(now) else wall
 

@@ -32,8 +32,9 @@ from wiber.broker import (
     decode_entry,
     encode_entry,
 )
+from wiber.broker.sessions import MAX_SESSION_BYTES, MAX_SESSIONS_BYTES, answer_bytes, session_bytes
 from wiber.config import RetentionConfig
-from wiber.errors import SessionExpired
+from wiber.errors import BadRequest, SessionExpired
 
 TOPICS = ("a", "b", "c")
 CLIENTS = (None, "p", "q", "r", "s")
@@ -87,6 +88,7 @@ broker_settings = st.builds(
     BrokerSettings,
     session_window=st.integers(1, 4),
     max_sessions=st.integers(1, 3),
+    max_sessions_bytes=st.sampled_from((MAX_SESSIONS_BYTES, 1300, 2600)),
     retention=limits,
     topic_retention=st.dictionaries(st.sampled_from(TOPICS), limits, max_size=2),
 )
@@ -166,6 +168,7 @@ class NaiveBroker:
                     self.evicted.append(victim)
                     self.evicted = self.evicted[-self.settings.max_sessions :]
                 session = self.sessions[cid] = NaiveSession(op.ack_floor or 1, index)
+                self.shrink(cid)
             session.last_index = index
             session.floor = max(session.floor, op.ack_floor or 1)
             session.answers = {s: a for s, a in session.answers.items() if s >= session.floor}
@@ -175,11 +178,19 @@ class NaiveBroker:
                 out.append(("expired",))
             else:
                 result = self.store(op, index, ts, touched)
+                if result[0] == "refused":
+                    out.append(result)
+                    continue
                 session.answers[seq] = result[1]
                 while len(session.answers) > self.settings.session_window:
                     lowest = min(session.answers)
                     del session.answers[lowest]
                     session.floor = lowest + 1
+                while sum(answer_bytes(_as_answer(a)) for a in session.answers.values()) > MAX_SESSION_BYTES:
+                    lowest = min(session.answers)
+                    del session.answers[lowest]
+                    session.floor = lowest + 1
+                self.shrink(cid)
                 out.append(result)
         for topic in touched:
             retention = self.settings.topic_retention.get(topic, self.settings.retention)
@@ -194,7 +205,22 @@ class NaiveBroker:
                 kept[:] = [r for r in kept if not r.ts < ts - max_age]
         return out
 
+    def nbytes(self) -> int:
+        """Returns: the bytes the sessions count for, counted from scratch."""
+        return sum(session_bytes(cid) + sum(answer_bytes(_as_answer(a)) for a in s.answers.values())
+                   for cid, s in self.sessions.items())
+
+    def shrink(self, keep: str) -> None:
+        """Evict the least recently active sessions but `keep` while over the bytes cap."""
+        while self.nbytes() > self.settings.max_sessions_bytes and len(self.sessions) > 1:
+            victim = min((c for c in self.sessions if c != keep), key=lambda c: (self.sessions[c].last_index, c))
+            del self.sessions[victim]
+            self.evicted.append(victim)
+            self.evicted = self.evicted[-self.settings.max_sessions :]
+
     def store(self, op: PubOp, index: int, ts: float, touched: list[str]) -> tuple[Any, ...]:
+        if max(self.last_lamport + 1, op.lamport + 1) + len(op.messages) - 1 > 2**63 - 1:
+            return ("refused",)  # a lamport at or above 2**63 is never stored
         self.late_count += op.late
         records = []
         for data in op.messages:
@@ -218,10 +244,18 @@ class NaiveBroker:
         return ("ok", reply, tuple(records))
 
 
+def _as_answer(reply: dict[str, Any]) -> tuple[str, int, int, int, int, float]:
+    """Returns: a kept reply as the broker's answer tuple (what its byte count reads)."""
+    return (reply["topic"], reply["offset"], reply.get("count", 0), reply["index"], reply["lamport"], reply["ts"])
+
+
 def as_naive(result: PubResult) -> tuple[Any, ...]:
     """Returns: a broker result in the naive model's form."""
     if result.error is not None:
-        assert isinstance(result.error, SessionExpired) and result.reply is None and result.records == ()
+        assert result.reply is None and result.records == ()
+        if isinstance(result.error, BadRequest):
+            return ("refused",)
+        assert isinstance(result.error, SessionExpired)
         return ("expired",)
     return ("ok", result.reply, result.records)
 
@@ -232,6 +266,10 @@ def check_invariants(broker: Broker, settings: BrokerSettings, seen: list[Record
         assert later.lamport > earlier.lamport and later.ts >= earlier.ts
         assert later.index >= earlier.index
     assert broker.session_count <= settings.max_sessions
+    table = broker.sessions
+    assert table.nbytes == sum(session_bytes(c) + sum(map(answer_bytes, s.answers.values()))
+                               for c, s in table.by_client.items())
+    assert table.nbytes <= settings.max_sessions_bytes or len(table) == 1
     for topic, end in broker.topics().items():
         history = broker.history(topic, limit=10**6)
         offsets = [m["offset"] for m in history["messages"]]

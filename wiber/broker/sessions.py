@@ -12,8 +12,16 @@ last ``max_sessions`` evicted; no session is created then, so retrying it again 
 whose first publishes were refused or timed out before reaching the log legitimately starts its
 session above seq 1.)
 
-Everything here is deterministic: eviction order depends only on log indexes and client ids, so
-every node evicts alike.
+Memory is capped in bytes too, as counted by `answer_bytes` and `session_bytes` (what an answer
+and a session cost in memory and in a checkpoint row, roughly): past `MAX_SESSION_BYTES` a session
+drops its lowest answers as past its window; past `MAX_SESSIONS_BYTES` in all, the least recently
+active sessions other than the one being answered are evicted, as at `max_sessions`. (Unlike the
+window, these are not yet configuration keys.) Without authentication any client may send any
+``client_id``: a flood of fresh ids evicts other clients' sessions (their retries then get
+SessionExpired, never a second copy); the caps only bound the memory it can take.
+
+Everything here is deterministic: eviction order depends only on log indexes, client ids and the
+answers' sizes, so every node evicts alike.
 """
 
 from __future__ import annotations
@@ -26,7 +34,27 @@ from typing import Any
 from wiber.broker.records import Answer
 from wiber.errors import SessionExpired
 
-__all__ = ["Session", "Sessions", "expired"]
+__all__ = ["MAX_SESSIONS_BYTES", "MAX_SESSION_BYTES", "Session", "Sessions", "answer_bytes", "expired",
+           "session_bytes"]
+
+ANSWER_OVERHEAD_BYTES = 256
+"""What one kept answer costs beside its topic name (the tuple, its numbers, the dict and deque slots)."""
+SESSION_OVERHEAD_BYTES = 512
+"""What one session costs beside its client_id and answers (the object, its containers, its heap item)."""
+MAX_SESSION_BYTES = 4 << 20
+"""Most bytes of answers one session keeps (4,096 answers of 255-byte topics take 2 MiB)."""
+MAX_SESSIONS_BYTES = 256 << 20
+"""Most bytes all sessions together take (sessions and their answers)."""
+
+
+def answer_bytes(answer: Answer) -> int:
+    """Returns: the bytes one kept answer counts for (deterministic: every node counts alike)."""
+    return ANSWER_OVERHEAD_BYTES + len(answer[0])
+
+
+def session_bytes(client_id: str) -> int:
+    """Returns: the bytes a session counts for beside its answers."""
+    return SESSION_OVERHEAD_BYTES + len(client_id)
 
 
 class Session:
@@ -38,13 +66,15 @@ class Session:
     seq that arrives out of order is inserted in its place.
     """
 
-    __slots__ = ("answers", "floor", "last_index", "seqs")
+    __slots__ = ("answers", "floor", "last_index", "nbytes", "seqs")
 
     def __init__(self, floor: int, last_index: int) -> None:
         self.floor = floor
         self.last_index = last_index
         self.answers: dict[int, Answer] = {}
         self.seqs: deque[int] = deque()
+        self.nbytes = 0
+        """Bytes of the kept answers (`answer_bytes`)."""
 
     def raise_floor(self, floor: int) -> None:
         """Move the floor up to `floor` (never down) and drop the answers below it."""
@@ -54,21 +84,26 @@ class Session:
         seqs = self.seqs
         answers = self.answers
         while seqs and seqs[0] < floor:
-            del answers[seqs.popleft()]
+            self.nbytes -= answer_bytes(answers.pop(seqs.popleft()))
 
     def keep(self, seq: int, answer: Answer, window: int) -> None:
-        """Keep `answer` for `seq` (not kept yet); past `window` answers, drop the lowest and raise
-        the floor past it."""
+        """Keep `answer` for `seq` (not kept yet); past `window` answers or `MAX_SESSION_BYTES`, drop
+        the lowest and raise the floor past it."""
         self.answers[seq] = answer
+        self.nbytes += answer_bytes(answer)
         seqs = self.seqs
         if not seqs or seq > seqs[-1]:
             seqs.append(seq)
         else:
             bisect.insort(seqs, seq)
-        while len(seqs) > window:
+        while len(seqs) > window or self.nbytes > MAX_SESSION_BYTES:
             lowest = seqs.popleft()
-            del self.answers[lowest]
+            self.nbytes -= answer_bytes(self.answers.pop(lowest))
             self.floor = lowest + 1
+
+    def recount(self) -> None:
+        """Count `nbytes` again from the answers (after they were loaded from a checkpoint)."""
+        self.nbytes = sum(map(answer_bytes, self.answers.values()))
 
     def to_row(self) -> list[Any]:
         """Returns: ``[floor, last_index, [[seq, topic, offset, count, index, lamport, ts], ...]]`` by seq."""
@@ -82,10 +117,14 @@ class Sessions:
     everything else goes through the methods.
     """
 
-    __slots__ = ("activity", "by_client", "dirty", "evicted", "max_sessions")
+    __slots__ = ("activity", "by_client", "dirty", "evicted", "max_bytes", "max_sessions", "nbytes")
 
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int, max_bytes: int = MAX_SESSIONS_BYTES) -> None:
         self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        """Bytes of every session and its answers (`session_bytes`, `Session.nbytes`); the broker
+        adds what a session's answers grow or shrink by, and calls `shrink` when it is over `max_bytes`."""
         self.by_client: dict[str, Session] = {}
         self.activity: list[tuple[int, str]] = []
         """Min-heap of (last_index, client_id); an item is stale unless it matches its session."""
@@ -103,21 +142,47 @@ class Sessions:
         Returns: the new session.
         """
         sessions = self.by_client
+        while len(sessions) >= self.max_sessions and self._evict_one(None):
+            pass
+        session = Session(floor, index)
+        sessions[client_id] = session
+        self.nbytes += session_bytes(client_id)
+        heapq.heappush(self.activity, (index, client_id))
+        if self.nbytes > self.max_bytes:
+            self.shrink(client_id)
+        return session
+
+    def shrink(self, keep: str) -> None:
+        """Evict the least recently active sessions, never `keep` (the one being answered), until
+        the sessions are within `max_bytes` (or `keep` is all that is left)."""
+        while self.nbytes > self.max_bytes and self._evict_one(keep):
+            pass
+
+    def _evict_one(self, keep: str | None) -> bool:
+        """Evict the least recently active session other than `keep`. Returns: whether one was."""
+        sessions = self.by_client
         activity = self.activity
-        while len(sessions) >= self.max_sessions:
+        held: tuple[int, str] | None = None
+        while activity:
             last_index, victim = heapq.heappop(activity)
             session = sessions.get(victim)
             if session is None or session.last_index != last_index:
                 continue  # stale: the client was active again later
+            if victim == keep:
+                held = (last_index, victim)
+                continue
             del sessions[victim]
+            self.nbytes -= session_bytes(victim) + session.nbytes
             self.dirty.add(victim)
             self.evicted[victim] = None
             if len(self.evicted) > self.max_sessions:
                 self.evicted.popitem(last=False)
-        session = Session(floor, index)
-        sessions[client_id] = session
-        heapq.heappush(activity, (index, client_id))
-        return session
+            break
+        else:
+            victim = None
+        if held is not None:
+            heapq.heappush(activity, held)
+        return victim is not None
 
     def prune_activity(self) -> None:
         """Rebuild the activity heap without its stale items once they outnumber the live ones
@@ -127,9 +192,10 @@ class Sessions:
             self.rebuild_activity()
 
     def rebuild_activity(self) -> None:
-        """Rebuild the activity heap from the live sessions."""
+        """Rebuild the activity heap and the byte count from the live sessions."""
         self.activity = [(session.last_index, cid) for cid, session in self.by_client.items()]
         heapq.heapify(self.activity)
+        self.nbytes = sum(session_bytes(cid) + session.nbytes for cid, session in self.by_client.items())
 
 
 def expired(client_id: str, seq: int, floor: int | None) -> SessionExpired:

@@ -194,6 +194,7 @@ def session_from_row(client_id: str, floor: Any, last_index: Any, answers: Any) 
         seq, topic, offset, count, index, lamport, ts = answer
         session.answers[seq] = (topic, offset, count, index, lamport, ts)
     session.seqs.extend(sorted(session.answers))
+    session.recount()
     return session
 
 

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from wiber.broker.entry import MalformedEntry, PubOp, decode_entry
+from wiber.broker.entry import INT63_MAX, MalformedEntry, PubOp, decode_entry, ts_problem
 from wiber.broker.records import (
     R_DATA,
     R_TS,
@@ -71,9 +71,9 @@ from wiber.broker.records import (
     make_result,
     record_to_wire,
 )
-from wiber.broker.sessions import Session, Sessions, expired
+from wiber.broker.sessions import MAX_SESSIONS_BYTES, Session, Sessions, expired
 from wiber.config import ClusterConfig, RetentionConfig
-from wiber.errors import InvariantError
+from wiber.errors import BadRequest, InvariantError
 
 __all__ = ["Broker", "BrokerSettings", "TopicState"]
 
@@ -89,21 +89,24 @@ class BrokerSettings:
     Attributes:
         session_window: answers kept per client_id (seqs at or above its floor).
         max_sessions: client_ids remembered; the least recently active is evicted first.
+        max_sessions_bytes: bytes all sessions may take (`wiber.broker.sessions`); not a configuration
+            key yet, so every node of a cluster has the same one.
         retention: the default retention of every topic.
         topic_retention: per-topic overrides; a topic's effective retention is
             ``topic_retention.get(topic, retention)``.
 
     Raises:
-        ValueError: session_window or max_sessions is not a positive integer.
+        ValueError: session_window, max_sessions or max_sessions_bytes is not a positive integer.
     """
 
     session_window: int = 4096
     max_sessions: int = 10_000
+    max_sessions_bytes: int = MAX_SESSIONS_BYTES
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     topic_retention: Mapping[str, RetentionConfig] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        for name in ("session_window", "max_sessions"):
+        for name in ("session_window", "max_sessions", "max_sessions_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -156,7 +159,7 @@ class Broker:
         """Topics in creation order (deterministic: log order), never removed (offsets are never reused).
         A topic's id is its position in this order."""
         self._by_id: list[TopicState] = []
-        self._sessions = Sessions(settings.max_sessions)
+        self._sessions = Sessions(settings.max_sessions, settings.max_sessions_bytes)
         self._age_heaps: dict[float, list[tuple[float, str]]] = {}
         """Per max_age_s value: min-heap of (ts, topic), ts at or below the topic's oldest kept ts."""
         self._applied_index = 0
@@ -322,6 +325,9 @@ class Broker:
         """
         self._check_index(index)
         self._applied_index = index
+        if ts_problem(entry_ts) is not None:  # never from this version's leader: keep the last ts rather than NaN
+            log.error("broker entry at index %d has ts %r: the previous ts is used", index, entry_ts)
+            entry_ts = self._last_ts
         ts = max(self._last_ts, entry_ts)
         self._last_ts = ts
 
@@ -348,7 +354,9 @@ class Broker:
                 heapq.heappush(sessions.activity, (index, client_id))
             dirty_sessions.add(client_id)
             if ack_floor is not None and ack_floor > session.floor:
+                before = session.nbytes
                 session.raise_floor(ack_floor)
+                sessions.nbytes += session.nbytes - before
             answer = session.answers.get(seq)
             if answer is not None:
                 results.append(make_result(answer, True, None, ()))
@@ -380,6 +388,12 @@ class Broker:
         Returns: the op's PubResult.
         """
         op_topic, messages, batch, _, seq, _, op_lamport, late = op  # one unpack, not eight lookups
+        lamport = self._last_lamport + 1
+        if op_lamport >= lamport:
+            lamport = op_lamport + 1
+        if lamport + len(messages) - 1 > INT63_MAX:  # never stored: clients and the wire hold 63 bits
+            return make_result(None, False, BadRequest(
+                f"lamport {op_lamport} leaves no room below 2**63 for this publish's messages"), ())
         topic = touched.get(op_topic)
         if topic is None:
             topic = self._topics.get(op_topic)
@@ -389,9 +403,6 @@ class Broker:
         name = topic.name  # one str object per topic, not one per decoded op, in every Record and answer
         if late:
             self._late_count += 1
-        lamport = self._last_lamport + 1
-        if op_lamport >= lamport:
-            lamport = op_lamport + 1
         offset = topic.end
         if len(messages) == 1:
             data = messages[0]
@@ -413,11 +424,16 @@ class Broker:
             self._start_aging(topic, topic.retention.max_age_s, ts)
         answer = (name, offset, count if batch else 0, index, lamport, ts)
         if session is not None:
+            sessions = self._sessions
+            before = session.nbytes
             session.keep(
                 seq,  # type: ignore[arg-type]  # set whenever client_id is
                 answer,
                 self._session_window,
             )
+            sessions.nbytes += session.nbytes - before
+            if sessions.nbytes > sessions.max_bytes:
+                sessions.shrink(op[3])  # type: ignore[arg-type]  # set whenever session is
         return _new_tuple(PubResult, (answer, False, None, records))
 
     def _new_topic(self, name: str, first: int) -> TopicState:

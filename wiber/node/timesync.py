@@ -9,6 +9,7 @@ uses, so they cannot be mistaken for a Raft message.
 
 from __future__ import annotations
 
+import math
 import struct
 
 MARKER = b"\xc1T"
@@ -16,6 +17,8 @@ _PROBE = struct.Struct(">Bd")
 _REPLY = struct.Struct(">Bddd")
 _KIND_PROBE = 1
 _KIND_REPLY = 2
+MAX_EPOCH_S = 1e11
+"""Times past this (the year 5138) are refused, as are negative and non-finite ones."""
 
 
 def is_timesync(frame: bytes) -> bool:
@@ -37,8 +40,18 @@ def parse(frame: bytes) -> tuple[str, float, float | None, float | None]:
     """Returns: (sender, t1, t2, t3), with t2 and t3 None for a probe.
 
     Raises:
-        ValueError: not a well-formed clock-sync frame (input from the network).
+        ValueError: not a well-formed clock-sync frame (input from the network), or a time that is not
+            a finite number of epoch seconds within `MAX_EPOCH_S`.
     """
+    sender, t1, t2, t3 = _parse(frame)
+    for t in (t1, t2, t3):
+        if t is not None and not (math.isfinite(t) and 0.0 <= t <= MAX_EPOCH_S):
+            raise ValueError(f"bad clock-sync frame: time {t!r} is not epoch seconds")
+    return sender, t1, t2, t3
+
+
+def _parse(frame: bytes) -> tuple[str, float, float | None, float | None]:
+    """Returns: (sender, t1, t2, t3) as the frame holds them. Raises: ValueError."""
     if not is_timesync(frame) or len(frame) < 3:
         raise ValueError("not a clock-sync frame")
     kind = frame[2]
