@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ import msgpack
 from wiber.broker import Broker, BrokerSettings
 from wiber.broker.checkpoint import rebuild, take_delta
 from wiber.broker.snapshot import SNAPSHOT_FORMAT as FULL_SNAPSHOT_FORMAT
+from wiber.broker.snapshot import SnapshotError
 from wiber.config import Config
 from wiber.raft.messages import SnapshotMeta
 from wiber.storage import CorruptLog, DurableStorage, StorageFailure
@@ -35,6 +37,8 @@ from wiber.storage.durable import write_snapshot_file
 from wiber.storage.fs import OS
 from wiber.storage.transfer import recover_install
 from wiber.storage.topics import CheckpointJob, TopicStore
+from wiber.storage.topics.blocks import scan_blocks, segment_name
+from wiber.storage.topics.index import INDEX_NAME
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoints", "descriptor", "is_full_snapshot"]
 
@@ -44,6 +48,10 @@ CHECKPOINT_FORMAT: Final = 2
 """First item of the Raft snapshot data a checkpoint writes: the data itself lives in the topic store."""
 TOPICS_DIR: Final = "topics"
 EXPORT_DIR: Final = "export"
+CHECK_DB: Final = "topics.check.db"
+"""A copy of a staged snapshot's index, opened to check the snapshot (the staged file stays as it came)."""
+_BAD_SNAPSHOT = (CorruptLog, SnapshotError, sqlite3.Error, ValueError, OSError)
+"""What reading a leader's snapshot raises when its files do not hold a checkpoint."""
 
 
 class Checkpoints:
@@ -278,6 +286,41 @@ class Checkpoints:
         self.applied_bytes = 0
         return broker
 
+    def check_staged(self, staging_dir: str, meta: SnapshotMeta) -> str | None:
+        """Check that the staged files of a leader's snapshot hold the checkpoint at `meta`, before
+        any of it replaces this node's state: the index is readable and holds that checkpoint, every
+        segment it lists is there with whole, valid blocks, and the broker state loads from it.
+
+        Returns: None when they do, else what is wrong (the caller discards the staged files).
+        """
+        copy = os.path.join(self.data_dir, CHECK_DB)
+        _remove_db(copy)
+        store: TopicStore | None = None
+        try:
+            shutil.copyfile(os.path.join(staging_dir, INDEX_NAME), copy)
+            os.chmod(copy, 0o600)
+            _, segment_bytes, retention = self._store_options
+            store = TopicStore.open(staging_dir, fsync=False, segment_bytes=segment_bytes, db_path=copy,
+                                    retention=retention)
+            record = store.record
+            if record is None or (record.applied_index, record.applied_term) != (meta.index, meta.term):
+                held = None if record is None else (record.applied_index, record.applied_term)
+                return f"its index holds the checkpoint (index, term) {held}, not {(meta.index, meta.term)}"
+            for number in record.segments[:-1]:  # the active one was scanned by TopicStore.open
+                scan = scan_blocks(OS.read_file(os.path.join(staging_dir, segment_name(number))), number)
+                if scan.problem is not None:
+                    return f"segment {segment_name(number)}: {scan.problem}"
+            broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions())
+            if broker.applied_index != meta.index:
+                return f"its broker state is at index {broker.applied_index}, not {meta.index}"
+            return None
+        except _BAD_SNAPSHOT as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            if store is not None:
+                store.close()
+            _remove_db(copy)
+
     def install_staged(self, meta: SnapshotMeta, install: Callable[[str], None]) -> Broker:
         """Replace the whole state by a leader's checkpoint whose files are staged: close the topic
         store, switch the files in (`install` does it atomically), reopen, then the Raft log.
@@ -294,7 +337,10 @@ class Checkpoints:
             raise CorruptLog(directory, 0, f"the installed snapshot holds a checkpoint at "
                              f"{None if record is None else record.applied_index}, not {meta.index}", directory)
         store = self.store
-        broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions())
+        try:
+            broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions())
+        except (SnapshotError, sqlite3.Error) as exc:  # `check_staged` passed it: never expected
+            raise CorruptLog(directory, 0, f"the installed snapshot does not load: {exc}", directory) from exc
         self._storage.apply_snapshot(meta, descriptor(meta.index))
         self.index = meta.index
         self.applied_bytes = 0
@@ -331,6 +377,15 @@ def _has_retention(config: Config) -> bool:
     """Returns: whether any retention limit is configured (only then can segments empty)."""
     limits = [config.cluster.retention, *config.cluster.topics.values()]
     return any(r.max_messages is not None or r.max_bytes is not None or r.max_age_s is not None for r in limits)
+
+
+def _remove_db(path: str) -> None:
+    """Remove an SQLite database of this node's own making and the files SQLite keeps beside it."""
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
 
 
 def _remove_tree(path: str) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 from collections.abc import Callable
 from typing import Final
 
@@ -63,6 +64,12 @@ HOLD_S: Final = 10.0
 STALL_S: Final = 1.0
 """A transfer with no frame for this long is nudged: the receiver asks again, the leader resends its manifest."""
 
+ABANDON_S: Final = 30.0
+"""Staged files of a transfer that heard nothing for this long (a leader gone, a forged manifest) are
+removed: they would otherwise hold disk space until the next snapshot."""
+STAGING_RESERVE_BYTES: Final = 64 << 20
+"""A manifest is refused when its files would leave less than this free on the data directory's disk."""
+
 Outgoing = list[tuple[str, bytes]]
 """Frames to send: (peer id, frame)."""
 
@@ -71,12 +78,14 @@ class Shipping:
     """Both ends of snapshot transfers for one node (see the module docstring)."""
 
     def __init__(self, node_id: str, peers: list[str], checkpoints: Checkpoints,
-                 monotonic: Callable[[], float], fs: FileSystem = OS) -> None:
+                 monotonic: Callable[[], float], fs: FileSystem = OS,
+                 free_bytes: Callable[[str], int | None] | None = None) -> None:
         self._id = node_id
         self._peers = set(peers)
         self._checkpoints = checkpoints
         self._now = monotonic
         self._fs = fs
+        self._free_bytes = free_bytes or _free_bytes
         self._ids = random.Random(os.urandom(8))
         self._senders: dict[str, Sender] = {}
         self._asked: dict[str, float] = {}
@@ -86,7 +95,12 @@ class Shipping:
         self.staging_dir = os.path.join(checkpoints.data_dir, STAGING_DIR)
         self.receiver = Receiver(fs, node_id, self.staging_dir)
         self._heard = 0.0
+        """When the follower's transfer last heard from its leader, or last asked again."""
+        self._leader_heard = monotonic()
+        """When the follower's transfer last heard from its leader (or the node started)."""
         self._manifest_term = 0
+        self._checked: Manifest | None = None
+        """The manifest of the complete staged snapshot that passed `Checkpoints.check_staged`."""
         self.handed_over = False
         """The complete staged snapshot was stepped into the core: nothing may discard or replace it
         until the node installs it (its Ready) or finds, at the end of that turn, that it was not needed."""
@@ -199,11 +213,14 @@ class Shipping:
             return []
         if isinstance(decoded, ManifestFrame):
             term = _leader_term(decoded.manifest)
-            if term is None or term < leader_term:
+            if term is None or term != leader_term:  # the leader of the current term only
                 self.refused += 1
                 return []
+            if not self._room_for(decoded.manifest):
+                self.refused += 1
+                return [(sender_id, Abort(self._id, decoded.transfer_id, "no room on the follower's disk").encode())]
             self._manifest_term = term
-        self._heard = self._now()
+        self._heard = self._leader_heard = self._now()
         if isinstance(decoded, Data):
             self.received_bytes += len(decoded.data)
         return [(sender_id, out) for out in self.receiver.on_frame(decoded)]
@@ -211,13 +228,24 @@ class Shipping:
     # ------------------------------------------------------------------------ follower side
 
     def completed(self) -> InstallSnapshot | None:
-        """Returns: once the staged snapshot is complete, the `InstallSnapshot` to step into the core
-        (from the leader, at the term its manifest carried), else None."""
+        """Returns: once the staged snapshot is complete and checked whole (`Checkpoints.check_staged`),
+        the `InstallSnapshot` to step into the core (from the leader, at the term its manifest
+        carried), else None. Staged files that do not hold the checkpoint are discarded: nothing of
+        them ever replaces this node's state."""
         receiver = self.receiver
         if self.handed_over or not receiver.complete or receiver.manifest is None or receiver.peer is None:
             return None
         manifest = receiver.manifest
         meta = SnapshotMeta(manifest.index, manifest.term)
+        if self._checked is not manifest:  # a new manifest is a new Manifest object (`Receiver.on_manifest`)
+            problem = self._checkpoints.check_staged(self.staging_dir, meta)
+            if problem is not None:
+                self.refused += 1
+                log.warning("node %s discarded the snapshot at index %d staged from %s: %s", self._id,
+                            manifest.index, receiver.peer, problem)
+                self.discard_staged()
+                return None
+            self._checked = manifest
         return InstallSnapshot(self._manifest_term, receiver.peer, self._id, meta, descriptor(manifest.index))
 
     def install(self, target_dir: str) -> None:
@@ -226,6 +254,7 @@ class Shipping:
         self.receiver.close()
         self.receiver = Receiver(self._fs, self._id, self.staging_dir)
         self.handed_over = False
+        self._checked = None
 
     def discard_staged(self) -> None:
         """The staged snapshot is no longer needed (the log caught up another way): start afresh."""
@@ -233,10 +262,32 @@ class Shipping:
         _remove_dir(self._fs, self.staging_dir)
         self.receiver = Receiver(self._fs, self._id, self.staging_dir)
         self.handed_over = False
+        self._checked = None
+
+    def _room_for(self, manifest: Manifest) -> bool:
+        """Returns: whether the disk can take `manifest`'s files beside what is staged, with
+        `STAGING_RESERVE_BYTES` to spare (staged bytes are capped by the disk, never more)."""
+        free = self._free_bytes(self._checkpoints.data_dir)
+        if free is None:
+            return True
+        needed = manifest.total_bytes - self.receiver.bytes_staged
+        if needed + STAGING_RESERVE_BYTES <= free:
+            return True
+        log.warning("node %s refused a snapshot of %d bytes from its leader: %d bytes free on its disk", self._id,
+                    manifest.total_bytes, free)
+        return False
 
     def nudge(self) -> Outgoing:
-        """Called every turn or so: a transfer silent for `STALL_S` asks again for what it lacks."""
+        """Called every turn or so: a transfer silent for `STALL_S` asks again for what it lacks; staged
+        files that heard nothing for `ABANDON_S` are removed (never those handed to the core)."""
         receiver = self.receiver
+        silent = self._now() - self._leader_heard
+        if not self.handed_over and silent >= ABANDON_S and self._fs.exists(self.staging_dir):
+            log.warning("node %s removed a snapshot transfer staged from %s: nothing heard for %.0f s", self._id,
+                        receiver.peer, silent)
+            self.discard_staged()
+            self._leader_heard = self._now()
+            return []
         if not receiver.active or receiver.peer is None or self._now() - self._heard < STALL_S:
             return []
         self._heard = self._now()
@@ -246,6 +297,14 @@ class Shipping:
         """Close every file the transfers hold open."""
         self.stop_sending()
         self.receiver.close()
+
+
+def _free_bytes(path: str) -> int | None:
+    """Returns: the bytes free for this user on `path`'s file system, or None when it cannot tell."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def _leader_term(manifest: Manifest) -> int | None:
