@@ -72,3 +72,65 @@ def test_leftover_staged_files_from_before_a_restart_are_removed_when_nothing_co
     clock.now += ABANDON_S
     shipping.nudge()
     assert not (tmp_path / "topics.staging").exists()
+
+
+def _exported_checkpoint(tmp_path: Path, staging: Path) -> tuple[int, int]:
+    """Lay a real checkpoint out in `staging` as a leader's export would be. Returns: (index, term)."""
+    from wiber.broker import Broker, BrokerSettings, PubOp
+    from wiber.broker.checkpoint import take_delta
+    from wiber.storage.fs import OS
+    from wiber.storage.topics import TopicStore
+    from wiber.storage.topics.checkpoint import export
+
+    store = TopicStore.open(str(tmp_path / "leader" / "topics"), segment_bytes=4096)
+    try:
+        broker = Broker(BrokerSettings(), store)
+        for index in range(1, 40):
+            broker.apply_ops(index, 1.0, [PubOp("t", (bytes(200),), False, "c", index)])
+        job = store.prepare_checkpoint(2, take_delta(broker))
+        job.run()
+        store.finish_checkpoint(job)
+        export(OS, store.directory, str(Path(store.directory) / "index.db"), job.record, str(staging))
+    finally:
+        store.close()
+    return 39, 2
+
+
+def test_a_staged_snapshot_is_checked_whole(cluster_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`Checkpoints.check_staged` passes a true checkpoint and names the problem, never raising, in a
+    wrong one: another index, a row of the wrong type (SQLite takes any), a damaged sealed segment."""
+    import sqlite3
+
+    from wiber.broker import BrokerSettings
+    from wiber.node.checkpoints import Checkpoints
+    from wiber.raft.messages import SnapshotMeta
+    from wiber.storage import DurableStorage
+
+    config = cluster_factory(1, start=False).config
+    staging = tmp_path / "staging"
+    index, term = _exported_checkpoint(tmp_path, staging)
+    storage = DurableStorage.open(config.node_data_dir("n1"))
+    checkpoints = Checkpoints(config, "n1", storage, BrokerSettings())
+    try:
+        assert checkpoints.check_staged(str(staging), SnapshotMeta(index, term)) is None
+        assert "not (40, 2)" in str(checkpoints.check_staged(str(staging), SnapshotMeta(40, 2)))
+        segments = sorted(p for p in staging.iterdir() if p.name != "index.db")
+        assert len(segments) > 1
+        sealed = bytearray(segments[0].read_bytes())
+        sealed[len(sealed) // 2] ^= 0xFF
+        segments[0].write_bytes(bytes(sealed))
+        assert checkpoints.check_staged(str(staging), SnapshotMeta(index, term)) is not None
+        segments[0].write_bytes(bytes(sealed[: len(sealed) // 2]))
+        assert checkpoints.check_staged(str(staging), SnapshotMeta(index, term)) is not None
+        staging = tmp_path / "staging2"
+        _exported_checkpoint(tmp_path / "again", staging)
+        db = sqlite3.connect(staging / "index.db")
+        db.execute("UPDATE topics SET first = 'not a number'")
+        db.commit()
+        db.close()
+        problem = checkpoints.check_staged(str(staging), SnapshotMeta(index, term))
+        assert problem is not None and problem.startswith("TypeError")  # once raised out of the loop
+        assert not (Path(checkpoints.data_dir) / "topics.check.db").exists()
+    finally:
+        checkpoints.close()
+        storage.close()
