@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from wiber.broker.entry import topic_problem, ts_problem
+from wiber.broker.entry import INT63_MAX, topic_problem, ts_problem
 from wiber.broker.records import RecordStore
 from wiber.broker.snapshot import SnapshotError, session_from_row
 from wiber.broker.state import Broker, BrokerSettings
@@ -77,7 +77,7 @@ def rebuild(
             counters, 5, "[applied_index, lamport, ts, late, evicted]")
     except ValueError as exc:
         raise SnapshotError(f"bad checkpoint counters: {exc}") from None
-    if not all(type(v) is int and v >= 0 for v in (applied_index, last_lamport, late_count)):
+    if not all(type(v) is int and 0 <= v <= INT63_MAX for v in (applied_index, last_lamport, late_count)):
         raise SnapshotError("bad checkpoint counters: negative or non-integer count")
     if type(last_ts) is not float or ts_problem(last_ts) is not None or type(evicted) is not tuple:
         raise SnapshotError("bad checkpoint counters: last_ts or evicted")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
-from wiber.broker.entry import topic_problem, ts_problem
+from wiber.broker.entry import INT63_MAX, topic_problem, ts_problem
 from wiber.broker.records import R_DATA, MemoryRecordStore, RecordStore, StoredRecord
 from wiber.broker.sessions import Session
 from wiber.errors import WiberError
@@ -199,8 +199,8 @@ def session_from_row(client_id: str, floor: Any, last_index: Any, answers: Any) 
 
 
 def _is_count(value: Any) -> bool:
-    """Returns: whether `value` is an int (not a bool) >= 0."""
-    return type(value) is int and value >= 0
+    """Returns: whether `value` is an int (not a bool) in [0, 2**63 - 1] (what every codec of the cluster holds)."""
+    return type(value) is int and 0 <= value <= INT63_MAX
 
 
 def _need(condition: bool, problem: str) -> None:
