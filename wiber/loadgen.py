@@ -4,7 +4,9 @@
 sending N messages of S bytes in all, and measures each message's time from `publish()` to its
 acknowledgement. `sub` subscribes and measures the delivery rate and the end-to-end latency (a
 message's `ts`, stamped by the leader's synced clock, to its arrival on this client's synced clock).
-Both show a progress line and end with a rate and a latency histogram summary.
+Both show a progress line and end with a rate and a latency histogram summary. Against a cluster
+with CURVE, both take the client's key pair and the nodes' public keys (`client_key`, `server_keys`,
+as `Client` does); the publisher processes get them in their plan.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import multiprocessing
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 #: Latency histogram buckets (upper bounds, milliseconds).
 BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -32,6 +34,8 @@ class PubPlan:
     batch: int
     linger_s: float
     deadline_s: float
+    client_key: tuple[bytes, bytes] | None = None  # CURVE: (public, secret) of this client
+    server_keys: Mapping[str, bytes] | None = None  # CURVE: each node's public key by address
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -115,7 +119,8 @@ def run_publisher(plan: PubPlan, progress: Any = None) -> tuple[int, float, list
     acked = 0
     failed: list[BaseException] = []
     with Publisher(list(plan.addresses), window=plan.window, batch_size=plan.batch, linger_s=plan.linger_s,
-                   timeouts=Timeouts(per_try_s=2.0, total_s=30.0)) as publisher:
+                   timeouts=Timeouts(per_try_s=2.0, total_s=30.0), client_key=plan.client_key,
+                   server_keys=plan.server_keys) as publisher:
         publisher.publish(plan.topic, payload).result(timeout=30)  # find the leader before timing
         started = time.monotonic()
         deadline = started + plan.deadline_s
@@ -150,10 +155,12 @@ def _publisher_process(plan: PubPlan, out: Any) -> None:
 
 
 def bench_pub(addresses: Sequence[str], topic: str, messages: int, size: int, window: int, batch: int,
-              linger_s: float, publishers: int, deadline_s: float) -> str:
+              linger_s: float, publishers: int, deadline_s: float, client_key: tuple[bytes, bytes] | None = None,
+              server_keys: Mapping[str, bytes] | None = None) -> str:
     """Run the publish benchmark. Returns: the summary text."""
     per = max(1, messages // publishers)
-    plan = PubPlan(tuple(addresses), topic, per, size, window, batch, linger_s, deadline_s)
+    plan = PubPlan(tuple(addresses), topic, per, size, window, batch, linger_s, deadline_s, client_key,
+                   None if server_keys is None else dict(server_keys))
     title = f"pub x{publishers} (window {window}, batch {batch}, linger {linger_s * 1000:g} ms)"
     if publishers == 1:
         bar = Progress(per, "pub")
@@ -179,11 +186,13 @@ def bench_pub(addresses: Sequence[str], topic: str, messages: int, size: int, wi
 
 
 def bench_sub(addresses: Sequence[str], topic: str, messages: int, from_offset: int | None,
-              deadline_s: float) -> str:
+              deadline_s: float, client_key: tuple[bytes, bytes] | None = None,
+              server_keys: Mapping[str, bytes] | None = None) -> str:
     """Receive `messages` messages of `topic`. Returns: the summary text."""
     from wiber.client import Client, Timeouts
 
-    with Client(list(addresses), Timeouts(per_try_s=1.0, total_s=10.0)) as client:
+    with Client(list(addresses), Timeouts(per_try_s=1.0, total_s=10.0), client_key=client_key,
+                server_keys=server_keys) as client:
         client.sync_clock()
         sub = client.subscribe(topic, from_offset=from_offset)
         bar = Progress(messages, "sub")

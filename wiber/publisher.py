@@ -31,13 +31,14 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import msgpack
 import zmq
 
 from wiber import protocol, zmqcalls
 from wiber.client import Ack, Timeouts, normalize_address
+from wiber.client.curve import CurveKeys, HandshakeWatch, KeySource, client_socket, config_curve_keys, curve_keys
 from wiber.errors import (
     ClientError,
     NotLeader,
@@ -47,6 +48,9 @@ from wiber.errors import (
     WireError,
     error_from_reply,
 )
+
+if TYPE_CHECKING:
+    from wiber.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,11 @@ class Publisher:
         batch_size: messages per request at most; 1 sends plain PUBs.
         linger_s: how long a partial batch may wait for more messages.
         timeouts: per try (no answer: resend elsewhere) and in all (then the futures fail).
+        client_key, server_keys: CURVE, as for `Client` (`Publisher.from_config` reads the nodes'
+            keys from the config's keys_dir).
+
+    Raises:
+        CurveError, KeyFileError: keys that do not fit, or a key file that cannot be used.
     """
 
     def __init__(
@@ -157,12 +166,17 @@ class Publisher:
         max_message_bytes: int = 1048576,
         timeouts: Timeouts | None = None,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
+        client_key: KeySource | None = None,
+        server_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
         self.addresses = [normalize_address(a) for a in addresses]
         if not self.addresses:
             raise ValueError("Publisher needs at least one node address")
+        self.curve: CurveKeys | None = curve_keys(client_key, server_keys)
+        self._watch: HandshakeWatch | None = None
+        self._refused: str | None = None  # why the last socket got no answer, when a handshake failed
         if not 1 <= window <= DEFAULT_SESSION_WINDOW or not 1 <= batch_size <= protocol.MAX_BATCH_MESSAGES:
             # More requests in flight than the cluster's session_window could make a resend
             # SESSION_EXPIRED: the broker keeps only that many answers per client.
@@ -194,6 +208,21 @@ class Publisher:
         self._running_callbacks = False
         self.resends = 0
         self.failovers = 0
+
+    @classmethod
+    def from_config(cls, config: Config, client_key: KeySource | None = None, **options: Any) -> Publisher:
+        """Returns: a Publisher on every node of `config`, refusing messages over its max_message_bytes,
+        with CURVE when it has a security section (as `Client.from_config`); `options` as for __init__.
+
+        Raises:
+            CurveError: a security section and no client key, or a client key and no security section.
+            KeyFileError: a key file is missing, unreadable or malformed.
+        """
+        curve = config_curve_keys(config, client_key)
+        options.setdefault("max_message_bytes", config.cluster.max_message_bytes)
+        return cls([n.client_addr for n in config.nodes], **options,
+                   client_key=None if curve is None else (curve.public, curve.secret),
+                   server_keys=None if curve is None else curve.servers)
 
     # ---------------------------------------------------------------- public
 
@@ -271,9 +300,7 @@ class Publisher:
             if self._sock is not None or self._gathering:
                 self.flush(self.timeouts.total_s)
         finally:
-            if self._sock is not None:
-                self._sock.close(linger=0)
-                self._sock = None
+            self._close_socket()
             if self._own_ctx:
                 self.ctx.term()
 
@@ -287,8 +314,7 @@ class Publisher:
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
+            sock, self._watch = client_socket(self.ctx, zmq.DEALER, self._address, self.curve)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.connect(self._address)
@@ -353,9 +379,8 @@ class Publisher:
 
     def _resend_all(self, address: str | None) -> None:
         """Reconnect (to `address`, or the next node) and send every request in flight again, in order."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self._refused = self._watch.check() if self._watch is not None else None
+        self._close_socket()
         self._address = normalize_address(address) if address else next(self._rotation)
         self.failovers += 1
         now = time.monotonic()
@@ -364,10 +389,19 @@ class Publisher:
             if now >= request.deadline:
                 self._finish(request, None, ClientError(
                     f"publish to {request.topic!r} not acknowledged within {self.timeouts.total_s:g} s; "
-                    f"it may or may not be stored"))
+                    f"it may or may not be stored" + (f" ({self._refused})" if self._refused else "")))
                 continue
             self.resends += 1
             self._transmit(request)
+
+    def _close_socket(self) -> None:
+        """Close the socket (its handshake watch first), if one is open."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
 
     # ---------------------------------------------------------------- receiving
 

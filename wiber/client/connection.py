@@ -23,11 +23,19 @@ import logging
 import time
 import uuid
 import weakref
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import zmq
 
 from wiber import protocol, zmqcalls
+from wiber.client.curve import (
+    CurveKeys,
+    HandshakeWatch,
+    KeySource,
+    client_socket,
+    config_curve_keys,
+    curve_keys,
+)
 from wiber.client.subscription import Subscription
 from wiber.client.values import Ack, History, Message, Timeouts, normalize_address, pause
 from wiber.clock import Clock, OffsetEstimator, SystemClock, skew_from_env
@@ -41,13 +49,26 @@ from wiber.errors import (
     error_from_reply,
 )
 
+if TYPE_CHECKING:
+    from wiber.config import Config
+
 log = logging.getLogger(__name__)
 
 
 class Client:
     """A connection to a cluster, given the client addresses of some or all of its nodes.
 
+    With `client_key` (the path of a `.key_secret` file, or a (public, secret) pair) and
+    `server_keys` (each node's public key by its client address; PUB addresses too, or a node's
+    PUB socket is taken to have the key of the node that named it), every socket is a CURVE
+    client; with `server_keys` alone, `WIBER_KEY` names the key file. `Client.from_config` reads
+    the nodes' keys from the config's keys_dir. Without keys: plain TCP.
+
     Not thread-safe: use one Client per thread.
+
+    Raises:
+        CurveError: keys that do not fit (a client key without node keys, or the reverse).
+        KeyFileError: the client's key file is missing, unreadable or malformed.
     """
 
     def __init__(
@@ -56,12 +77,18 @@ class Client:
         timeouts: Timeouts | None = None,
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
         clock: Clock | None = None,
+        *,
+        client_key: KeySource | None = None,
+        server_keys: Mapping[str, bytes] | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
         self.addresses = [normalize_address(a) for a in addresses]
         if not self.addresses:
             raise ValueError("Client needs at least one node address")
+        self.curve: CurveKeys | None = curve_keys(client_key, server_keys)
+        self._watch: HandshakeWatch | None = None
+        self._silence: str | None = None  # why the last try got no answer, when a handshake failed
         self.clock: Clock = clock or SystemClock(skew_from_env())
         self.clock_offset = OffsetEstimator()
         self._synced_at: float | None = None
@@ -78,12 +105,26 @@ class Client:
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._outcome_unknown = False  # whether a try of the last request may have been stored
 
+    @classmethod
+    def from_config(cls, config: Config, client_key: KeySource | None = None, timeouts: Timeouts | None = None,
+                    ctx: zmq.Context[zmq.Socket[bytes]] | None = None, clock: Clock | None = None) -> Client:
+        """Returns: a Client on every node of `config`, with CURVE when it has a security section
+        (the nodes' public keys from keys_dir; `client_key`, else `WIBER_KEY`, as this client's).
+
+        Raises:
+            CurveError: a security section and no client key, or a client key and no security section.
+            KeyFileError: a key file is missing, unreadable or malformed.
+        """
+        curve = config_curve_keys(config, client_key)
+        return cls([n.client_addr for n in config.nodes], timeouts, ctx, clock,
+                   client_key=None if curve is None else (curve.public, curve.secret),
+                   server_keys=None if curve is None else curve.servers)
+
     # ---------------------------------------------------------------- plumbing
 
     def _socket(self) -> zmq.Socket[bytes]:
         if self._sock is None:
-            sock = self.ctx.socket(zmq.REQ)
-            sock.setsockopt(zmq.LINGER, 0)
+            sock, self._watch = client_socket(self.ctx, zmq.REQ, self._current, self.curve)
             sock.connect(self._current)
             self._sock = sock
             self._poller = zmq.Poller()
@@ -92,6 +133,9 @@ class Client:
 
     def _reset(self, address: str | None = None) -> None:
         """Close the REQ socket (it is stuck in lockstep after a timeout) and pick an address."""
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
@@ -106,6 +150,7 @@ class Client:
         zmqcalls.send(sock, body, 0)
         if self._poller.poll(max(1, int(timeout_s * 1000))):  # one poller per socket: Socket.poll makes one a call
             return protocol.parse_reply(zmqcalls.recv(sock, 0))
+        self._silence = self._watch.check() if self._watch is not None else None
         self._reset()
         return None
 
@@ -124,7 +169,8 @@ class Client:
         finally:
             self._reset(saved)
         if reply is None:
-            raise ClientError(f"no answer from {address} within {self.timeouts.per_try_s:g} s")
+            raise ClientError(f"no answer from {address} within {self.timeouts.per_try_s:g} s"
+                              + (f": {self._silence}" if self._silence else ""))
         if not reply["ok"]:
             raise error_from_reply(reply)
         return reply
@@ -145,17 +191,21 @@ class Client:
         body = protocol.pack(self._build(op, fields))
         deadline = time.monotonic() + self.timeouts.total_s
         last_error: BaseException | None = None
+        refused: str | None = None  # the last failed handshake's reason, if any
         self._outcome_unknown = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ClientError(
-                    f"{op}: no answer from {', '.join(self.addresses)} within {self.timeouts.total_s:g} s",
+                    f"{op}: no answer from {', '.join(self.addresses)} within {self.timeouts.total_s:g} s"
+                    + (f"; {refused}" if refused else ""),
                     last_error,
                 )
+            address = self._current
             reply = self._try_once(body, min(self.timeouts.per_try_s, remaining))
             if reply is None:
-                last_error = TimeoutError(f"{self._current} did not answer")
+                refused = self._silence or refused
+                last_error = TimeoutError(self._silence or f"{address} did not answer")
                 self._outcome_unknown = True  # the try may have reached the log
                 continue
             if reply["ok"]:
@@ -315,9 +365,7 @@ class Client:
         """
         for subscription in list(self._subscriptions):
             subscription.close()
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self._reset(self._current)
         if self._own_ctx:
             self.ctx.destroy(linger=0)
 

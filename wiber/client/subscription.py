@@ -11,8 +11,9 @@ import msgpack
 import zmq
 
 from wiber import protocol
+from wiber.client.curve import HandshakeWatch, client_socket
 from wiber.client.values import Message, pause
-from wiber.errors import ClientError, WireError
+from wiber.errors import ClientError
 
 if TYPE_CHECKING:
     from wiber.client.connection import Client
@@ -24,6 +25,8 @@ HEARTBEAT_SILENCE_S = 0.75
 #: At most this many messages wait in a Subscription's own buffer; the rest stay in the socket or
 #: in HISTORY, so a subscriber far behind does not hold the whole backlog in memory.
 MAX_BUFFERED = 10_000
+#: How often a subscription that may not use the PUB port (its key is refused there) reads HISTORY.
+HISTORY_POLL_S = 0.1
 
 
 class Subscription:
@@ -32,7 +35,10 @@ class Subscription:
     It subscribes first (SUB on the node's PUB socket), then fills from HISTORY, drops what it
     already has, fetches any gap it sees (PUB drops under pressure and before a subscription has
     settled), catches up when a heartbeat shows the node committed more than it has seen, and moves
-    to another node when three heartbeats in a row are missed.
+    to another node when three heartbeats in a row are missed. A client whose key the PUB port
+    refuses (it may not subscribe to every topic: docs/design.md section 10) reads by polling
+    HISTORY every HISTORY_POLL_S instead. An error the cluster answers (FORBIDDEN, BAD_REQUEST)
+    is raised from `get`: trying again cannot change it.
     """
 
     def __init__(self, client: Client, topic: str, from_offset: int | None) -> None:
@@ -41,6 +47,8 @@ class Subscription:
         self._prefix = protocol.topic_prefix(topic)
         self._next: int | None = from_offset
         self._sock: zmq.Socket[bytes] | None = None
+        self._watch: HandshakeWatch | None = None
+        self._polling = False  # the PUB port refused this client's key: read HISTORY only
         self._node: str | None = None
         self._buffer: deque[Message] = deque()
         self._behind = False  # HISTORY holds more than the buffer took: read on before live messages
@@ -58,8 +66,9 @@ class Subscription:
         """Subscribe at some node (rotating on failure) and catch up from HISTORY."""
         self._detach()
         reply = self.client.request("SUB", topic=self.topic)
-        sock = self.client.ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
+        # The PUB socket is the answering node's: its key, unless the address has one of its own.
+        sock, self._watch = client_socket(self.client.ctx, zmq.SUB, reply["pub_addr"], self.client.curve,
+                                          self.client._current)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SUBSCRIBE, self._prefix)
         sock.setsockopt(zmq.SUBSCRIBE, protocol.HEARTBEAT_PREFIX)
@@ -72,6 +81,9 @@ class Subscription:
         self._catch_up(deadline)
 
     def _detach(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
@@ -121,22 +133,45 @@ class Subscription:
             if now >= deadline:
                 return None
             try:
+                if self._polling:
+                    self._poll_history(deadline)
+                    continue
                 if self._behind and self._sock is not None:
                     self._catch_up(deadline)
                     continue
                 if self._sock is None or now - self._last_heard > HEARTBEAT_SILENCE_S:
                     if self._sock is not None:
+                        if self._key_refused():
+                            continue
                         self.failovers += 1
                         log.info("subscription %s: %s went silent, moving to another node", self.topic, self._node)
                         self.client._reset()  # next address
                     self._attach(deadline)
                     continue
                 self._poll_once(min(deadline, self._last_heard + HEARTBEAT_SILENCE_S), deadline)
-            except (ClientError, WireError) as exc:
+            except ClientError as exc:
                 log.info("subscription %s: %s; retrying", self.topic, exc)
                 self._detach()
                 self.client._reset()
                 pause(deadline, 0.05)
+
+    def _key_refused(self) -> bool:
+        """Returns: whether the PUB port refused this client's key; if so, go on by polling HISTORY."""
+        watch = self._watch
+        if watch is None or watch.check() is None or not watch.key_refused:
+            return False
+        log.warning("subscription %s: %s; reading the topic from HISTORY every %g s instead",
+                    self.topic, watch.failure, HISTORY_POLL_S)
+        self._detach()
+        self._polling = True
+        return True
+
+    def _poll_history(self, deadline: float) -> None:
+        """Read what HISTORY has beyond the last offset delivered; wait a little when nothing is new."""
+        before = len(self._buffer)
+        self._catch_up(deadline)
+        if len(self._buffer) == before:
+            pause(deadline, HISTORY_POLL_S)
 
     def _poll_once(self, until: float, deadline: float) -> None:
         sock = self._sock
