@@ -18,12 +18,15 @@ from hypothesis import strategies as st
 
 import wiber.config as config_module
 from wiber.config import (
+    ClientRights,
     ClusterConfig,
     Config,
     NodeConfig,
     RetentionConfig,
+    SecurityConfig,
     load_config,
     parse_config,
+    pattern_problem,
 )
 from wiber.errors import ConfigError
 
@@ -646,3 +649,136 @@ def test_any_value_in_a_valid_file_gives_config_or_config_error(
     else:
         raw["cluster"]["topics"]["t"] = {key: value}
     _check_outcome(raw)
+
+
+# --------------------------------------------------------------------------------------------------
+# The security section, insecure and max_reply_bytes (docs/design.md section 10).
+
+SECURED = (
+    "security:\n"
+    "  keys_dir: keys\n"
+    "  clients:\n"
+    "    - {name: app, publish: [orders.>, 'audit.*.eu'], subscribe: ['>']}\n"
+    "    - {name: ops, admin: true}\n"
+    "    - {name: reader, subscribe: [orders.eu]}\n"
+)
+
+
+def security(body: str) -> str:
+    """Returns: a file with one node and `body` (lines) under `security:`."""
+    lines = "".join(f"  {line}\n" for line in body.splitlines())
+    return f"{NODES}security:\n{lines}"
+
+
+def test_security_section_is_read_with_keys_dir_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # keys_dir follows the file, not the working directory
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    config = load_config(write(conf, NODES + SECURED))
+    assert config.security == SecurityConfig(
+        keys_dir=str(conf / "keys"),
+        clients=(
+            ClientRights("app", publish=("orders.>", "audit.*.eu"), subscribe=(">",)),
+            ClientRights("ops", admin=True),
+            ClientRights("reader", subscribe=("orders.eu",)),
+        ),
+    )
+    absolute = load_config(write(conf, security(f"keys_dir: {tmp_path / 'k'}/../k2"))).security
+    assert absolute == SecurityConfig(keys_dir=str(tmp_path / "k2"))
+    assert load_config(write(conf, NODES)).security is None
+
+
+def test_insecure_and_max_reply_bytes(tmp_path: Path) -> None:
+    c = load_config(write(tmp_path, NODES)).cluster
+    assert (c.insecure, c.max_reply_bytes) == (False, 4 << 20)
+    c = load_config(write(tmp_path, cluster("insecure: true\nmax_reply_bytes: 1000"))).cluster
+    assert (c.insecure, c.max_reply_bytes) == (True, 1000)
+
+
+def test_docstring_documents_the_security_keys() -> None:
+    doc = config_module.__doc__ or ""
+    for cls in (SecurityConfig, ClientRights):
+        for f in dataclasses.fields(cls):
+            assert f"\n{f.name} (" in doc or f"\n    {f.name} (" in doc, f.name
+
+
+@pytest.mark.parametrize("pattern", [">", "*", "orders", "orders.>", "*.eu", "a.*.c.>", "caf\u00e9.*",
+                                     "a-b_c"])
+def test_good_topic_patterns(pattern: str) -> None:
+    assert pattern_problem(pattern) is None
+
+
+BAD_SECURITY: list[tuple[str, str, str, str]] = [
+    ("security-empty", NODES + "security:\n", "security", "is empty; give at least keys_dir"),
+    ("security-not-mapping", NODES + "security: keys\n", "security", "must be a mapping"),
+    ("security-unknown-key", security("keys_dir: k\nclient: []"), "security.client",
+     "did you mean 'clients'"),
+    ("keys-dir-missing", security("clients: []"), "security.keys_dir", "missing required key"),
+    ("keys-dir-empty", security("keys_dir: ''"), "security.keys_dir", "must not be empty"),
+    ("keys-dir-not-string", security("keys_dir: 5"), "security.keys_dir", "must be a string, got 5"),
+    ("clients-not-list", security("keys_dir: k\nclients: {name: app}"), "security.clients",
+     "must be a list"),
+    ("client-not-mapping", security("keys_dir: k\nclients: [app]"), "security.clients[0]",
+     "must be a mapping"),
+    ("client-unknown-key", security("keys_dir: k\nclients: [{name: a, publsh: [x]}]"),
+     "security.clients[0].publsh", "did you mean 'publish'"),
+    ("client-no-name", security("keys_dir: k\nclients: [{admin: true}]"), "security.clients[0].name",
+     "missing required key"),
+    ("client-bad-name", security("keys_dir: k\nclients: [{name: 'a/b'}]"), "security.clients[0].name",
+     "letters, digits"),
+    ("client-name-dotdot", security("keys_dir: k\nclients: [{name: '..'}]"), "security.clients[0].name",
+     "not ."),
+    ("client-duplicate", security("keys_dir: k\nclients: [{name: a}, {name: a}]"), "security.clients[1].name",
+     "duplicate name 'a', already used by security.clients[0]"),
+    ("client-is-node", security("keys_dir: k\nclients: [{name: n1}]"), "security.clients[0].name",
+     "'n1' is a node id"),
+    ("admin-not-bool", security("keys_dir: k\nclients: [{name: a, admin: 'yes'}]"),
+     "security.clients[0].admin",
+     "must be true or false"),
+    ("patterns-string", security("keys_dir: k\nclients: [{name: a, publish: orders.>}]"),
+     "security.clients[0].publish", "must be a list of topic patterns"),
+    ("pattern-not-string", security("keys_dir: k\nclients: [{name: a, subscribe: [5]}]"),
+     "security.clients[0].subscribe[0]", "must be a string, got 5"),
+    ("pattern-rest-not-last", security("keys_dir: k\nclients: [{name: a, subscribe: ['>.x']}]"),
+     "security.clients[0].subscribe[0]", "only be the last token"),
+    ("pattern-partial-wildcard", security("keys_dir: k\nclients: [{name: a, publish: ['orders*']}]"),
+     "security.clients[0].publish[0]", "only as whole tokens"),
+    ("pattern-empty-token", security("keys_dir: k\nclients: [{name: a, publish: ['a..b']}]"),
+     "security.clients[0].publish[0]", "empty token"),
+    ("pattern-empty", security("keys_dir: k\nclients: [{name: a, publish: ['']}]"),
+     "security.clients[0].publish[0]", "1 to 255 bytes"),
+    ("pattern-reserved", security("keys_dir: k\nclients: [{name: a, publish: ['$hb']}]"),
+     "security.clients[0].publish[0]", "start with '$'"),
+    ("insecure-string", cluster("insecure: 'true'"), "cluster.insecure", "without quotes"),
+    ("max-reply-zero", cluster("max_reply_bytes: 0"), "cluster.max_reply_bytes", "positive integer"),
+    ("max-reply-huge", cluster("max_reply_bytes: 1073741825"), "cluster.max_reply_bytes",
+     "at most 1073741824"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "phrase"), [case[1:] for case in BAD_SECURITY], ids=[c[0] for c in BAD_SECURITY]
+)
+def test_bad_security_is_refused_with_one_line_naming_the_key(
+    tmp_path: Path, text: str, key: str, phrase: str
+) -> None:
+    err = refusal(write(tmp_path, text))
+    assert err.key == key, str(err)
+    assert phrase in err.problem, str(err)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.sampled_from(["keys_dir", "clients", "name", "publish", "subscribe", "admin"]),
+       value=_documents)
+def test_any_value_in_the_security_section_gives_config_or_config_error(key: str, value: object) -> None:
+    client: dict[str, object] = {"name": "app"}
+    section: dict[str, object] = {"keys_dir": "keys", "clients": [client]}
+    if key in ("keys_dir", "clients"):
+        section[key] = value
+    else:
+        client[key] = value
+    _check_outcome({"nodes": [{"id": "n1", "host": "h", "port": 9101}], "security": section})

@@ -78,6 +78,17 @@ fsync (true or false, default true)
     kernel crash can then lose acknowledged messages or break Raft's guarantees. Use it only for
     experiments and benchmarks, and say so next to any figure measured with it.
 
+insecure (true or false, default false)
+    Without a ``security`` section a node refuses to start (exit status 2) when any node's host is
+    not a loopback address (127.0.0.0/8, ::1, localhost): its ports would take anyone's requests
+    and Raft messages in plain text. ``true`` lets it start anyway, with a WARNING logged at every
+    start; use it only on a network you trust entirely. Ignored with a ``security`` section.
+
+max_reply_bytes (integer > 0, at most 1073741824 = 1 GiB, default 4194304 = 4 MiB)
+    Most message data one HISTORY reply carries: a page that would pass it holds fewer messages
+    (at least one), and its ``next_offset`` says where to read on. It bounds the memory a reader
+    makes a node spend per request.
+
 retention (mapping, default: keep everything)
     Cluster-wide limits on what each topic keeps, with the keys below. When a limit is reached the
     oldest messages are removed; offsets are never reused (HISTORY's ``first_offset`` moves up).
@@ -119,13 +130,55 @@ pub_port (integer 1-65535, default port + 200)
 Every (host, port) pair, across the port, raft_port and pub_port of all nodes, must be unique.
 There must be 1 to 7 nodes; a cluster of N tolerates the loss of (N - 1) // 2 of them.
 
+Keys of ``security`` (optional: without it the nodes speak plain TCP, loopback only)
+------------------------------------------------------------------------------------
+
+With this section every node serves its client, raft and pub ports as a CURVE server and
+authenticates its peers (docs/design.md section 10)::
+
+    security:
+      keys_dir: ./keys
+      clients:
+        - {name: app, publish: ["orders.>"], subscribe: [">"]}
+        - {name: ops, admin: true}
+
+keys_dir (string, required)
+    Directory of the key files, as ``wiber keygen NAME --dir DIR`` (or ``zmq.auth``) writes them:
+    ``<name>.key`` holds a public key, ``<name>.key_secret`` the key pair. A relative path is
+    resolved against the directory of this YAML file (not the working directory, unlike
+    data_dir); ``~`` is expanded. A node starts only when it finds its own ``<id>.key_secret``,
+    and ``<name>.key`` for every node and every client below; the error names the missing file.
+    A node needs no other node's secret: hand each machine only its own.
+
+clients (list, default: none)
+    Who may connect to the client and pub ports, by the name of their key. Each entry:
+
+    name (string, required)
+        The key's name, ``keys_dir/<name>.key``: 1-64 letters, digits, ``_ . -``, unique, and not
+        a node id (a node's key is admitted on the raft port only).
+    publish (list of topic patterns, default: none)
+        Topics the client may PUB and PUB_BATCH to; others are answered FORBIDDEN.
+    subscribe (list of topic patterns, default: none)
+        Topics the client may read with HISTORY and SUB; others are answered FORBIDDEN. The pub
+        port admits only clients with ``">"`` here (or admin): a PUB socket cannot filter per
+        subscriber. TOPICS lists only the topics the client may publish to or read.
+    admin (true or false, default false)
+        Every op on every topic, STATUS, and the cluster commands.
+
+    A topic pattern is tokens separated by ``.``: a literal token matches itself, ``*`` exactly
+    one token, ``>`` (last token only) one or more tokens; so ``orders.>`` matches
+    ``orders.eu`` and ``orders.eu.new`` but not ``orders``. Tokens are not empty, and ``*`` and
+    ``>`` are wildcards only as whole tokens. PING needs no right. Deduplication sessions belong
+    to (client name, client_id): no client can touch another's session.
+
 Validation rules
 ----------------
 * A key that is not listed above is refused, naming the keys allowed at that place.
 * An integer key takes an integer only: ``true``, ``1.5`` and ``"50"`` are refused. A number key
   (max_age_s) also takes an integer. A mapping key repeated in one YAML mapping is refused
   (PyYAML would silently keep the last one).
-* An empty section (``cluster:`` with nothing under it) is the same as leaving it out.
+* An empty section (``cluster:`` with nothing under it) is the same as leaving it out, except
+  ``security:``, which is refused: leaving that one out turns CURVE off.
 * Checking stops at the first problem found. An error that concerns the file as a
   whole names the pseudo-key ``(file)`` (missing, unreadable), ``(yaml)`` (not YAML; with line and
   column) or ``(top level)`` (empty, or not a mapping).
@@ -136,6 +189,7 @@ from wiber.config.model import (
     MAX_MESSAGE_BYTES_LIMIT,
     MAX_NODE_ID_LEN,
     MAX_NODES,
+    MAX_REPLY_BYTES_LIMIT,
     MAX_TOPIC_BYTES,
     PUB_PORT_OFFSET,
     RAFT_PORT_OFFSET,
@@ -146,11 +200,13 @@ from wiber.config.model import (
     RetentionConfig,
     SecurityConfig,
 )
+from wiber.config.security import pattern_problem
 
 __all__ = [
     "MAX_MESSAGE_BYTES_LIMIT",
     "MAX_NODES",
     "MAX_NODE_ID_LEN",
+    "MAX_REPLY_BYTES_LIMIT",
     "MAX_TOPIC_BYTES",
     "PUB_PORT_OFFSET",
     "RAFT_PORT_OFFSET",
@@ -162,4 +218,5 @@ __all__ = [
     "SecurityConfig",
     "load_config",
     "parse_config",
+    "pattern_problem",
 ]

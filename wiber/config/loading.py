@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from wiber.config.model import Config
+from wiber.config.security import parse_security
 from wiber.config.sections import _parse_cluster, _parse_nodes
 from wiber.config.values import _FILE, _TOP, _YAML, _mapping, _short
 from wiber.errors import ConfigError
@@ -61,7 +62,7 @@ def parse_config(raw: object, path: str) -> Config:
         raise ConfigError(
             path, _TOP, "the file is empty; it needs at least a `nodes` list (see conf/cluster.yaml)"
         )
-    top = _mapping(path, "", raw, ("cluster", "nodes"))
+    top = _mapping(path, "", raw, ("cluster", "nodes", "security"))
     if "nodes" not in top:
         raise ConfigError(
             path,
@@ -70,7 +71,8 @@ def parse_config(raw: object, path: str) -> Config:
         )
     cluster = _parse_cluster(path, top.get("cluster"))
     nodes = _parse_nodes(path, top["nodes"])
-    return Config(path=path, cluster=cluster, nodes=nodes)
+    security = parse_security(path, top["security"], nodes) if "security" in top else None
+    return Config(path=path, cluster=cluster, nodes=nodes, security=security)
 
 
 class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]  # Any without stubs

@@ -14,13 +14,16 @@ __all__ = [
     "MAX_MESSAGE_BYTES_LIMIT",
     "MAX_NODES",
     "MAX_NODE_ID_LEN",
+    "MAX_REPLY_BYTES_LIMIT",
     "MAX_TOPIC_BYTES",
     "PUB_PORT_OFFSET",
     "RAFT_PORT_OFFSET",
+    "ClientRights",
     "ClusterConfig",
     "Config",
     "NodeConfig",
     "RetentionConfig",
+    "SecurityConfig",
 ]
 
 MAX_NODES: Final = 7
@@ -40,6 +43,9 @@ MAX_TOPIC_BYTES: Final = 255
 
 MAX_NODE_ID_LEN: Final = 64
 """Longest node id: it travels in every Raft message and names a directory."""
+
+MAX_REPLY_BYTES_LIMIT: Final = 1 << 30
+"""Upper bound of `cluster.max_reply_bytes` (1 GiB): a reply is built in memory whole."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -106,6 +112,8 @@ class ClusterConfig:
     session_window: int = 4096
     max_sessions: int = 10000
     fsync: bool = True
+    insecure: bool = False  # plain TCP on non-loopback hosts without a security section (logged at start)
+    max_reply_bytes: int = 4 << 20
     retention: RetentionConfig = RetentionConfig()
     topics: Mapping[str, RetentionConfig] = field(default_factory=_no_topics)
 

@@ -12,6 +12,7 @@ from wiber.config.model import (
     MAX_MESSAGE_BYTES_LIMIT,
     MAX_NODE_ID_LEN,
     MAX_NODES,
+    MAX_REPLY_BYTES_LIMIT,
     MAX_TOPIC_BYTES,
     PUB_PORT_OFFSET,
     RAFT_PORT_OFFSET,
@@ -53,6 +54,7 @@ _POSITIVE_INT_KEYS: Final = (
     "segment_bytes",
     "session_window",
     "max_sessions",
+    "max_reply_bytes",
 )
 
 
@@ -70,6 +72,7 @@ def _parse_cluster(file: str, raw: object) -> ClusterConfig:
     }
     reorder_window_ms = _int(file, "cluster.reorder_window_ms", get("reorder_window_ms"), 0, default=0)
     fsync = _bool(file, "cluster.fsync", get("fsync"))
+    insecure = _bool(file, "cluster.insecure", get("insecure"))
     retention = _parse_retention(file, "cluster.retention", section.get("retention"), RetentionConfig())
     topics = _parse_topics(file, section.get("topics"), retention)
 
@@ -78,6 +81,12 @@ def _parse_cluster(file: str, raw: object) -> ClusterConfig:
             file,
             "cluster.max_message_bytes",
             f"must be at most {MAX_MESSAGE_BYTES_LIMIT} (64 MiB), got {ints['max_message_bytes']}",
+        )
+    if ints["max_reply_bytes"] > MAX_REPLY_BYTES_LIMIT:
+        raise ConfigError(
+            file,
+            "cluster.max_reply_bytes",
+            f"must be at most {MAX_REPLY_BYTES_LIMIT} (1 GiB), got {ints['max_reply_bytes']}",
         )
     if ints["heartbeat_ms"] >= ints["election_timeout_ms"]:
         raise ConfigError(
@@ -106,6 +115,8 @@ def _parse_cluster(file: str, raw: object) -> ClusterConfig:
         session_window=ints["session_window"],
         max_sessions=ints["max_sessions"],
         fsync=fsync,
+        insecure=insecure,
+        max_reply_bytes=ints["max_reply_bytes"],
         retention=retention,
         topics=topics,
     )

@@ -1,0 +1,144 @@
+"""The `security` section: where the CURVE key files live, and what each client may do
+(docs/design.md section 10)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Final
+
+from wiber.config.model import MAX_NODE_ID_LEN, MAX_TOPIC_BYTES, ClientRights, NodeConfig, SecurityConfig
+from wiber.config.values import _NODE_ID_RE, _bool, _describe, _mapping, _short, _str
+from wiber.errors import ConfigError
+
+__all__ = ["WILDCARD_ONE", "WILDCARD_REST", "parse_security", "pattern_problem"]
+
+WILDCARD_ONE: Final = "*"
+"""A pattern token matching exactly one token of a topic."""
+WILDCARD_REST: Final = ">"
+"""A pattern's last token matching one or more remaining tokens of a topic."""
+
+_SECURITY_KEYS: Final = ("keys_dir", "clients")
+_CLIENT_KEYS: Final = ("name", "publish", "subscribe", "admin")
+_CLIENT_EXAMPLE: Final = '{name: app, publish: ["orders.>"], subscribe: [">"]}'
+
+
+def parse_security(file: str, raw: object, nodes: Sequence[NodeConfig]) -> SecurityConfig:
+    """Returns: the `security` section, `keys_dir` made absolute against the config file's directory.
+
+    Raises: ConfigError (an empty section is refused: leaving it out is what turns CURVE off).
+    """
+    if raw is None:
+        raise ConfigError(
+            file, "security", "is empty; give at least keys_dir (or remove the section to run without CURVE, "
+            "loopback only)"
+        )
+    section = _mapping(file, "security", raw, _SECURITY_KEYS, example="{keys_dir: ./keys, clients: [...]}")
+    if "keys_dir" not in section:
+        raise ConfigError(file, "security.keys_dir", "missing required key; the directory of the <name>.key "
+                          "and <name>.key_secret files (`wiber keygen NAME --dir DIR` writes them)")
+    keys_dir = _keys_dir(file, section["keys_dir"])
+    clients = _parse_clients(file, section.get("clients"), {n.id for n in nodes})
+    return SecurityConfig(keys_dir=keys_dir, clients=clients)
+
+
+def _keys_dir(file: str, value: object) -> str:
+    """Returns: `value` as an absolute path, a relative one resolved against the config file's directory."""
+    key = "security.keys_dir"
+    text = _str(file, key, value)
+    if not text:
+        raise ConfigError(file, key, "must not be empty; use . for the config file's own directory")
+    if "\0" in text:
+        raise ConfigError(file, key, "must not contain a NUL character")
+    base = os.path.dirname(os.path.abspath(file))
+    return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
+
+
+def _parse_clients(file: str, raw: object, node_ids: set[str]) -> tuple[ClientRights, ...]:
+    """Returns: the `clients` list, names unique and distinct from node ids. Raises: ConfigError."""
+    keypath = "security.clients"
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(file, keypath,
+                          f"must be a list of clients like `- {_CLIENT_EXAMPLE}`, got {_describe(raw)}")
+    clients: list[ClientRights] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(raw):
+        path = f"{keypath}[{index}]"
+        entry = _mapping(file, path, item, _CLIENT_KEYS, example=_CLIENT_EXAMPLE)
+        if "name" not in entry:
+            raise ConfigError(file, f"{path}.name", "missing required key; the name of the client's key file "
+                              "(<name>.key in keys_dir)")
+        name = _client_name(file, f"{path}.name", entry["name"])
+        if name in seen:
+            raise ConfigError(file, f"{path}.name", f"duplicate name {name!r}, already used by "
+                              f"{keypath}[{seen[name]}]; names must be unique")
+        if name in node_ids:
+            raise ConfigError(file, f"{path}.name", f"{name!r} is a node id: a client and a node would share "
+                              f"the key files {name}.key and {name}.key_secret; give the client another name")
+        seen[name] = index
+        clients.append(ClientRights(
+            name=name,
+            publish=_patterns(file, f"{path}.publish", entry.get("publish")),
+            subscribe=_patterns(file, f"{path}.subscribe", entry.get("subscribe")),
+            admin=_bool(file, f"{path}.admin", entry.get("admin", False)),
+        ))
+    return tuple(clients)
+
+
+def _client_name(file: str, keypath: str, value: object) -> str:
+    """Returns: `value` if it can name a key file (the rule of node ids). Raises: ConfigError."""
+    text = _str(file, keypath, value)
+    if not text or len(text) > MAX_NODE_ID_LEN or not _NODE_ID_RE.fullmatch(text) or text in (".", ".."):
+        raise ConfigError(file, keypath, f"must be 1-{MAX_NODE_ID_LEN} letters, digits, '_', '.' or '-' "
+                          f"(not . or ..), as `wiber keygen NAME` takes it; got {_short(text)}")
+    return text
+
+
+def _patterns(file: str, keypath: str, raw: object) -> tuple[str, ...]:
+    """Returns: the topic patterns at `keypath` (null or absent: none). Raises: ConfigError."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        hint = f" (write [{_short(raw)}])" if isinstance(raw, str) else ""
+        raise ConfigError(file, keypath, f"must be a list of topic patterns like [\"orders.>\"], got "
+                          f"{_describe(raw)}{hint}")
+    out: list[str] = []
+    for index, pattern in enumerate(raw):
+        if not isinstance(pattern, str):
+            raise ConfigError(file, f"{keypath}[{index}]", f"a topic pattern must be a string, got "
+                              f"{_describe(pattern)}; quote it")
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            raise ConfigError(file, f"{keypath}[{index}]", f"{problem}, got {_short(pattern)}")
+        out.append(pattern)
+    return tuple(out)
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Returns: why `pattern` is not a topic pattern, or None if it is one.
+
+    A pattern is tokens separated by ``.``: a literal token (not empty, without ``*`` or ``>``),
+    ``*`` (exactly one token of the topic) or, as the last token only, ``>`` (one or more tokens).
+    """
+    try:
+        size = len(pattern.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "a topic pattern must be valid UTF-8 text"
+    if not 1 <= size <= MAX_TOPIC_BYTES:
+        return f"a topic pattern must be 1 to {MAX_TOPIC_BYTES} bytes of UTF-8"
+    if "\0" in pattern or pattern.startswith("$"):
+        return "a topic pattern must not contain NUL or start with '$' (no topic does)"
+    tokens = pattern.split(".")
+    for position, token in enumerate(tokens):
+        if not token:
+            return "a topic pattern must not have an empty token (two dots in a row, or a dot at an end)"
+        if token == WILDCARD_REST and position != len(tokens) - 1:
+            return f"'{WILDCARD_REST}' may only be the last token of a topic pattern"
+        wildcard = token in (WILDCARD_ONE, WILDCARD_REST)
+        if not wildcard and (WILDCARD_ONE in token or WILDCARD_REST in token):
+            return (f"'{WILDCARD_ONE}' and '{WILDCARD_REST}' are wildcards only as whole tokens "
+                    f"(between dots), "
+                    f"e.g. orders.* or orders.>")
+    return None
