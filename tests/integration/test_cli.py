@@ -96,12 +96,12 @@ def test_every_message_command_has_a_helpful_help(capsys: pytest.CaptureFixture[
             cli.main([command, "--help"])
         assert exited.value.code == 0
         text = " ".join(capsys.readouterr().out.split())
-        for word in expected + ["--config", "--addr", "--timeout"]:
+        for word in expected + ["--config", "--addr", "--timeout", "--key"]:
             assert word in text, f"`wiber {command} --help` does not mention {word}"
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     listing = capsys.readouterr().out
-    assert all(c in listing for c in ("pub", "sub", "history", "topics"))
+    assert all(c in listing for c in ("pub", "sub", "history", "topics", "keygen"))
 
 
 @pytest.mark.timeout(60)

@@ -11,9 +11,11 @@
     wiber bench pub TOPIC [--messages N] [--size B] [--window N] [--batch N] [--linger-ms MS] [--publishers P]
     wiber bench sub TOPIC [--messages N] [--from N]
 
-Every client command also takes `--config PATH | --addr HOST:PORT ...` and `--timeout S`.
+Every client command (and `up`) also takes `--config PATH | --addr HOST:PORT ...`, `--timeout S`
+and `--key PATH` (default $WIBER_KEY: the client's secret key, for a config with a security section).
+    wiber keygen  NAME [--dir DIR] [--force]   write NAME.key and NAME.key_secret (0600)
 One module per group of commands: `node` (node, up), `info` (ping, status, topics), `pub`,
-`read` (sub, history), `bench`; `common` holds what they share. This module wires them into one
+`read` (sub, history), `bench`, `keygen`; `common` holds what they share. This module wires them into one
 parser and maps errors to exit statuses.
 
 Output formats, made for pipes and scripts: see `wiber.cli.read`. Summaries and progress go to
@@ -28,11 +30,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from wiber.cli import bench, info, node, pub, read
+from wiber.cli import bench, info, keygen, node, pub, read
 from wiber.cli.common import UsageError, fail
 from wiber.cli.info import format_status_table
 from wiber.cli.node import node_main, run_node
 from wiber.cli.read import format_message
+from wiber.client.curve import CurveError
 from wiber.errors import ClientError, ConfigError, WireError
 
 __all__ = ["build_parser", "format_message", "format_status_table", "main", "node_main", "run_node"]
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "then talk to it with the other commands.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (node, info, pub, read, bench):
+    for group in (node, info, pub, read, bench, keygen):
         group.register(sub)
     return parser
 
@@ -56,9 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        return fail(str(exc), 2)
-    except UsageError as exc:
+    except (ConfigError, UsageError, CurveError) as exc:
         return fail(str(exc), 2)
     except (WireError, ClientError) as exc:
         return fail(str(exc), 1)

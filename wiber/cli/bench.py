@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from wiber.cli.common import Subcommands, addresses, client_args, float_at_least, int_between, publisher_args
+from wiber.cli.common import (
+    Subcommands,
+    addresses,
+    client_args,
+    float_at_least,
+    int_between,
+    key_options,
+    publisher_args,
+)
 
 
 def register(sub: Subcommands) -> None:
@@ -43,9 +51,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from wiber import loadgen
 
     nodes = addresses(args)
+    keys = key_options(args)
     if args.bench_command == "pub":
         print(loadgen.bench_pub(nodes, args.topic, args.messages, args.size, args.window, args.batch,
-                                args.linger_ms / 1000.0, args.publishers, args.seconds))
+                                args.linger_ms / 1000.0, args.publishers, args.seconds, **keys))
     else:
-        print(loadgen.bench_sub(nodes, args.topic, args.messages, args.from_offset, args.seconds))
+        print(loadgen.bench_sub(nodes, args.topic, args.messages, args.from_offset, args.seconds, **keys))
     return 0

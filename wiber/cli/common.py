@@ -1,5 +1,11 @@
-"""What every `wiber` client command shares: the options naming the cluster, the Client they build,
-the argparse value types, and how a command fails (one line on stderr, an exit status)."""
+"""What every `wiber` client command shares: the options naming the cluster and the client's key,
+the Client they build, the argparse value types, and how a command fails (one line on stderr, an
+exit status).
+
+Keys (docs/design.md section 10): when the config has a security section, a command uses CURVE
+with the client's key (`--key PATH`, else `WIBER_KEY`) and each node's public key from keys_dir;
+with `--addr`, the config is read for the keys only when `--key` is given.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,10 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from wiber import protocol
+from wiber.client.curve import KEY_ENV, SECRET_SUFFIX, config_curve_keys
 from wiber.config import load_config
 from wiber.errors import WireError
 
@@ -40,6 +47,41 @@ def client_args(p: argparse.ArgumentParser) -> None:
                    help="a node's client address; repeat for several (overrides --config)")
     p.add_argument("--timeout", type=float_at_least(0.0, strict=True), default=1.0, metavar="S",
                    help="seconds to wait per node (default 1)")
+    key_arg(p)
+
+
+def key_arg(p: argparse.ArgumentParser) -> None:
+    """Add --key: the client's secret key file, for a cluster whose config has a security section."""
+    p.add_argument("--key", metavar="PATH",
+                   help=f"this client's secret key file (<name>{SECRET_SUFFIX}), used when the config has a "
+                        f"security section (default: ${KEY_ENV})")
+
+
+def key_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Returns: the `client_key` and `server_keys` arguments of a Client or Publisher for this command:
+    empty (plain TCP) unless the config has a security section.
+
+    Raises:
+        UsageError: a security section and no key, or --key for a config without one.
+        CurveError, KeyFileError: a key file is missing, unreadable or malformed.
+    """
+    explicit: str | None = args.key
+    if getattr(args, "addr", None) and explicit is None:
+        return {}  # --addr alone reads no config, as without security
+    config = load_config(args.config)
+    if config.security is None:
+        if explicit is not None:
+            raise UsageError(f"--key given, but {config.path} has no security section: its nodes do not use "
+                             f"CURVE (drop --key)")
+        return {}  # a WIBER_KEY in the environment is for secured clusters only
+    key = explicit or os.environ.get(KEY_ENV) or None
+    if key is None:
+        raise UsageError(f"{config.path} has a security section: give this client's key with --key PATH or "
+                         f"{KEY_ENV}=PATH (a <name>{SECRET_SUFFIX} file listed under security.clients; "
+                         f"`wiber keygen NAME` makes one)")
+    curve = config_curve_keys(config, key)
+    assert curve is not None
+    return {"client_key": (curve.public, curve.secret), "server_keys": curve.servers}
 
 
 def publisher_args(p: argparse.ArgumentParser, context: str) -> None:
@@ -65,7 +107,8 @@ def open_client(args: argparse.Namespace) -> Client:
     """Returns: a Client on the command's nodes, waiting --timeout per try and three tries in all."""
     from wiber.client import Client, Timeouts
 
-    return Client(addresses(args), Timeouts(per_try_s=args.timeout, total_s=max(args.timeout, 3 * args.timeout)))
+    return Client(addresses(args), Timeouts(per_try_s=args.timeout, total_s=max(args.timeout, 3 * args.timeout)),
+                  **key_options(args))
 
 
 def checked_topic(topic: str) -> str:

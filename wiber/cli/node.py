@@ -10,12 +10,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wiber.cli.common import DEFAULT_CONFIG, Subcommands, fail
+from wiber.cli.common import DEFAULT_CONFIG, Subcommands, fail, key_arg, key_options
 from wiber.clock import SystemClock, skew_from_env
 from wiber.config import Config, load_config
 from wiber.errors import ClientError, ConfigError, NodeStartError, WireError
+
+if TYPE_CHECKING:
+    from wiber.client import Client
 
 #: The node process's first cycle-collector threshold (see run_node).
 GC_THRESHOLD_0 = 20_000
@@ -27,6 +30,7 @@ def register(sub: Subcommands) -> None:
     p = sub.add_parser("up", help="start every node of a config in the foreground")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"cluster YAML (default {DEFAULT_CONFIG})")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    key_arg(p)  # to PING the nodes it started
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("node", help="run one node (same as wiber-node)")
@@ -93,6 +97,7 @@ def _spawn_node(config_path: str, node_id: str, log_level: str) -> subprocess.Po
 def cmd_up(args: argparse.Namespace) -> int:
     """Start every node of the config, report endpoints and the leader, stop them all on Ctrl-C."""
     config: Config = load_config(args.config)
+    keys = key_options(args)  # before any node starts: a missing key is a usage error
     from wiber.client import Client, Timeouts
 
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -112,39 +117,39 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  {node.id}: client {node.client_addr}  raft {node.raft_addr}  pub {node.pub_addr}"
                   f"  pid {procs[node.id].pid}")
         sys.stdout.flush()
-        _watch_cluster(config, procs, lambda: stopping, Client, Timeouts)
+        with Client([n.client_addr for n in config.nodes], Timeouts(per_try_s=0.2, total_s=0.5), **keys) as client:
+            _watch_cluster(config, procs, lambda: stopping, client)
     finally:
         _stop_all(procs)
     return 0
 
 
 def _watch_cluster(config: Config, procs: dict[str, subprocess.Popen[bytes]], stopping: Any,
-                   client_cls: Any, timeouts_cls: Any) -> None:
+                   client: Client) -> None:
     """Print when each node answers and whenever the leader changes, until stopped."""
     answered: set[str] = set()
     last_leader: object = object()
-    with client_cls([n.client_addr for n in config.nodes], timeouts_cls(per_try_s=0.2, total_s=0.5)) as client:
-        while not stopping():
-            for node in config.nodes:
-                proc = procs[node.id]
-                if proc.poll() is not None and node.id not in answered:
-                    print(f"wiber: node {node.id} exited with status {proc.returncode}")
-                    answered.add(node.id)
-                    continue
-                try:
-                    pong = client.request_to(node.client_addr, "PING")
-                except (WireError, ClientError):
-                    continue
-                if node.id not in answered:
-                    answered.add(node.id)
-                    print(f"wiber: {node.id} is up ({pong['role']})")
-                if pong["leader"] != last_leader and pong["role"] == "leader":
-                    last_leader = pong["leader"]
-                    print(f"wiber: leader is {pong['leader']} (term {pong['term']})")
-                sys.stdout.flush()
-            deadline = time.monotonic() + 0.5
-            while not stopping() and time.monotonic() < deadline:
-                time.sleep(0.05)
+    while not stopping():
+        for node in config.nodes:
+            proc = procs[node.id]
+            if proc.poll() is not None and node.id not in answered:
+                print(f"wiber: node {node.id} exited with status {proc.returncode}")
+                answered.add(node.id)
+                continue
+            try:
+                pong = client.request_to(node.client_addr, "PING")
+            except (WireError, ClientError):
+                continue
+            if node.id not in answered:
+                answered.add(node.id)
+                print(f"wiber: {node.id} is up ({pong['role']})")
+            if pong["leader"] != last_leader and pong["role"] == "leader":
+                last_leader = pong["leader"]
+                print(f"wiber: leader is {pong['leader']} (term {pong['term']})")
+            sys.stdout.flush()
+        deadline = time.monotonic() + 0.5
+        while not stopping() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:

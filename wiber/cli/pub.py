@@ -18,6 +18,7 @@ from wiber.cli.common import (
     addresses,
     checked_topic,
     client_args,
+    key_options,
     max_message_bytes,
     open_client,
     publisher_args,
@@ -149,7 +150,7 @@ def _pub_stream(args: argparse.Namespace, fd: int) -> int:
         addresses(args), window=args.window, batch_size=args.batch, linger_s=args.linger_ms / 1000.0,
         max_message_bytes=max_bytes,
         # A stream rides out a leader failover (about 1.5 s): a message fails after ten tries' time.
-        timeouts=Timeouts(per_try_s=args.timeout, total_s=10 * args.timeout), ctx=ctx,
+        timeouts=Timeouts(per_try_s=args.timeout, total_s=10 * args.timeout), ctx=ctx, **key_options(args),
     )
 
     def hand_in(line: bytes) -> bool:

@@ -2,22 +2,27 @@
 
 `Client` (connection.py) sends one request at a time with failover and exactly-once publishing;
 `Subscription` (subscription.py) delivers a topic's messages once, in offset order; values.py
-holds what they hand out (Ack, Message, History) and take (Timeouts). The pipelined, batching
+holds what they hand out (Ack, Message, History) and take (Timeouts); curve.py the CURVE keys
+they use against a cluster with a security section. The pipelined, batching
 publisher is `wiber.publisher.Publisher`.
 """
 
 from __future__ import annotations
 
 from wiber.client.connection import Client
+from wiber.client.curve import KEY_ENV, CurveError, KeyFileError
 from wiber.client.subscription import HEARTBEAT_SILENCE_S, MAX_BUFFERED, Subscription, msgpack_unpack
 from wiber.client.values import Ack, History, Message, Timeouts, normalize_address
 
 __all__ = [
     "HEARTBEAT_SILENCE_S",
+    "KEY_ENV",
     "MAX_BUFFERED",
     "Ack",
     "Client",
+    "CurveError",
     "History",
+    "KeyFileError",
     "Message",
     "Subscription",
     "Timeouts",
