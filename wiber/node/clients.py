@@ -19,10 +19,7 @@ from wiber.raft import Role
 if TYPE_CHECKING:
     from wiber.node.loop import Node
 
-__all__ = ["ClientHandlers", "MAX_REPLY_BYTES", "ROLE_NAMES"]
-
-#: A HISTORY reply carries at most this much message data (fewer messages, with next_offset).
-MAX_REPLY_BYTES = 4 << 20
+__all__ = ["ClientHandlers", "ROLE_NAMES"]
 
 #: A handler answers at once (a reply map) or parks the client and answers later (None).
 Handler = Callable[[dict[str, Any], ClientRequest, Any], "dict[str, Any] | None"]
@@ -64,6 +61,11 @@ class ClientHandlers:
             reply = protocol.error_reply(err, req_id)
         self.node.transport.reply(request.envelope, reply)
 
+    def storage_error(self) -> StorageError:
+        """Returns: the STORAGE error of a node that cannot write its log (it stays out of Raft)."""
+        return StorageError(f"node {self.node.id} cannot write its log: {self.node._storage_failure}; "
+                            f"try another node")
+
     def not_leader(self) -> NotLeader:
         leader = self.node.raft.leader_id
         if leader is None or leader == self.node.id:
@@ -74,7 +76,7 @@ class ClientHandlers:
     def on_write(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> None:
         """PUB and PUB_BATCH: parked until the turn's entry commits (leader only)."""
         if self.node._storage_failure is not None:
-            raise StorageError(f"node {self.node.id} cannot write its log: {self.node._storage_failure}")
+            raise self.storage_error()
         if self.node.raft.role is not Role.LEADER or self.node._stopping:
             raise self.not_leader()
         waiter = Waiter(request.envelope, req_id, self.node._turn_deadline, pub_op_from_request(msg))
@@ -90,6 +92,8 @@ class ClientHandlers:
     def on_history(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any] | None:
         """HISTORY: `local` from this node's applied state (never uncommitted), `linearizable` by ReadIndex."""
         if msg["consistency"] == "linearizable":
+            if self.node._storage_failure is not None:  # out of Raft: it cannot confirm its leadership
+                raise self.storage_error()
             if self.node.raft.role is not Role.LEADER:
                 raise self.not_leader()
             self.node._turn_reads.append(Waiter(request.envelope, req_id, self.node._turn_deadline, msg))
@@ -98,7 +102,7 @@ class ClientHandlers:
 
     def history(self, msg: dict[str, Any]) -> dict[str, Any]:
         reply = self.node.broker.history(msg["topic"], msg.get("from_offset") if "last" not in msg else None,
-                                    msg.get("last"), msg["limit"], MAX_REPLY_BYTES)
+                                    msg.get("last"), msg["limit"], self.node.config.cluster.max_reply_bytes)
         reply["commit_index"] = self.node.raft.commit_index
         return reply
 

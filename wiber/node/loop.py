@@ -214,7 +214,8 @@ class Node:
         now = self.clock.monotonic()
         if self._stop_deadline is None:
             self._stop_deadline = now + TRANSFER_GRACE_S
-            if self.raft.role is Role.LEADER and self.peer_ids:
+            # A node whose storage failed holds a Ready it never advanced: its core takes no more calls.
+            if self.raft.role is Role.LEADER and self.peer_ids and self._storage_failure is None:
                 log.info("node %s stopping: handing leadership over", self.id)
                 self.raft.transfer_leadership(None)
                 self._process_ready()
@@ -533,9 +534,11 @@ class Node:
         """Stop acknowledging and campaigning; keep serving reads; answer writes with STORAGE."""
         self._storage_failure = str(exc)
         log.error("node %s cannot write its log, it stops taking part in Raft: %s", self.id, exc)
-        err = StorageError(f"node {self.id} cannot write its log: {exc}")
+        err = self.clients.storage_error()
         self._fail(self._writes.drain(), err)
         self._fail(self._reads.drain(), err)
+        if self._reorder is not None:
+            self._fail(self._reorder.drain(), err)  # never proposed: safe to retry on another node
 
     def _apply(self, entries: list[Entry]) -> None:
         """Apply committed entries to the broker, fan out what they stored, answer their writers."""
@@ -625,7 +628,12 @@ class Node:
 
     def _propose_turn(self) -> None:
         """Propose this turn's writes as one entry (several when they pass `MAX_ENTRY_BYTES`, so no
-        append ever makes a frame a follower refuses), and start one ReadIndex round for its reads."""
+        append ever makes a frame a follower refuses), and start one ReadIndex round for its reads.
+        A node whose storage failed answers them STORAGE: its core waits on a Ready it cannot persist."""
+        if self._storage_failure is not None:
+            self._fail([*self._turn_writes, *self._turn_reads], self.clients.storage_error())
+            self._turn_writes, self._turn_reads = [], []
+            return
         if self._turn_writes:
             waiters, self._turn_writes = self._turn_writes, []
             ts = self.synced.now()
