@@ -38,7 +38,16 @@ import zmq
 
 from wiber import protocol, zmqcalls
 from wiber.client import Ack, Timeouts, normalize_address
-from wiber.client.curve import CurveKeys, HandshakeWatch, KeySource, client_socket, config_curve_keys, curve_keys
+from wiber.client.curve import (
+    CurveKeys,
+    HandshakeWatch,
+    KeySource,
+    client_options,
+    client_socket,
+    close_client_socket,
+    config_curve_keys,
+    curve_keys,
+)
 from wiber.errors import (
     ClientError,
     NotLeader,
@@ -218,11 +227,9 @@ class Publisher:
             CurveError: a security section and no client key, or a client key and no security section.
             KeyFileError: a key file is missing, unreadable or malformed.
         """
-        curve = config_curve_keys(config, client_key)
         options.setdefault("max_message_bytes", config.cluster.max_message_bytes)
         return cls([n.client_addr for n in config.nodes], **options,
-                   client_key=None if curve is None else (curve.public, curve.secret),
-                   server_keys=None if curve is None else curve.servers)
+                   **client_options(config_curve_keys(config, client_key)))
 
     # ---------------------------------------------------------------- public
 
@@ -396,12 +403,8 @@ class Publisher:
 
     def _close_socket(self) -> None:
         """Close the socket (its handshake watch first), if one is open."""
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        close_client_socket(self._sock, self._watch)
+        self._sock, self._watch = None, None
 
     # ---------------------------------------------------------------- receiving
 

@@ -17,6 +17,7 @@ from tests.conftest import wait_for
 from tests.integration.curve_fake import FakeCurveNode, make_keys
 from wiber.client import Client, Timeouts
 from wiber.client.curve import KEY_ENV, CurveError
+from wiber.config import ClusterConfig, Config, NodeConfig, SecurityConfig
 from wiber.errors import ClientError
 from wiber.publisher import Publisher
 
@@ -148,3 +149,20 @@ def test_an_address_without_a_key_is_refused_before_any_socket(node: FakeCurveNo
         client.ping()
     with pytest.raises(CurveError, match="needs the nodes' public keys"):
         Client(node.client_addr, QUICK, client_key=keys["app"])
+
+
+def test_from_config_reads_the_nodes_keys_from_keys_dir(node: FakeCurveNode, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    port = int(node.client_addr.rsplit(":", 1)[1])
+    pub_port = int(node.pub_addr.rsplit(":", 1)[1])
+    config = Config(str(tmp_path / "cluster.yaml"), ClusterConfig(max_message_bytes=100),
+                    (NodeConfig("n1", "127.0.0.1", port, 1, pub_port),), SecurityConfig(str(tmp_path / "keys")))
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "keys" / "app.key_secret"))
+    with Client.from_config(config, timeouts=QUICK) as client:
+        assert client.ping()["node"] == "n1"
+    with Publisher.from_config(config, timeouts=Timeouts(1.0, 5.0)) as publisher:
+        assert publisher.limits.max_message_bytes == 100  # the cluster's own limit
+        assert publisher.publish("cfg", b"x").result(timeout=10).offset == 0
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(CurveError, match="no client key"):
+        Client.from_config(config)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from wiber import protocol
-from wiber.client.curve import KEY_ENV, SECRET_SUFFIX, config_curve_keys
+from wiber.client.curve import KEY_ENV, SECRET_SUFFIX, client_options, config_curve_keys
 from wiber.config import load_config
 from wiber.errors import WireError
 
@@ -79,9 +79,7 @@ def key_options(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"{config.path} has a security section: give this client's key with --key PATH or "
                          f"{KEY_ENV}=PATH (a <name>{SECRET_SUFFIX} file listed under security.clients; "
                          f"`wiber keygen NAME` makes one)")
-    curve = config_curve_keys(config, key)
-    assert curve is not None
-    return {"client_key": (curve.public, curve.secret), "server_keys": curve.servers}
+    return client_options(config_curve_keys(config, key))
 
 
 def publisher_args(p: argparse.ArgumentParser, context: str) -> None:

@@ -32,7 +32,9 @@ from wiber.client.curve import (
     CurveKeys,
     HandshakeWatch,
     KeySource,
+    client_options,
     client_socket,
+    close_client_socket,
     config_curve_keys,
     curve_keys,
 )
@@ -115,10 +117,8 @@ class Client:
             CurveError: a security section and no client key, or a client key and no security section.
             KeyFileError: a key file is missing, unreadable or malformed.
         """
-        curve = config_curve_keys(config, client_key)
         return cls([n.client_addr for n in config.nodes], timeouts, ctx, clock,
-                   client_key=None if curve is None else (curve.public, curve.secret),
-                   server_keys=None if curve is None else curve.servers)
+                   **client_options(config_curve_keys(config, client_key)))
 
     # ---------------------------------------------------------------- plumbing
 
@@ -133,12 +133,8 @@ class Client:
 
     def _reset(self, address: str | None = None) -> None:
         """Close the REQ socket (it is stuck in lockstep after a timeout) and pick an address."""
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        close_client_socket(self._sock, self._watch)
+        self._sock, self._watch = None, None
         if address is not None:
             self._current = normalize_address(address)
         else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import zmq
 import zmq.auth
@@ -214,6 +214,22 @@ def client_socket(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, address: str, 
     sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
     sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
     return sock, HandshakeWatch(sock, address)
+
+
+def close_client_socket(sock: zmq.Socket[bytes] | None, watch: HandshakeWatch | None) -> None:
+    """Close a socket made by client_socket, its handshake watch first; either may be None."""
+    if watch is not None:
+        watch.close()
+    if sock is not None:
+        sock.close(linger=0)
+
+
+def client_options(curve: CurveKeys | None) -> dict[str, Any]:
+    """Returns: the `client_key` and `server_keys` arguments of a Client or Publisher that uses
+    `curve` (none for plain TCP)."""
+    if curve is None:
+        return {}
+    return {"client_key": (curve.public, curve.secret), "server_keys": curve.servers}
 
 
 class HandshakeWatch:

@@ -11,7 +11,7 @@ import msgpack
 import zmq
 
 from wiber import protocol
-from wiber.client.curve import HandshakeWatch, client_socket
+from wiber.client.curve import HandshakeWatch, client_socket, close_client_socket
 from wiber.client.values import Message, pause
 from wiber.errors import ClientError
 
@@ -81,12 +81,8 @@ class Subscription:
         self._catch_up(deadline)
 
     def _detach(self) -> None:
-        if self._watch is not None:
-            self._watch.close()
-            self._watch = None
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        close_client_socket(self._sock, self._watch)
+        self._sock, self._watch = None, None
 
     def _catch_up(self, deadline: float) -> None:
         """Read from HISTORY (at the attached node) until nothing more is committed there, or until
