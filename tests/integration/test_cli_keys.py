@@ -1,46 +1,61 @@
 """`--key` / WIBER_KEY on the `wiber` commands (docs/design.md section 10), against a raw CURVE node stand-in.
 
-The config is a `Config` with a security section whose keys_dir holds the stand-in's public key
-(`n1.key`), handed to the commands in place of a parsed file; the handshakes are real.
+The config is a real YAML file with a security section whose keys_dir holds the stand-in's public
+key (`n1.key`); the handshakes are real. Commands run in this process (`wiber.cli.main`), and once
+as a subprocess, the way a user runs them.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 import zmq
+import zmq.auth
 
+from tests.conftest import free_port
 from tests.integration.curve_fake import FakeCurveNode, make_keys
 from wiber import cli
-from wiber.cli import common
 from wiber.client.curve import KEY_ENV
-from wiber.config import ClusterConfig, Config, NodeConfig, SecurityConfig
 
 
 def port_of(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
 
 
+def write_config(path: Path, client_port: int, pub_port: int, security: dict[str, object] | None) -> Path:
+    """Write a one-node config naming the stand-in's ports. Returns: its path."""
+    node = {"id": "n1", "host": "127.0.0.1", "port": client_port, "raft_port": free_port(), "pub_port": pub_port}
+    doc: dict[str, object] = {"cluster": {"data_dir": str(path.parent / "data")}, "nodes": [node]}
+    if security is not None:
+        doc["security"] = security
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 @pytest.fixture
 def secured(tmp_path: Path, zmq_ctx: zmq.Context, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCurveNode]:
-    """A CURVE node stand-in admitting `app` (not `other`), and the commands' config naming it."""
-    keys_dir = tmp_path / "keys"
-    keys = make_keys(keys_dir, "n1", "app", "other")
+    """A CURVE node stand-in admitting `app` (not `other`), and tmp_path/cluster.yaml naming it."""
+    keys = make_keys(tmp_path / "keys", "n1", "app", "other")
     node = FakeCurveNode(zmq_ctx, "n1", keys["n1"])
     node.allow_client(keys["app"][0])
-    nodes = (NodeConfig("n1", "127.0.0.1", port_of(node.client_addr), 1, port_of(node.pub_addr)),)
-    config = Config(str(tmp_path / "cluster.yaml"), ClusterConfig(), nodes, SecurityConfig(str(keys_dir)))
-    monkeypatch.setattr(common, "load_config", lambda path: config)
+    write_config(tmp_path / "cluster.yaml", port_of(node.client_addr), port_of(node.pub_addr),
+                 {"keys_dir": "keys", "clients": [{"name": "app", "subscribe": [">"]}, {"name": "other"}]})
+    monkeypatch.chdir(tmp_path)  # where `--config cluster.yaml` is read, keys_dir resolved beside it
     monkeypatch.delenv(KEY_ENV, raising=False)
     yield node
     node.close()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Returns: (exit status, stdout, stderr) of `wiber ARGV` run in this process."""
-    status = cli.main([*argv] if argv[0] == "up" else [*argv, "--timeout", "0.3"])
+    """Returns: (exit status, stdout, stderr) of `wiber ARGV --config cluster.yaml` run in this process."""
+    timeout = [] if argv[0] == "up" else ["--timeout", "0.3"]
+    status = cli.main([*argv, "--config", "cluster.yaml", *timeout])
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -62,6 +77,11 @@ def test_a_secured_config_without_a_key_is_a_usage_error_naming_both_ways(
         assert status == 2 and out == "", (command, err)
         assert err.startswith("wiber: ") and err.count("\n") == 1 and "security section" in err
         assert "--key PATH" in err and f"{KEY_ENV}=PATH" in err, err
+    env = {k: v for k, v in os.environ.items() if k != KEY_ENV}
+    done = subprocess.run([sys.executable, "-m", "wiber", "pub", "t", "m", "--config", "cluster.yaml"], env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+    assert "security section" in done.stderr and "--key PATH" in done.stderr
     assert secured.users == []
 
 
@@ -106,9 +126,8 @@ def test_a_refused_key_or_an_unknown_address_says_so(secured: FakeCurveNode, tmp
 
 def test_a_key_for_a_plain_config_is_refused_and_wiber_key_ignored(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    plain = Config(str(tmp_path / "cluster.yaml"), ClusterConfig(),
-                   (NodeConfig("n1", "127.0.0.1", 1, 2, 3),), None)
-    monkeypatch.setattr(common, "load_config", lambda path: plain)
+    write_config(tmp_path / "cluster.yaml", free_port(), free_port(), None)
+    monkeypatch.chdir(tmp_path)
     status, _, err = run(capsys, "topics", "--key", str(tmp_path / "app.key_secret"))
     assert status == 2 and "has no security section" in err and "drop --key" in err
     monkeypatch.setenv(KEY_ENV, str(tmp_path / "app.key_secret"))  # not even a file: not read
