@@ -22,6 +22,7 @@ from tests.conftest import free_port
 from tests.integration.curve_fake import FakeCurveNode, make_keys
 from wiber import cli
 from wiber.client.curve import KEY_ENV
+from wiber.errors import ClientError
 
 
 def port_of(address: str) -> int:
@@ -133,3 +134,13 @@ def test_a_key_for_a_plain_config_is_refused_and_wiber_key_ignored(
     monkeypatch.setenv(KEY_ENV, str(tmp_path / "app.key_secret"))  # not even a file: not read
     status, _, err = run(capsys, "topics")
     assert status == 1 and "no answer" in err  # plain TCP to a port where nothing listens
+
+
+def test_a_node_that_answers_an_error_is_not_shown_down() -> None:
+    from wiber.cli.info import format_status_table
+    from wiber.errors import WireError
+
+    refused = WireError("client app may not send STATUS: it needs admin: true in security.clients")
+    rows = format_status_table({"tcp://a:1": refused, "tcp://b:2": ClientError("no answer from tcp://b:2")})
+    assert rows.splitlines()[1].split()[:3] == ["?", "tcp://a:1", "error"]
+    assert rows.splitlines()[2].split()[:3] == ["?", "tcp://b:2", "down"]

@@ -36,7 +36,7 @@ def cmd_ping(args: argparse.Namespace) -> int:
             try:
                 pong = client.request_to(address, "PING")
             except (WireError, ClientError) as exc:
-                print(f"{address}  DOWN  {exc}")
+                print(f"{address}  {'ERROR' if isinstance(exc, WireError) else 'DOWN'}  {exc}")
                 failed += 1
                 continue
             rtt_ms = (time.monotonic() - started) * 1000
@@ -51,7 +51,8 @@ def format_status_table(rows: dict[str, dict[str, Any] | BaseException]) -> str:
     table = [header]
     for address, st in rows.items():
         if isinstance(st, BaseException):
-            table.append(["?", address, "down", "-", "-", "-", "-", "-", "-", str(st)[:40]])
+            state = "error" if isinstance(st, WireError) else "down"  # it answered, but not STATUS (FORBIDDEN)
+            table.append(["?", address, state, "-", "-", "-", "-", "-", "-", str(st)[:60]])
             continue
         clock = st.get("clock") or {}
         table.append([
