@@ -2,7 +2,11 @@
 
 * `cluster_factory(n=3, **cluster_settings)` starts N real `wiber node` processes on free
   127.0.0.1 ports with a temporary data dir; on a failing test each node's log tail is printed;
-  whatever was started is killed at teardown, always.
+  whatever was started is killed at teardown, always. `security=[client entries]` (or True for
+  none) gives the config a security section: a key pair per node and client is written into the
+  cluster's `keys` directory with zmq.auth, and the harness's own clients and pings use the
+  admin client `harness` (docs/design.md section 10); `ClusterHarness.curve(sock, node, key)`
+  makes a raw socket a CURVE client of a node.
 * `zmq_ctx` / `zmq_socket(kind)` track raw sockets, close them with linger 0, and fail a test whose
   context will not terminate (pyzmq's conftest).
 * `wait_for(condition, timeout, what)` polls a condition until a deadline: the only way tests wait.
@@ -27,6 +31,7 @@ import msgpack
 import pytest
 import yaml
 import zmq
+import zmq.auth
 
 from wiber.client import Client, Timeouts
 from wiber.config import Config, load_config
@@ -119,10 +124,15 @@ class NodeProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+#: The admin client every secured harness adds to `security.clients` for its own clients and pings.
+HARNESS_CLIENT = "harness"
+
+
 class ClusterHarness:
     """N node processes of one cluster: start, kill, signal, restart, and clients to talk to them."""
 
-    def __init__(self, root: Path, n: int, cluster_settings: dict[str, Any]) -> None:
+    def __init__(self, root: Path, n: int, cluster_settings: dict[str, Any],
+                 security: list[dict[str, Any]] | None = None) -> None:
         self.root = root
         self.config_path = root / "cluster.yaml"
         nodes = []
@@ -131,7 +141,20 @@ class ClusterHarness:
                 "id": f"n{i}", "host": "127.0.0.1",
                 "port": free_port(), "raft_port": free_port(), "pub_port": free_port(),
             })
-        doc = {"cluster": {"data_dir": str(root / "data"), **cluster_settings}, "nodes": nodes}
+        doc: dict[str, Any] = {"cluster": {"data_dir": str(root / "data"), **cluster_settings}, "nodes": nodes}
+        #: Key pairs (public, secret) by node id and client name, when the cluster is secured.
+        self.keys: dict[str, tuple[bytes, bytes]] = {}
+        if security is not None:
+            clients = [*security, {"name": HARNESS_CLIENT, "admin": True}]
+            keys_dir = root / "keys"
+            keys_dir.mkdir(mode=0o700)
+            for name in [node["id"] for node in nodes] + [c["name"] for c in clients]:
+                _, secret_file = zmq.auth.create_certificates(str(keys_dir), name)
+                os.chmod(secret_file, 0o600)  # as `wiber keygen` leaves it (a node warns otherwise)
+                public, secret = zmq.auth.load_certificate(secret_file)
+                assert secret is not None
+                self.keys[name] = (public, secret)
+            doc["security"] = {"keys_dir": "keys", "clients": clients}  # relative to the config file
         self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
         self.config: Config = load_config(str(self.config_path))
         self.nodes = {n.id: NodeProcess(n.id, root / f"{n.id}.log") for n in self.config.nodes}
@@ -199,11 +222,29 @@ class ClusterHarness:
         return [n.client_addr for n in self.config.nodes]
 
     def client(self, node_ids: list[str] | None = None, per_try_s: float = 0.5, total_s: float = 10.0) -> Client:
-        """Returns: a Client on some or all nodes, closed at teardown."""
+        """Returns: a Client on some or all nodes (the admin client's key when secured), closed at teardown."""
         addrs = [self.addr(i) for i in node_ids] if node_ids else self.addrs()
-        client = Client(addrs, Timeouts(per_try_s=per_try_s, total_s=total_s))
+        client = Client(addrs, Timeouts(per_try_s=per_try_s, total_s=total_s), **self._client_keys())
         self._clients.append(client)
         return client
+
+    def _client_keys(self) -> dict[str, Any]:
+        """Returns: the Client arguments of the harness's admin key, or none for a cluster without security."""
+        if not self.keys:
+            return {}
+        servers = {}
+        for node in self.config.nodes:
+            servers[node.client_addr] = servers[node.pub_addr] = self.keys[node.id][0]
+        return {"client_key": self.keys[HARNESS_CLIENT], "server_keys": servers}
+
+    def curve(self, sock: zmq.Socket, node_id: str, key: str | tuple[bytes, bytes] = HARNESS_CLIENT) -> zmq.Socket:
+        """Make a raw socket, before it connects, a CURVE client of node `node_id` (any of its ports)
+        with the key pair of client `key` (a name of this harness, or a pair). Returns: `sock`."""
+        public, secret = self.keys[key] if isinstance(key, str) else key
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.keys[node_id][0])
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        return sock
 
     def ping(self, node_id: str, timeout: float = 0.5) -> dict[str, Any] | None:
         """Returns: the node's PONG, or None when it does not answer in time.
@@ -213,7 +254,7 @@ class ClusterHarness:
         """
         client = self._pingers.get(node_id)
         if client is None:
-            client = self._pingers[node_id] = Client([self.addr(node_id)])
+            client = self._pingers[node_id] = Client([self.addr(node_id)], **self._client_keys())
         client.timeouts = Timeouts(per_try_s=timeout, total_s=timeout)
         try:
             return client.request_to(self.addr(node_id), "PING")
@@ -240,10 +281,12 @@ def cluster_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     """Returns: a function that starts a cluster of real node processes; all of them die at teardown."""
     made: list[ClusterHarness] = []
 
-    def make(n: int = 3, start: bool = True, **cluster_settings: Any) -> ClusterHarness:
+    def make(n: int = 3, start: bool = True, security: list[dict[str, Any]] | bool | None = None,
+             **cluster_settings: Any) -> ClusterHarness:
         root = tmp_path / f"cluster{len(made)}"
         root.mkdir()
-        harness = ClusterHarness(root, n, cluster_settings)
+        clients = None if security is None or security is False else [] if security is True else list(security)
+        harness = ClusterHarness(root, n, cluster_settings, clients)
         made.append(harness)
         if start:
             harness.start()

@@ -14,7 +14,8 @@ Tree::
         ├── NotLeader          NOT_LEADER   (.leader, .leader_addr)
         ├── Unavailable        UNAVAILABLE
         ├── StorageError       STORAGE
-        └── SessionExpired     SESSION_EXPIRED
+        ├── SessionExpired     SESSION_EXPIRED
+        └── Forbidden          FORBIDDEN
 
 Local versus remote (as in h11): a WireError raised while handling a request is answered to that
 client and never escapes the node loop; the client library raises the same classes from replies.
@@ -122,9 +123,15 @@ class SessionExpired(WireError):
     code = "SESSION_EXPIRED"
 
 
+class Forbidden(WireError):
+    """The client's key does not give it this op or topic (security.clients of the config)."""
+
+    code = "FORBIDDEN"
+
+
 WIRE_ERRORS: dict[str, type[WireError]] = {
     cls.code: cls
-    for cls in (BadRequest, TooLarge, UnknownOp, NotLeader, Unavailable, StorageError, SessionExpired)
+    for cls in (BadRequest, TooLarge, UnknownOp, NotLeader, Unavailable, StorageError, SessionExpired, Forbidden)
 }
 
 

@@ -1,5 +1,10 @@
 """The node's answers to client requests (docs/design.md section 3): validation, dispatch, and each op.
 
+With security (section 10) every request carries the name its connection authenticated with: the
+op and topic are checked against that client's rights (`wiber.node.auth.Rights`) before dispatch,
+answered FORBIDDEN when outside them, and its dedup session is keyed by ``name/client_id``, so no
+client can touch another's session.
+
 A handler answers at once (a reply map) or parks the client and answers later (None): writes wait
 for their entry to commit, linearizable reads for their ReadIndex round (`wiber.node.waiting`).
 Every error is a `WireError` answered to that client; nothing a client sends ends the loop.
@@ -11,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from wiber import protocol
 from wiber.broker import pub_op_from_request
-from wiber.errors import NotLeader, StorageError, WireError
+from wiber.errors import BadRequest, Forbidden, NotLeader, StorageError, WireError
 from wiber.node.transport import ClientRequest
 from wiber.node.waiting import Waiter
 from wiber.raft import Role
@@ -52,6 +57,8 @@ class ClientHandlers:
         req_id: Any = None
         try:
             req_id, msg = protocol.parse_request(request.body, self.node.limits)
+            if self.node.security is not None:
+                self.authorize(msg, request)
             fields = self.handlers[msg["op"]](msg, request, req_id)
             if fields is None:
                 return  # parked: answered when its entry commits or its read is confirmed
@@ -60,6 +67,28 @@ class ClientHandlers:
             req_id = getattr(err, "request_id", req_id)
             reply = protocol.error_reply(err, req_id)
         self.node.transport.reply(request.envelope, reply)
+
+    def authorize(self, msg: dict[str, Any], request: ClientRequest) -> None:
+        """Check a secured request against its client's rights; scope its dedup session to the client.
+
+        Raises: Forbidden (counted), or BadRequest when the scoped client_id would be too long.
+        """
+        security = self.node.security
+        assert security is not None
+        rights = security.rights.get(request.user or "")
+        problem = (f"connection authenticated as {request.user!r}, not a client of security.clients"
+                   if rights is None else rights.refusal(msg["op"], msg.get("topic")))
+        if problem is not None:
+            security.forbidden += 1
+            raise Forbidden(problem)
+        client_id = msg.get("client_id")
+        if client_id is not None:
+            scoped = f"{request.user}/{client_id}"
+            if len(scoped) > protocol.CLIENT_ID_MAX_CHARS:
+                room = protocol.CLIENT_ID_MAX_CHARS - len(scoped) + len(client_id)
+                raise BadRequest(f"client_id is {len(client_id)} characters; for client {request.user} it may "
+                                 f"have at most {room} (sessions are kept as <name>/<client_id>)")
+            msg["client_id"] = scoped
 
     def storage_error(self) -> StorageError:
         """Returns: the STORAGE error of a node that cannot write its log (it stays out of Raft)."""
@@ -118,7 +147,13 @@ class ClientHandlers:
         return {"topic": topic, "pub_addr": self.node.me.pub_addr, "next_offset": self.node.broker.end_offset(topic)}
 
     def on_topics(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
-        return {"topics": self.node.broker.topics()}
+        topics = self.node.broker.topics()
+        security = self.node.security
+        if security is not None and request.user is not None and request.user in security.rights:
+            rights = security.rights[request.user]
+            if not rights.admin:
+                topics = {topic: end for topic, end in topics.items() if rights.may_see(topic)}
+        return {"topics": topics}
 
     def on_ping(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
         return {
@@ -161,6 +196,7 @@ class ClientHandlers:
                 "held": len(self.node._reorder) if self.node._reorder is not None else 0,
                 "late": self.node.broker.late_count,
             },
+            "security": {"enabled": False} if self.node.security is None else self.node.security.status(),
             "uptime_s": round(now - self.node._started, 3),
         }
 

@@ -47,6 +47,7 @@ from wiber.raft import (
     encode_message,
 )
 from wiber.node import timesync
+from wiber.node.auth import NodeSecurity, claimed_sender
 from wiber.node.checkpoints import Checkpoints
 from wiber.node.clients import ClientHandlers
 from wiber.node.reorder import ReorderBuffer
@@ -109,14 +110,21 @@ class Node:
         self.synced = SyncedClock(self.clock)
         self._sync_leader: str | None = None
         self.limits = protocol.Limits(max_message_bytes=config.cluster.max_message_bytes)
+        # Keys and the loopback rule are checked before anything binds (docs/design.md section 10).
+        self.security = NodeSecurity.for_node(config, node_id)
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self.peer_ids = [p.id for p in config.peers(node_id)]
         # The largest append carries one entry holding the largest request (entries are otherwise cut
         # at MAX_ENTRY_BYTES): every peer must accept it, whatever max_message_bytes allows.
         self._peer_frame_limit = max(MAX_FRAME_BYTES, self.limits.max_batch_bytes + (1 << 20))
-        self.transport = Transport(self.ctx, self.me, config.peers(node_id), self.limits.max_frame_bytes,
-                                   self._peer_frame_limit)
+        try:
+            self.transport = Transport(self.ctx, self.me, config.peers(node_id), self.limits.max_frame_bytes,
+                                       self._peer_frame_limit, None if self.security is None else self.security.keys)
+        except BaseException:
+            if self._own_ctx:
+                self.ctx.term()
+            raise
 
         self._broker_settings = BrokerSettings.from_cluster(config.cluster)
         try:
@@ -247,14 +255,16 @@ class Node:
         if self._notices_due is not None:
             deadline = min(deadline, self._notices_due)
         timeout_ms = math.ceil(max(0.0, deadline - now) * 1000)  # never 0 ahead of a timer: no spinning
-        clients_ready, peers_ready, subscriptions_changed = self.transport.poll(timeout_ms)
+        clients_ready, peers_ready, subscriptions_changed, zap_ready = self.transport.poll(timeout_ms)
+        if zap_ready:  # first: handshakes wait for these answers
+            self._serve_zap()
         if self._notices_due is not None and self.clock.monotonic() >= self._notices_due:
             self._send_commit_notices()
         if subscriptions_changed:
             self._on_subscriptions(self.transport.recv_subscriptions())
         if peers_ready:
-            for frames in self.transport.recv_peers(DRAIN_LIMIT):
-                self._on_peer_frames(frames)
+            for user, frames in self.transport.recv_peers(DRAIN_LIMIT):
+                self._on_peer_frames(frames, user)
         if clients_ready:
             # One deadline for every request of the turn: they arrived together.
             self._turn_deadline = self.clock.monotonic() + self._request_timeout_s
@@ -295,15 +305,32 @@ class Node:
 
     # ---------------------------------------------------------------- raft
 
-    def _on_peer_frames(self, frames: list[bytes]) -> None:
-        """Step each Raft message of one peer frame; anything malformed from the network is dropped."""
+    def _serve_zap(self) -> None:
+        """Answer libzmq's questions about new CURVE connections (`wiber.node.auth.ZapHandler`)."""
+        assert self.security is not None
+        answer = self.security.zap.answer
+        for request in self.transport.recv_zap():
+            reply = answer(request)
+            if reply is not None:
+                self.transport.send_zap(reply)
+
+    def _on_peer_frames(self, frames: list[bytes], user: str | None = None) -> None:
+        """Step each Raft message of one peer frame; anything malformed from the network is dropped.
+
+        With security `user` is the node that authenticated the connection: a frame claiming
+        another sender is dropped and counted (so a node's key cannot speak for another node)."""
         if self._storage_failure is not None:
             return  # a node that cannot persist must not vote or acknowledge: it stays out of Raft
         for frame in frames:
             if timesync.is_timesync(frame):
-                self._on_timesync(frame)
+                self._on_timesync(frame, user)
                 continue
             if is_transfer_frame(frame):
+                if user is not None:
+                    claimed = claimed_sender(frame)
+                    if claimed != user:
+                        self._forged(user, str(claimed), "snapshot transfer frame")
+                        continue
                 try:
                     self._send_frames(self.shipping.on_frame(frame, self.raft.leader_id, self.raft.term))
                 except OSError as exc:  # our disk refused a staged chunk: ours to fix, never the peer's
@@ -316,6 +343,9 @@ class Node:
             except MalformedMessage as exc:
                 log.warning("node %s dropped a malformed peer message: %s", self.id, exc)
                 continue
+            if user is not None and msg.frm != user:
+                self._forged(user, msg.frm, type(msg).__name__)
+                continue
             if msg.to != self.id or msg.frm not in self._peer_contact:
                 log.debug("node %s dropped a message %s -> %s", self.id, msg.frm, msg.to)
                 continue
@@ -326,13 +356,20 @@ class Node:
             self._peer_contact[msg.frm] = self.clock.monotonic()
             self.raft.step(msg)
 
-    def _on_timesync(self, frame: bytes) -> None:
+    def _forged(self, user: str, claimed: str, what: str) -> None:
+        assert self.security is not None
+        self.security.forged(self.id, user, claimed, what)
+
+    def _on_timesync(self, frame: bytes, user: str | None = None) -> None:
         """Answer a follower's clock probe, or take a sample from the leader's answer."""
         received = self.clock.wall()
         try:
             sender, t1, t2, t3 = timesync.parse(frame)
         except ValueError as exc:
             log.debug("node %s dropped a bad clock-sync frame: %s", self.id, exc)
+            return
+        if user is not None and sender != user:
+            self._forged(user, sender, "clock-sync frame")
             return
         if sender not in self._peer_contact:
             return

@@ -11,6 +11,13 @@ Framing:
   its sender).
 * peer DEALER: `[message, message, ...]` out: everything for one peer in one loop turn.
 * PUB (an XPUB): `[topic + b"\\0", body]` out; subscription changes in.
+* ZAP (a ROUTER on `wiber.node.auth.ZAP_ENDPOINT`, with security only): libzmq's handshake
+  questions in, the node's answers out.
+
+With security (docs/design.md section 10) the three bound sockets are CURVE servers, each with its
+ZAP domain, and the peer DEALERs CURVE clients; the first frame of every inbound message is then
+read as a zmq.Frame for its "User-Id" (the name the ZAP handler gave the connection), once per
+message: on the raft port a message holds a whole turn's frames for this node.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import zmq
 from wiber import zmqcalls
 from wiber.config import NodeConfig
 from wiber.errors import NodeStartError
+from wiber.node.auth import DOMAIN_CLIENT, DOMAIN_PUB, DOMAIN_RAFT, ZAP_ENDPOINT, NodeKeys
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,7 @@ class ClientRequest:
 
     envelope: list[bytes]
     body: bytes
+    user: str | None = None  # the authenticated client's name (security), else None
 
 
 @dataclass(slots=True)
@@ -78,18 +87,30 @@ class Transport:
         peers: Sequence[NodeConfig],
         max_client_frame: int,
         max_peer_frame: int = 0,
+        keys: NodeKeys | None = None,
     ) -> None:
         self.me = me
         self.stats = TransportStats()
         self._sockets: list[zmq.Socket[bytes]] = []
+        self._keys = keys
+        self.zap: zmq.Socket[bytes] | None = None
         try:
+            if keys is not None:  # bound first: no handshake may happen before the handler is there
+                self.zap = self._socket(ctx, zmq.ROUTER)
+                try:
+                    self.zap.bind(ZAP_ENDPOINT)
+                except zmq.ZMQError as exc:
+                    raise NodeStartError(f"node {me.id}: cannot bind the ZAP handler at {ZAP_ENDPOINT} ({exc}): "
+                                         f"a secured node needs a zmq context of its own") from None
             self.client = self._socket(ctx, zmq.ROUTER)
+            self._curve_server(self.client, DOMAIN_CLIENT)
             self.client.setsockopt(zmq.MAXMSGSIZE, max_client_frame)
             self.client.setsockopt(zmq.SNDHWM, 100_000)
             self.client.setsockopt(zmq.RCVHWM, 100_000)
             _bind(self.client, me.host, me.port, "client", me.id)
 
             self.raft_in = self._socket(ctx, zmq.ROUTER)
+            self._curve_server(self.raft_in, DOMAIN_RAFT)
             self.raft_in.setsockopt(zmq.MAXMSGSIZE, max(PEER_MAX_FRAME, max_peer_frame))
             self.raft_in.setsockopt(zmq.RCVHWM, PEER_SNDHWM)
             self.raft_in.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
@@ -99,6 +120,7 @@ class Transport:
             # XPUB rather than PUB: subscribers connect the same way, and the node also learns which
             # prefixes are subscribed, so it skips encoding messages of topics nobody listens to.
             self.pub = self._socket(ctx, zmq.XPUB)
+            self._curve_server(self.pub, DOMAIN_PUB)
             self.pub.setsockopt(zmq.SNDHWM, 100_000)
             _bind(self.pub, me.host, me.pub_port, "pub", me.id)
 
@@ -112,6 +134,10 @@ class Transport:
                 dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
                 dealer.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
                 dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
+                if keys is not None:
+                    dealer.setsockopt(zmq.CURVE_SERVERKEY, keys.nodes[peer.id])
+                    dealer.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+                    dealer.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
                 dealer.connect(peer.raft_addr)
                 self.peers[peer.id] = dealer
         except BaseException:
@@ -121,6 +147,18 @@ class Transport:
         self.poller.register(self.client, zmq.POLLIN)
         self.poller.register(self.raft_in, zmq.POLLIN)
         self.poller.register(self.pub, zmq.POLLIN)
+        if self.zap is not None:
+            self.poller.register(self.zap, zmq.POLLIN)
+
+    def _curve_server(self, sock: zmq.Socket[bytes], domain: str) -> None:
+        """Make `sock` a CURVE server with the node's key whose handshakes ask the ZAP handler in
+        `domain` (security only; set before bind)."""
+        if self._keys is None:
+            return
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self._keys.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self._keys.secret)
+        sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
 
     def _socket(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int) -> zmq.Socket[bytes]:
         sock = ctx.socket(kind)
@@ -128,13 +166,33 @@ class Transport:
         self._sockets.append(sock)
         return sock
 
-    def poll(self, timeout_ms: int) -> tuple[bool, bool, bool]:
+    def poll(self, timeout_ms: int) -> tuple[bool, bool, bool, bool]:
         """Wait up to `timeout_ms` for input.
 
-        Returns: (clients readable, peers readable, subscription changes readable).
+        Returns: (clients readable, peers readable, subscription changes readable, ZAP requests readable).
         """
         events = dict(self.poller.poll(max(0, timeout_ms)))
-        return self.client in events, self.raft_in in events, self.pub in events
+        return self.client in events, self.raft_in in events, self.pub in events, self.zap in events
+
+    def recv_zap(self) -> list[list[bytes]]:
+        """Returns: the ZAP requests queued, each with its envelope (handshakes wait for the answers)."""
+        out: list[list[bytes]] = []
+        while self.zap is not None:
+            try:
+                out.append(self.zap.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return out
+
+    def send_zap(self, frames: list[bytes]) -> None:
+        """Answer one ZAP request (an inproc pipe: never blocks in practice; a full one drops the answer,
+        and libzmq fails that handshake)."""
+        if self.zap is None:
+            return
+        try:
+            self.zap.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("node %s dropped a ZAP answer: the handler's queue is full", self.me.id)
 
     def recv_subscriptions(self) -> list[tuple[bool, bytes]]:
         """Returns: the subscription changes queued on the XPUB socket: (subscribed?, prefix).
@@ -156,9 +214,16 @@ class Transport:
         out: list[ClientRequest] = []
         sock = self.client
         recv, get = zmqcalls.recv, zmqcalls.get
+        secured = self._keys is not None
+        user: str | None = None
         for _ in range(limit):
             try:
-                frames = [recv(sock, zmqcalls.NOBLOCK)]
+                if secured:  # the routing id carries the connection's properties, as every part does
+                    first = recv(sock, zmqcalls.NOBLOCK, False)
+                    user = first.get("User-Id")
+                    frames = [first.bytes]
+                else:
+                    frames = [recv(sock, zmqcalls.NOBLOCK)]
             except zmq.Again:
                 break
             # The routing id ROUTER puts first always has a part after it, so the first RCVMORE
@@ -167,23 +232,30 @@ class Transport:
             while get(sock, zmqcalls.RCVMORE):
                 frames.append(part)
                 part = recv(sock, zmqcalls.NOBLOCK)
-            out.append(ClientRequest(envelope=frames, body=part))
+            out.append(ClientRequest(envelope=frames, body=part, user=user))
         return out
 
-    def recv_peers(self, limit: int) -> list[list[bytes]]:
-        """Returns: up to `limit` queued peer messages, each the list of its body frames, without blocking."""
-        out: list[list[bytes]] = []
+    def recv_peers(self, limit: int) -> list[tuple[str | None, list[bytes]]]:
+        """Returns: up to `limit` queued peer messages, without blocking: (the node that authenticated
+        the connection, or None without security; the message's body frames)."""
+        out: list[tuple[str | None, list[bytes]]] = []
         sock, recv, get = self.raft_in, zmqcalls.recv, zmqcalls.get
+        secured = self._keys is not None
+        user: str | None = None
         for _ in range(limit):
             try:
-                recv(sock, zmqcalls.NOBLOCK)  # the sending DEALER's routing id: each message names its sender
+                # The sending DEALER's routing id; with security its User-Id is the sending node.
+                if secured:
+                    user = recv(sock, zmqcalls.NOBLOCK, False).get("User-Id")
+                else:
+                    recv(sock, zmqcalls.NOBLOCK)
             except zmq.Again:
                 break
             frames = []
             while get(sock, zmqcalls.RCVMORE):
                 frames.append(recv(sock, zmqcalls.NOBLOCK))
             if frames:
-                out.append(frames)
+                out.append((user, frames))
         return out
 
     def reply(self, envelope: list[bytes], body: bytes) -> None:
