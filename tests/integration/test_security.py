@@ -79,35 +79,36 @@ def _rejected(cluster: ClusterHarness, node_id: str, port: str) -> int:
     return int(_status(cluster, node_id)["security"]["rejected"][port])
 
 
-def _req(cluster: ClusterHarness, zmq_socket: Sockets, node_id: str, key: str | tuple[bytes, bytes] | None,
-         kind: int = zmq.REQ) -> zmq.Socket:
-    """Returns: a socket connected to `node_id`'s client port, a CURVE client with `key` (None: plain TCP)."""
+def _connect(cluster: ClusterHarness, zmq_socket: Sockets, node_id: str, key: str | tuple[bytes, bytes] | None,
+             kind: int, port: str) -> zmq.Socket:
+    """Returns: a socket of `kind` connected to `node_id`'s `port` ("client", "raft" or "pub"), a CURVE
+    client with `key` (a harness key name or a pair; None: plain TCP). A SUB takes every topic."""
     sock = zmq_socket(kind)
     if key is not None:
         cluster.curve(sock, node_id, key)
-    sock.connect(cluster.addr(node_id))
+    if kind == zmq.SUB:
+        sock.setsockopt(zmq.SUBSCRIBE, b"")  # heartbeats included
+    node = cluster.config.node(node_id)
+    sock.connect({"client": node.client_addr, "raft": node.raft_addr, "pub": node.pub_addr}[port])
     return sock
+
+
+def _req(cluster: ClusterHarness, zmq_socket: Sockets, node_id: str, key: str | tuple[bytes, bytes] | None
+         ) -> zmq.Socket:
+    """Returns: a REQ socket on `node_id`'s client port."""
+    return _connect(cluster, zmq_socket, node_id, key, zmq.REQ, "client")
 
 
 def _sub(cluster: ClusterHarness, zmq_socket: Sockets, node_id: str, key: str | tuple[bytes, bytes] | None
          ) -> zmq.Socket:
-    """Returns: a SUB socket on `node_id`'s PUB port subscribed to everything (heartbeats included)."""
-    sock = zmq_socket(zmq.SUB)
-    if key is not None:
-        cluster.curve(sock, node_id, key)
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    sock.connect(cluster.config.node(node_id).pub_addr)
-    return sock
+    """Returns: a SUB socket on `node_id`'s PUB port subscribed to everything."""
+    return _connect(cluster, zmq_socket, node_id, key, zmq.SUB, "pub")
 
 
 def _raft(cluster: ClusterHarness, zmq_socket: Sockets, node_id: str, key: str | tuple[bytes, bytes] | None
           ) -> zmq.Socket:
-    """Returns: a DEALER on `node_id`'s raft port, as a peer's would be (CURVE with `key`)."""
-    sock = zmq_socket(zmq.DEALER)
-    if key is not None:
-        cluster.curve(sock, node_id, key)
-    sock.connect(cluster.config.node(node_id).raft_addr)
-    return sock
+    """Returns: a DEALER on `node_id`'s raft port, as a peer's would be."""
+    return _connect(cluster, zmq_socket, node_id, key, zmq.DEALER, "raft")
 
 
 def _forgeries(term: int, frm: str, to: str) -> list[bytes]:

@@ -750,7 +750,7 @@ BAD_SECURITY: list[tuple[str, str, str, str]] = [
     ("pattern-empty-token", security("keys_dir: k\nclients: [{name: a, publish: ['a..b']}]"),
      "security.clients[0].publish[0]", "empty token"),
     ("pattern-empty", security("keys_dir: k\nclients: [{name: a, publish: ['']}]"),
-     "security.clients[0].publish[0]", "1 to 255 bytes"),
+     "security.clients[0].publish[0]", "a topic pattern must not be empty"),
     ("pattern-reserved", security("keys_dir: k\nclients: [{name: a, publish: ['$hb']}]"),
      "security.clients[0].publish[0]", "start with '$'"),
     ("insecure-string", cluster("insecure: 'true'"), "cluster.insecure", "without quotes"),

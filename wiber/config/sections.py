@@ -32,6 +32,7 @@ from wiber.config.values import (
     _mapping,
     _optional_int,
     _optional_seconds,
+    _path_text,
     _short,
     _str,
 )
@@ -124,12 +125,7 @@ def _parse_cluster(file: str, raw: object) -> ClusterConfig:
 
 def _data_dir(file: str, value: object) -> str:
     """Returns: `value` as an absolute path, relative ones resolved against the working directory."""
-    key = "cluster.data_dir"
-    text = _str(file, key, value)
-    if not text:
-        raise ConfigError(file, key, "must not be empty; use . for the current directory")
-    if "\0" in text:
-        raise ConfigError(file, key, "must not contain a NUL character")
+    text = _path_text(file, "cluster.data_dir", value, "the current directory")
     return os.path.abspath(os.path.expanduser(text))
 
 
@@ -174,20 +170,21 @@ def _parse_topics(file: str, raw: object, base: RetentionConfig) -> Mapping[str,
     return MappingProxyType(topics)
 
 
-def _topic_problem(name: str) -> str | None:
-    """Returns: why `name` is not a valid topic name (docs/design.md section 3), or None if it is one."""
+def _topic_problem(name: str, what: str = "a topic name") -> str | None:
+    """Returns: why `name` is not a valid topic name (docs/design.md section 3), or None if it is one;
+    `what` names it in the answer (a topic pattern obeys the same rules)."""
     try:
         size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
-        return "a topic name must be valid UTF-8 text"
+        return f"{what} must be valid UTF-8 text"
     if size == 0:
-        return "a topic name must not be empty"
+        return f"{what} must not be empty"
     if size > MAX_TOPIC_BYTES:
-        return f"a topic name must be at most {MAX_TOPIC_BYTES} bytes of UTF-8, this one is {size}"
+        return f"{what} must be at most {MAX_TOPIC_BYTES} bytes of UTF-8, this one is {size}"
     if "\0" in name:
-        return "a topic name must not contain a NUL character"
+        return f"{what} must not contain a NUL character"
     if name.startswith("$"):
-        return "a topic name must not start with '$' (reserved for Wiber's own channels)"
+        return f"{what} must not start with '$' (reserved for Wiber's own channels)"
     return None
 
 

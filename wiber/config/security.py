@@ -7,8 +7,9 @@ import os
 from collections.abc import Sequence
 from typing import Final
 
-from wiber.config.model import MAX_NODE_ID_LEN, MAX_TOPIC_BYTES, ClientRights, NodeConfig, SecurityConfig
-from wiber.config.values import _NODE_ID_RE, _bool, _describe, _mapping, _short, _str
+from wiber.config.model import MAX_NODE_ID_LEN, ClientRights, NodeConfig, SecurityConfig
+from wiber.config.sections import _topic_problem
+from wiber.config.values import _NODE_ID_RE, _bool, _describe, _mapping, _path_text, _short, _str
 from wiber.errors import ConfigError
 
 __all__ = ["WILDCARD_ONE", "WILDCARD_REST", "parse_security", "pattern_problem"]
@@ -44,12 +45,7 @@ def parse_security(file: str, raw: object, nodes: Sequence[NodeConfig]) -> Secur
 
 def _keys_dir(file: str, value: object) -> str:
     """Returns: `value` as an absolute path, a relative one resolved against the config file's directory."""
-    key = "security.keys_dir"
-    text = _str(file, key, value)
-    if not text:
-        raise ConfigError(file, key, "must not be empty; use . for the config file's own directory")
-    if "\0" in text:
-        raise ConfigError(file, key, "must not contain a NUL character")
+    text = _path_text(file, "security.keys_dir", value, "the config file's own directory")
     base = os.path.dirname(os.path.abspath(file))
     return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
 
@@ -122,14 +118,9 @@ def pattern_problem(pattern: str) -> str | None:
     A pattern is tokens separated by ``.``: a literal token (not empty, without ``*`` or ``>``),
     ``*`` (exactly one token of the topic) or, as the last token only, ``>`` (one or more tokens).
     """
-    try:
-        size = len(pattern.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "a topic pattern must be valid UTF-8 text"
-    if not 1 <= size <= MAX_TOPIC_BYTES:
-        return f"a topic pattern must be 1 to {MAX_TOPIC_BYTES} bytes of UTF-8"
-    if "\0" in pattern or pattern.startswith("$"):
-        return "a topic pattern must not contain NUL or start with '$' (no topic does)"
+    problem = _topic_problem(pattern, "a topic pattern")
+    if problem is not None:
+        return problem
     tokens = pattern.split(".")
     for position, token in enumerate(tokens):
         if not token:

@@ -144,6 +144,19 @@ def _str(file: str, keypath: str, value: object) -> str:
     return value
 
 
+def _path_text(file: str, key: str, value: object, dot: str) -> str:
+    """Returns: `value` if it is a usable path string (`dot`: what ``.`` means there, for the error).
+
+    Raises: ConfigError (not a string, empty, or holding a NUL).
+    """
+    text = _str(file, key, value)
+    if not text:
+        raise ConfigError(file, key, f"must not be empty; use . for {dot}")
+    if "\0" in text:
+        raise ConfigError(file, key, "must not contain a NUL character")
+    return text
+
+
 def _type_hint(value: object, default: object = _MISSING) -> str:
     """Returns: advice for a common wrong type (a quoted number, an empty value), or ""."""
     if isinstance(value, str) and _INTEGER_STRING_RE.fullmatch(value.strip()):

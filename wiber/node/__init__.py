@@ -5,6 +5,7 @@
 * `checkpoints` loading the state at start, checkpoints off the loop, replacing the state
 * `shipping`    a checkpoint's files streamed to a follower that needs a snapshot
 * `transport`   the node's sockets, non-blocking, drop-and-count on back-pressure
+* `auth`        keys, the ZAP handler, client rights, plain TCP only on loopback (section 10)
 * `timesync`    the clock-sync frames exchanged beside Raft messages
 * `reorder`     the bounded reordering window (docs/design.md section 5)
 * `waiting`     clients parked until their entry commits or their read is confirmed

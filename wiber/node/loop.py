@@ -2,7 +2,8 @@
 
 Each turn (docs/design.md section 1):
 
-1. poll, with the time to the next timer as timeout;
+1. poll, with the time to the next timer as timeout, and answer the ZAP handler's questions
+   first (with security, new CURVE connections wait on them: `wiber.node.auth`);
 2. drain every readable socket without blocking: peer frames are stepped into the Raft core,
    client requests are validated and answered or queued;
 3. fire due timers (Raft ticks, `$hb` fan-out heartbeats);
