@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,14 @@ def rss_bytes(pid: int) -> int | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return None
+
+
+def open_fds(pid: int) -> int | None:
+    """Returns: how many file descriptors process `pid` has open (Linux /proc), or None when unreadable."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
 
 
 class TracebackScanner:
@@ -97,11 +106,14 @@ def signature(traceback_text: str) -> str:
 
 @dataclass(slots=True)
 class MemoryWatch:
-    """Each node's RSS: at the start of fuzzing, its peak while sampled, and the last sample (bytes)."""
+    """Each node's RSS: at the start of fuzzing, its peak while sampled, and the last sample (bytes);
+    and its open file descriptors (last and peak): a leak of either shows in a long run."""
 
     start: dict[str, int] = field(default_factory=dict)
     peak: dict[str, int] = field(default_factory=dict)
     last: dict[str, int] = field(default_factory=dict)
+    fds: dict[str, int] = field(default_factory=dict)
+    peak_fds: dict[str, int] = field(default_factory=dict)
 
     def sample(self, harness: ClusterHarness) -> None:
         for nid, node in harness.nodes.items():
@@ -113,11 +125,21 @@ class MemoryWatch:
             self.start.setdefault(nid, rss)
             self.peak[nid] = max(self.peak.get(nid, 0), rss)
             self.last[nid] = rss
+            fds = open_fds(node.pid)
+            if fds is not None:
+                self.fds[nid] = fds
+                self.peak_fds[nid] = max(self.peak_fds.get(nid, 0), fds)
+
+    def describe_last(self) -> str:
+        """Returns: each node's last sampled RSS, in MiB, and open descriptors."""
+        return " ".join(f"{nid} {self.last[nid] >> 20} MiB/{self.fds.get(nid, '?')} fds"
+                        for nid in sorted(self.last))
 
     def describe(self) -> str:
         mib = 1 << 20
         return ", ".join(f"{nid} {self.start.get(nid, 0) / mib:.0f}->{self.last.get(nid, 0) / mib:.0f} MiB "
-                         f"(peak {self.peak.get(nid, 0) / mib:.0f})" for nid in sorted(self.peak))
+                         f"(peak {self.peak.get(nid, 0) / mib:.0f}), {self.fds.get(nid, '?')} fds "
+                         f"(peak {self.peak_fds.get(nid, '?')})" for nid in sorted(self.peak))
 
 
 @dataclass(slots=True)
@@ -161,13 +183,13 @@ def _statuses(harness: ClusterHarness, client: Client) -> str:
 
 
 def check(harness: ClusterHarness, scanners: dict[str, TracebackScanner], memory: MemoryWatch,
-          recover_s: float, max_rss_bytes: int) -> Health:
+          recover_s: float, max_rss_bytes: int, max_fds: int) -> Health:
     """Judge the cluster's health after fuzzing (every check runs; each failure is one problem line).
 
     Every node must be running and answer PING within `recover_s` (time for the cluster to settle
     and re-elect), with a finite clock near ours; a PUB through `wiber.client.Client` must then be
     acknowledged within `recover_s`; no log may hold a traceback not already returned by
-    `scanners`; no node's RSS may have passed `max_rss_bytes`.
+    `scanners`; no node's RSS may have passed `max_rss_bytes`, nor its open descriptors `max_fds`.
     """
     health = Health()
     started = time.monotonic()
@@ -207,4 +229,8 @@ def check(harness: ClusterHarness, scanners: dict[str, TracebackScanner], memory
         if peak > max_rss_bytes:
             health.problems.append(f"{nid} peaked at {peak >> 20} MiB RSS, over the bound of "
                                    f"{max_rss_bytes >> 20} MiB")
+    for nid, fds in memory.peak_fds.items():
+        if fds > max_fds:
+            health.problems.append(f"{nid} peaked at {fds} open file descriptors, over the bound of "
+                                   f"{max_fds}")
     return health

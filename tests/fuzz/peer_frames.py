@@ -57,25 +57,29 @@ LAST_TERMS: Final = 2**63 - 2**20
 """Terms from here to 2**63 - 1 leave the cluster fewer elections than it may need: a node that
 takes one can never campaign again."""
 
+FAR_TERMS: Final = (2**31, 2**53, 2**62)
+"""Large terms a forged message may claim outside the byzantine families."""
+
 SNAPSHOT_FILES: Final = ("index.db", "seg-00000001.dat", "seg-00000002.dat", "x")
 
 
 # -------------------------------------------------------------------------------- Raft messages
 
 
-def _number(rng: random.Random, near: int) -> int:
-    """Returns: a term or index near `near` most of the time, else 0, 1 or a far one."""
+def _number(rng: random.Random, near: int, far: tuple[int, ...] = FAR_NUMBERS) -> int:
+    """Returns: a term or index near `near` most of the time, else 0, 1 or one of `far`."""
     pick = rng.random()
     if pick < 0.7:
-        return max(0, near + rng.randint(-2, 3))
+        return min(2**63 - 1, max(0, near + rng.randint(-2, 3)))
     if pick < 0.85:
         return rng.choice((0, 1))
-    return rng.choice(FAR_NUMBERS)
+    return rng.choice(far)
 
 
 def _term(rng: random.Random, ctx: Context) -> int:
-    """Returns: a term near the cluster's most of the time, else 0, 1 or a far one (below `LAST_TERMS`)."""
-    return min(_number(rng, ctx.term), LAST_TERMS - 1)
+    """Returns: a term near the cluster's most of the time, else 0, 1 or a far one well below
+    `LAST_TERMS` (a cluster that takes it keeps 2**62 elections)."""
+    return _number(rng, ctx.term, FAR_TERMS)
 
 
 def within_trust(frame: bytes, ctx: Context) -> bytes:
@@ -87,7 +91,10 @@ def within_trust(frame: bytes, ctx: Context) -> bytes:
     term above the cluster's win an election with a log that lacks committed entries; forged
     granted votes elect a node that lacks them; a term in the last 2**20 (`LAST_TERMS`) leaves
     no election. Each of these stops the cluster for good, as Byzantine faults do, which only
-    keys (issue 15's CURVE) prevent. So here: a term below `LAST_TERMS`, an AppendEntries with
+    keys (issue 15's CURVE) prevent. So here: a term not above ``max(2**62, cluster's + 3)``
+    (a random 63-bit one, taken, would leave the cluster's terms near `LAST_TERMS` for the rest of
+    the run, where every later forgery is stale: the cluster climbs past 2**62 only by its own
+    elections), an AppendEntries with
     commit 0 and entries of terms below the cluster's (and lamports below
     `client_frames.LAST_LAMPORTS`), a vote reply that does not grant.
     """
@@ -96,8 +103,8 @@ def within_trust(frame: bytes, ctx: Context) -> bytes:
     except MalformedMessage:
         return frame
     tamed = msg
-    if msg.term >= LAST_TERMS:
-        tamed = dataclasses.replace(msg, term=ctx.term + 1)
+    if msg.term > max(FAR_TERMS[-1], ctx.term + 3):
+        tamed = dataclasses.replace(msg, term=min(ctx.term + 1, 2**63 - 1))
     if isinstance(tamed, AppendEntries):
         below = max(0, ctx.term - 1)
         entries = tuple(dataclasses.replace(e, term=min(e.term, below), data=_entry_within_room(e.data))

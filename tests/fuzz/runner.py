@@ -69,6 +69,7 @@ class Spec:
         out_dir: where the cluster's files, the node logs and the findings go.
         recover_s: how long the cluster may take, after the fuzzing, to answer PING and a PUB.
         max_rss_mib: the RSS no node may pass.
+        max_fds: the open file descriptors no node may pass (an idle node has about 30).
         restart: start a node that ended again (and go on fuzzing).
     """
 
@@ -81,6 +82,7 @@ class Spec:
     selection: Selection = field(default_factory=Selection)
     recover_s: float = 20.0
     max_rss_mib: int = 512
+    max_fds: int = 256
     restart: bool = True
     settings: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
 
@@ -305,6 +307,10 @@ class View:
                 self.commit_index = max(self.commit_index, status["commit_index"])
 
 
+class NotStarted(RuntimeError):
+    """The cluster did not come up before the fuzzing (the message holds the nodes' log tails)."""
+
+
 class Fuzzer:
     """One run: the cluster, the sockets, the journals, the watcher and the findings."""
 
@@ -345,13 +351,16 @@ class Fuzzer:
         self.view.sync(self.wires, SYNC_S)
         self.memory.sample(self.harness)
         for nid, node in self.harness.nodes.items():
-            for text in self.scanners[nid].scan():
-                self._find("traceback", nid, health.signature(text), text, last_index)
+            texts = self.scanners[nid].scan()
             if not node.running():
+                # A node that ended is one finding, named by its last traceback when it wrote one.
                 code = node.proc.poll() if node.proc is not None else None
-                self._find("crash", nid, f"exit status {code}", node.log_tail(30), last_index)
+                sig = health.signature(texts.pop()) if texts else f"exit status {code}"
+                self._find("crash", nid, sig, node.log_tail(30), last_index)
                 if self.spec.restart:
                     self.harness.start(nid)
+            for text in texts:
+                self._find("traceback", nid, health.signature(text), text, last_index)
 
     def _check_replies(self, last_index: int) -> None:
         assert self.wires is not None
@@ -368,14 +377,17 @@ class Fuzzer:
         spec = self.spec
         self.harness.start()
         try:
-            self.harness.wait_up()
+            try:
+                self.harness.wait_up()
+            except AssertionError as exc:
+                raise NotStarted(f"the cluster did not start: {exc}\n{self.harness.log_tails()}") from None
             self.wires = Wires(self.harness)
             self._fuzz()
             self._check_replies(-1)
             self.wires.close()
             self.wires = None
             self.report.health = health.check(self.harness, self.scanners, self.memory, spec.recover_s,
-                                              spec.max_rss_mib << 20)
+                                              spec.max_rss_mib << 20, spec.max_fds)
             self.report.memory = self.memory.describe()
         finally:
             if self.wires is not None:
@@ -412,7 +424,8 @@ class Fuzzer:
                 if time.monotonic() >= next_progress and spec.minutes is not None:
                     next_progress = time.monotonic() + PROGRESS_S
                     sys.stderr.write(f"{time.monotonic() - started:6.0f} s: {index} samples, "
-                                     f"{len(self.report.findings)} findings, term {self.view.term}\n")
+                                     f"{len(self.report.findings)} findings, term {self.view.term}, "
+                                     f"{self.memory.describe_last()}\n")
             if spec.rate > 0:
                 pause = started + index / spec.rate - time.monotonic()
                 if pause > 0:
@@ -475,6 +488,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--recover-s", type=float, default=20.0,
                    help="deadline for PING and a PUB after the fuzzing (default 20)")
     p.add_argument("--max-rss-mib", type=int, default=512, help="RSS no node may pass (default 512)")
+    p.add_argument("--max-fds", type=int, default=256, help="open descriptors no node may pass (default 256)")
     p.add_argument("--dir", type=Path, default=None, help="output directory (default: a new temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the output directory of a clean run too")
     p.add_argument("--replay", type=Path, default=None, metavar="FINDING.jsonl",
@@ -504,10 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     count = args.count if args.count is not None or args.minutes is not None else 500
     print(f"fuzz seed {seed} (replay the samples with --seed {seed}); files in {out_dir}", flush=True)
     spec = Spec(seed, out_dir, count=count, minutes=args.minutes, rate=args.rate, nodes=args.nodes,
-                selection=selection, recover_s=args.recover_s, max_rss_mib=args.max_rss_mib)
+                selection=selection, recover_s=args.recover_s, max_rss_mib=args.max_rss_mib,
+                max_fds=args.max_fds)
     try:
         report = Fuzzer(spec).run()
-    except (OSError, AssertionError) as exc:
+    except (OSError, NotStarted) as exc:
         print(f"fuzz: could not run: {exc}", file=sys.stderr)
         return 2
     print(report.summary())

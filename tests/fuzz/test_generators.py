@@ -135,7 +135,7 @@ def _assert_within_trust(frame: bytes) -> None:
         if isinstance(req, dict) and type(req.get("lamport")) is int:
             assert req["lamport"] < client_frames.LAST_LAMPORTS
         return
-    assert msg.term < peer_frames.LAST_TERMS
+    assert msg.term <= max(peer_frames.FAR_TERMS[-1], CTX.term + 3)
     if isinstance(msg, RequestVoteReply):
         assert not msg.granted
     if isinstance(msg, AppendEntries):
