@@ -15,7 +15,7 @@ import zlib
 from typing import Any, Callable, Final
 
 
-from tests.fuzz import mutate, values
+from tests.fuzz import checkpoint_files, mutate, values
 from tests.fuzz.client_frames import LAST_LAMPORTS, TOPICS
 from tests.fuzz.sample import RAFT, Context, Sample
 from wiber.broker.entry import ENTRY_FORMAT, MalformedEntry, PubOp, decode_entry, encode_entry
@@ -235,6 +235,25 @@ def forged_snapshot(rng: random.Random, ctx: Context) -> list[bytes]:
     return frames
 
 
+def forged_checkpoint(rng: random.Random, ctx: Context, installable: bool = False) -> list[bytes]:
+    """Returns: a whole transfer in one message, as `forged_snapshot`, of a real checkpoint's files
+    with a wrong row, blob or segment (`checkpoint_files.mutated`): what gets past "not a database"
+    into the follower's checks of a staged snapshot. Its index (`checkpoint_files.INDEX`) is at or
+    below the follower's commit index, so one that passes the checks is discarded, never installed;
+    `installable` moves it past the cluster's commit index instead (a byzantine forgery)."""
+    sender = ctx.leader if ctx.leader is not None and rng.random() < 0.9 else rng.choice(ctx.peers)
+    tid = rng.getrandbits(64)
+    index, term = checkpoint_files.INDEX, checkpoint_files.TERM
+    if installable:
+        index, term = ctx.commit_index + rng.randint(20, 200), max(0, ctx.term - 1)
+    contents = checkpoint_files.mutated(rng, (index, term) if installable else None)
+    files = tuple(FileInfo(name, len(data), zlib.crc32(data)) for name, data in contents)
+    manifest = Manifest(index, term, values.pack(ctx.term), files)
+    frames = [ManifestFrame(sender, tid, manifest).encode()]
+    frames += [Data(sender, tid, name, 0, data).encode() for name, data in contents if data]
+    return frames
+
+
 def _transfer_by_hand(rng: random.Random, ctx: Context) -> bytes:
     """Returns: a transfer frame packed by hand with out-of-range or mistyped fields (names with
     ``/`` or ``..``, sizes and offsets past 2**63, duplicate files), which the constructors refuse."""
@@ -363,6 +382,20 @@ def snapshot(rng: random.Random, ctx: Context) -> Sample:
     return Sample(RAFT, "raft.snapshot", tuple(forged_snapshot(rng, ctx)))
 
 
+def checkpoint(rng: random.Random, ctx: Context) -> Sample:
+    """A complete forged snapshot transfer of a real checkpoint's files with a wrong row, blob or
+    segment, in one multipart message (a garbage one while the cluster has committed nothing)."""
+    if ctx.commit_index < checkpoint_files.INDEX:
+        return Sample(RAFT, "raft.checkpoint", tuple(forged_snapshot(rng, ctx)))
+    return Sample(RAFT, "raft.checkpoint", tuple(forged_checkpoint(rng, ctx)))
+
+
+def installed_checkpoint(rng: random.Random, ctx: Context) -> Sample:
+    """(Byzantine) A forged snapshot of a real checkpoint, with a wrong row, blob or segment, past
+    the cluster's commit index "from the leader": one that passes the follower's checks is installed."""
+    return Sample(RAFT, "raft.installed_checkpoint", tuple(forged_checkpoint(rng, ctx, installable=True)))
+
+
 def clock(rng: random.Random, ctx: Context) -> Sample:
     """A clock probe or reply with right, absurd, infinite or NaN times."""
     return _one("raft.timesync", timesync_frame(rng, ctx))
@@ -397,13 +430,15 @@ FAMILIES: Final[dict[str, tuple[Callable[[random.Random, Context], Sample], floa
     "raft.transfer": (transfer, 1.0),
     "raft.transfer_mutated": (transfer_mutated, 1.0),
     "raft.snapshot": (snapshot, 0.4),
+    "raft.checkpoint": (checkpoint, 0.4),
+    "raft.installed_checkpoint": (installed_checkpoint, 0.3),
     "raft.timesync": (clock, 1.5),
     "raft.timesync_mutated": (clock_mutated, 0.5),
     "raft.multipart": (multipart, 1.0),
 }
 """Family name -> (maker, weight)."""
 
-BYZANTINE: Final = frozenset({"raft.far_term", "raft.forged_state"})
+BYZANTINE: Final = frozenset({"raft.far_term", "raft.forged_state", "raft.installed_checkpoint"})
 """Families whose forgeries Raft cannot survive without keys (see `within_trust`): a run leaves
 them out unless asked (``--byzantine``, or by name), and judges its health without them."""
 

@@ -42,6 +42,7 @@ from tests.fuzz import health
 from tests.fuzz.generators import BYZANTINE, CLIENT, RAFT, Selection, generate, parse_selection, plan
 from tests.fuzz.sample import Context, Sample
 from wiber import protocol
+from wiber.errors import WIRE_ERRORS
 
 BATCH = 96
 """Samples sent between two syncs (`View.sync`): the most that any node has queued is its share of them."""
@@ -136,6 +137,7 @@ class Report:
     frames: int = 0
     dropped: int = 0
     replies: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
     health: health.Health | None = None
@@ -158,6 +160,7 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {"seed": self.seed, "sent": self.sent, "dropped": self.dropped, "replies": self.replies,
+                "outcomes": self.outcomes,
                 "frames": self.frames, "seconds": round(self.seconds, 2),
                 "samples_per_s": round(self.rate, 1),
                 "frames_per_s": round(self.frame_rate, 1),
@@ -170,6 +173,7 @@ class Report:
         lines = [f"seed {self.seed}: {self.sent[CLIENT]} client + {self.sent[RAFT]} raft samples in "
                  f"{self.seconds:.1f} s ({self.rate:.0f}/s; {self.frames} frames, {self.frame_rate:.0f}/s), "
                  f"{self.replies} replies, {self.dropped} dropped",
+                 "replies: " + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
                  f"memory: {self.memory}"]
         for f in self.findings:
             lines.append(f"FINDING {f.kind} on {f.node} x{f.count} (first after sample {f.first_index}): "
@@ -363,13 +367,21 @@ class Fuzzer:
                 self._find("traceback", nid, health.signature(text), text, last_index)
 
     def _check_replies(self, last_index: int) -> None:
+        """Read the replies queued: each must be a reply map, an error one with a documented code
+        (docs/design.md section 3) and a message; count them by outcome."""
         assert self.wires is not None
         for nid, frame in self.wires.replies():
             self.report.replies += 1
             try:
-                protocol.parse_reply(frame)
+                reply = protocol.parse_reply(frame)
             except Exception as exc:  # anything but a reply map is the finding
                 self._find("bad_reply", nid, str(exc)[:80], frame[:200].hex(), last_index)
+                continue
+            code = "ok" if reply["ok"] else str(reply.get("error"))
+            self.report.outcomes[code] = self.report.outcomes.get(code, 0) + 1
+            if not reply["ok"] and (code not in WIRE_ERRORS or not isinstance(reply.get("message"), str)):
+                self._find("bad_reply", nid, f"error reply {code!r} outside the contract",
+                           repr(reply)[:400], last_index)
 
     # ------------------------------------------------------------------ the run
 

@@ -4,11 +4,13 @@ families valid by the product's own decoders, and the traceback scanner reading 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import msgpack
 import pytest
 
-from tests.fuzz import client_frames, peer_frames
+from tests.fuzz import checkpoint_files, client_frames, peer_frames
 from tests.fuzz.generators import (
     BYZANTINE,
     FAMILIES,
@@ -194,3 +196,35 @@ def test_tracebacks_are_read_whole_and_a_partial_one_waits() -> None:
     found, tail = split_tracebacks(tail + "    g()\nOSError: disk\n")
     assert [signature(t) for t in found] == ['OSError at File "/w/x.py", line 3, in f']
     assert tail == ""
+
+
+def test_the_checkpoint_template_passes_a_followers_checks_and_its_mutations_reach_them(
+        cluster_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The forged checkpoints are worth sending: the template is a true checkpoint by the node's own
+    check (`Checkpoints.check_staged`), and mutations of it fail that check in many ways, few of
+    them at the first step ("not a database")."""
+    from wiber.broker import BrokerSettings
+    from wiber.node.checkpoints import Checkpoints
+    from wiber.raft.messages import SnapshotMeta
+    from wiber.storage import DurableStorage
+
+    config = cluster_factory(1, start=False).config
+    checkpoints = Checkpoints(config, "n1", DurableStorage.open(config.node_data_dir("n1")), BrokerSettings())
+    meta = SnapshotMeta(checkpoint_files.INDEX, checkpoint_files.TERM)
+
+    def check(files: list[tuple[str, bytes]]) -> str | None:
+        staging = tmp_path / "staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        for name, content in files:
+            (staging / name).write_bytes(content)
+        return checkpoints.check_staged(str(staging), meta)
+
+    try:
+        assert check(list(checkpoint_files.template())) is None
+        problems = [check(checkpoint_files.mutated(sample_rng(4, i))) for i in range(120)]
+    finally:
+        checkpoints.close()
+    kinds = {p.split(":")[0] for p in problems if p is not None}
+    assert len(kinds) >= 4, kinds
+    assert sum(p is not None and "not a database" in p for p in problems) < len(problems) // 4
