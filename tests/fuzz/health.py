@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import ClusterHarness, wait_for
-from wiber.client import Client, Timeouts
+from wiber.client import Client
 
 CLOCK_SLACK_S = 60.0
 """How far a node's PONG `time` may be from the fuzzer's wall clock (same machine, synced clocks)."""
@@ -212,14 +212,12 @@ def check(harness: ClusterHarness, scanners: dict[str, TracebackScanner], memory
         if problem:
             health.problems.append(problem)
     remaining = max(1.0, recover_s - (time.monotonic() - started))
-    client = Client(harness.addrs(), Timeouts(per_try_s=min(1.0, remaining), total_s=remaining))
+    client = harness.client(per_try_s=min(1.0, remaining), total_s=remaining)  # the admin key when secured
     try:
         health.pub_offset = client.publish(HEALTH_TOPIC, b"after the fuzzing").offset
     except Exception as exc:  # any failure to publish is the finding: name it
         health.problems.append(f"a PUB was not acknowledged within {remaining:.1f} s: {type(exc).__name__}: "
                                f"{exc}; {_statuses(harness, client)}")
-    finally:
-        client.close()
     health.recovered_s = time.monotonic() - started
     for nid, scanner in scanners.items():
         for text in scanner.scan():

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import msgpack
 import zmq
 
-from tests.conftest import ClusterHarness
+from tests.conftest import HARNESS_CLIENT, ClusterHarness
 from tests.fuzz import health
 from tests.fuzz.generators import BYZANTINE, CLIENT, RAFT, Selection, generate, parse_selection, plan
 from tests.fuzz.sample import Context, Sample
@@ -48,6 +48,12 @@ BATCH = 96
 """Samples sent between two syncs (`View.sync`): the most that any node has queued is its share of them."""
 SYNC_S = 2.0
 """How long a sync waits for a node's STATUS."""
+FUZZ_CLIENT = "fuzzer"
+"""The client name the fuzzer's client sockets use on a secured cluster."""
+FUZZ_RIGHTS: dict[str, Any] = {"name": FUZZ_CLIENT, "publish": ["fuzz.>"], "subscribe": ["fuzz.>"]}
+"""Its rights: some of the topics it sends are outside them (FORBIDDEN), and it is no admin."""
+STRANGER_RECONNECT_MS = 20
+"""How soon the DEALER with an unknown key tries its refused handshake again (if libzmq does)."""
 PROGRESS_S = 15.0
 """How often a run for minutes prints a progress line."""
 JOURNAL_PER_NODE = 300
@@ -72,6 +78,10 @@ class Spec:
         max_rss_mib: the RSS no node may pass.
         max_fds: the open file descriptors no node may pass (an idle node has about 30).
         restart: start a node that ended again (and go on fuzzing).
+        secure: the cluster has a security section (docs/design.md section 10): the client port is
+            fuzzed as client `FUZZ_CLIENT` (may publish and read ``fuzz.>`` only, no admin), the raft
+            port as a peer node authenticated with its own key (frames claiming another sender are
+            dropped), and a DEALER with a key the cluster does not know is refused at its handshake.
     """
 
     seed: int
@@ -85,6 +95,7 @@ class Spec:
     max_rss_mib: int = 512
     max_fds: int = 256
     restart: bool = True
+    secure: bool = False
     settings: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
 
 
@@ -143,6 +154,8 @@ class Report:
     health: health.Health | None = None
     memory: str = ""
     out_dir: str = ""
+    security: dict[str, Any] = field(default_factory=dict)
+    """Per node, the `security` map of its STATUS after a secured run (refusals and forgeries counted)."""
 
     @property
     def rate(self) -> float:
@@ -167,7 +180,7 @@ class Report:
                 "findings": [f.to_json() for f in self.findings],
                 "health": self.health.problems if self.health is not None else None,
                 "recovered_s": round(self.health.recovered_s, 2) if self.health is not None else None,
-                "memory": self.memory, "ok": self.ok}
+                "memory": self.memory, "security": self.security, "ok": self.ok}
 
     def summary(self) -> str:
         lines = [f"seed {self.seed}: {self.sent[CLIENT]} client + {self.sent[RAFT]} raft samples in "
@@ -184,12 +197,17 @@ class Report:
             if self.health.ok:
                 lines.append(f"healthy: every node answers PING, a PUB was acknowledged (offset "
                              f"{self.health.pub_offset}) {self.health.recovered_s:.1f} s after the fuzzing")
+        for nid, counters in sorted(self.security.items()):
+            lines.append(f"security of {nid}: {counters}")
         lines.append("OK" if self.ok else f"FAILED (files in {self.out_dir})")
         return "\n".join(lines)
 
 
 class Wires:
-    """The fuzzer's sockets: per node a client DEALER, a client REQ, a raft DEALER and a STATUS DEALER."""
+    """The fuzzer's sockets: per node a client DEALER, a client REQ, a raft DEALER and a STATUS
+    DEALER; on a secured cluster each a CURVE client with its key (see `Spec.secure`), and a raft
+    DEALER with a key the cluster does not know, refused at its handshake (nothing it would send
+    can get in; the node counts the refusal)."""
 
     def __init__(self, harness: ClusterHarness) -> None:
         self.ctx = zmq.Context()
@@ -197,17 +215,28 @@ class Wires:
         self.req: dict[str, zmq.Socket[bytes]] = {}
         self.raft: dict[str, zmq.Socket[bytes]] = {}
         self.watch: dict[str, zmq.Socket[bytes]] = {}
+        self.stranger: dict[str, zmq.Socket[bytes]] = {}
+        secure = bool(harness.keys)
+        stranger_key = zmq.curve_keypair()
         for node in harness.config.nodes:
-            self.client[node.id] = self._socket(zmq.DEALER, node.client_addr)
-            self.req[node.id] = self._socket(zmq.REQ, node.client_addr)
+            peer = next(n.id for n in harness.config.nodes if n.id != node.id) if secure else None
+            self.client[node.id] = self._socket(harness, node.id, zmq.DEALER, node.client_addr, FUZZ_CLIENT)
+            self.req[node.id] = self._socket(harness, node.id, zmq.REQ, node.client_addr, FUZZ_CLIENT)
             self.req[node.id].setsockopt(zmq.REQ_RELAXED, 1)
             self.req[node.id].setsockopt(zmq.REQ_CORRELATE, 1)
-            self.raft[node.id] = self._socket(zmq.DEALER, node.raft_addr)
-            self.watch[node.id] = self._socket(zmq.DEALER, node.client_addr)
+            self.raft[node.id] = self._socket(harness, node.id, zmq.DEALER, node.raft_addr, peer)
+            self.watch[node.id] = self._socket(harness, node.id, zmq.DEALER, node.client_addr, HARNESS_CLIENT)
+            if secure:
+                sock = self._socket(harness, node.id, zmq.DEALER, node.raft_addr, stranger_key)
+                sock.setsockopt(zmq.RECONNECT_IVL, STRANGER_RECONNECT_MS)
+                self.stranger[node.id] = sock
 
-    def _socket(self, kind: int, addr: str) -> zmq.Socket[bytes]:
+    def _socket(self, harness: ClusterHarness, node_id: str, kind: int, addr: str,
+                key: str | tuple[bytes, bytes] | None) -> zmq.Socket[bytes]:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        if harness.keys and key is not None:
+            harness.curve(sock, node_id, key)
         sock.connect(addr)
         return sock
 
@@ -244,7 +273,7 @@ class Wires:
         return out
 
     def close(self) -> None:
-        for socks in (self.client, self.req, self.raft, self.watch):
+        for socks in (self.client, self.req, self.raft, self.watch, self.stranger):
             for sock in socks.values():
                 sock.close(linger=0)
         self.ctx.term()
@@ -320,7 +349,8 @@ class Fuzzer:
 
     def __init__(self, spec: Spec) -> None:
         self.spec = spec
-        self.harness = ClusterHarness(spec.out_dir, spec.nodes, spec.settings)
+        self.harness = ClusterHarness(spec.out_dir, spec.nodes, spec.settings,
+                                      security=[FUZZ_RIGHTS] if spec.secure else None)
         self.nodes = tuple(self.harness.nodes)
         self.scanners = {nid: health.TracebackScanner(n.log_path) for nid, n in self.harness.nodes.items()}
         self.memory = health.MemoryWatch()
@@ -401,12 +431,23 @@ class Fuzzer:
             self.report.health = health.check(self.harness, self.scanners, self.memory, spec.recover_s,
                                               spec.max_rss_mib << 20, spec.max_fds)
             self.report.memory = self.memory.describe()
+            if spec.secure:
+                self._read_security()
         finally:
             if self.wires is not None:
                 self.wires.close()
             self.harness.close()
         (spec.out_dir / "report.json").write_text(json.dumps(self.report.to_json(), indent=2))
         return self.report
+
+    def _read_security(self) -> None:
+        """Keep every node's STATUS `security` counters in the report (asked with the admin key)."""
+        client = self.harness.client(per_try_s=1.0, total_s=1.0)
+        for node in self.harness.config.nodes:
+            try:
+                self.report.security[node.id] = client.request_to(node.client_addr, "STATUS").get("security")
+            except Exception as exc:  # a node that does not answer now was judged by the health check
+                self.report.security[node.id] = f"no STATUS: {type(exc).__name__}"
 
     def _fuzz(self) -> None:
         spec = self.spec
@@ -495,6 +536,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", action="append", default=[], metavar="FAMILIES",
                    help="comma-separated families or ports to use (client, raft, raft.timesync, ...)")
     p.add_argument("--exclude", action="append", default=[], metavar="FAMILIES", help="families not to use")
+    p.add_argument("--secure", action="store_true",
+                   help="fuzz a cluster with a security section (CURVE, ZAP, rights) as a keyed client "
+                        "and peer")
     p.add_argument("--byzantine", action="store_true",
                    help="also send forged Raft state only keys stop (" + ", ".join(sorted(BYZANTINE)) + ")")
     p.add_argument("--recover-s", type=float, default=20.0,
@@ -531,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"fuzz seed {seed} (replay the samples with --seed {seed}); files in {out_dir}", flush=True)
     spec = Spec(seed, out_dir, count=count, minutes=args.minutes, rate=args.rate, nodes=args.nodes,
                 selection=selection, recover_s=args.recover_s, max_rss_mib=args.max_rss_mib,
-                max_fds=args.max_fds)
+                max_fds=args.max_fds, secure=args.secure)
     try:
         report = Fuzzer(spec).run()
     except (OSError, NotStarted) as exc:

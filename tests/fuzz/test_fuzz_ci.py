@@ -35,6 +35,21 @@ def test_a_bounded_fuzz_run_leaves_every_node_healthy(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "report.json").read_text())["ok"]
 
 
+def test_a_bounded_fuzz_run_of_a_secured_cluster_leaves_it_healthy_and_counts_what_it_refused(
+        tmp_path: Path) -> None:
+    """With keys (docs/design.md section 10): the client port fuzzed by a client with narrow rights,
+    the raft port by a peer with its own key claiming other senders, and a stranger's key refused."""
+    selection = Selection(exclude=OPEN_FINDINGS)
+    spec = Spec(CI_SEED, tmp_path, count=CI_COUNT // 2, selection=selection, secure=True)
+    report = Fuzzer(spec).run()
+    print(report.summary())
+    assert report.ok, report.summary()
+    assert report.outcomes.get("FORBIDDEN", 0) > 0, report.summary()
+    for nid, security in report.security.items():
+        assert security["enabled"] and security["forged_frm"] > 0, (nid, security)
+        assert security["rejected"]["raft"] >= 1, (nid, security)
+
+
 class _KillsANode(Fuzzer):
     """A run in which n2 is killed (not by a frame) once the fuzzing is under way."""
 
