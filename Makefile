@@ -74,7 +74,8 @@ mutants: $(VENV)/.installed-test
 # The wire fuzzer (tests/fuzz/runner.py): seeded random and mutated frames against a 3-node
 # cluster's client and raft ports for 5 minutes, then every node must answer PING, a PUB must be
 # acknowledged and no log may hold a traceback; the seed is printed first. Tune it with FUZZ_ARGS,
-# e.g. `make fuzz FUZZ_ARGS="--minutes 30 --seed 1234"` (`--byzantine` adds forged Raft state).
+# e.g. `make fuzz FUZZ_ARGS="--minutes 30 --seed 1234"` (`--secure`: a cluster with keys;
+# `--byzantine`: forged Raft state too; `--list`: the frame families).
 .PHONY: fuzz
 fuzz: $(VENV)/.installed-test
 	$(BIN)/python -m tests.fuzz.runner --minutes 5 $(FUZZ_ARGS)

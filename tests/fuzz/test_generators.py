@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import msgpack
 import pytest
 
+from tests.conftest import ClusterHarness
 from tests.fuzz import checkpoint_files, client_frames, peer_frames
 from tests.fuzz.generators import (
     BYZANTINE,
@@ -199,7 +201,7 @@ def test_tracebacks_are_read_whole_and_a_partial_one_waits() -> None:
 
 
 def test_the_checkpoint_template_passes_a_followers_checks_and_its_mutations_reach_them(
-        cluster_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        cluster_factory: Callable[..., ClusterHarness], tmp_path: Path) -> None:
     """The forged checkpoints are worth sending: the template is a true checkpoint by the node's own
     check (`Checkpoints.check_staged`), and mutations of it fail that check in many ways, few of
     them at the first step ("not a database")."""
