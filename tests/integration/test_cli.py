@@ -219,8 +219,11 @@ def test_sub_ends_quietly_on_ctrl_c_and_on_a_closed_pipe(cluster_factory: Callab
     client = cluster.client(total_s=20.0)
 
     # Ctrl-C: exit 0, nothing on stderr. Without --from only new messages come: publish until one shows.
+    # SIGINT at its default in the child: a suite started in the background (`make test &`) runs with
+    # SIGINT ignored, which every child inherits, and Ctrl-C would then never reach `wiber sub`.
     proc = subprocess.Popen(wiber_command(cluster, "sub", "live"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=str(REPO))
+                            stderr=subprocess.PIPE, cwd=str(REPO),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         reader = LineReader(proc.stdout)
 
