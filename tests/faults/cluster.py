@@ -109,7 +109,12 @@ class FaultCluster:
             else:
                 nodes.append({"id": nid, "host": "127.0.0.1", "port": free_port(), "raft_port": free_port(),
                               "pub_port": free_port()})
-        doc = {"cluster": {"data_dir": str(self.root / "data"), **settings}, "nodes": nodes}
+        cluster: dict[str, Any] = {"data_dir": str(self.root / "data"), **settings}
+        if lab is not None:
+            # Private addresses inside network namespaces this test made: no one else can reach
+            # them, so plain TCP is fine there (a node refuses a non-loopback host otherwise).
+            cluster.setdefault("insecure", True)
+        doc = {"cluster": cluster, "nodes": nodes}
         self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
         self.config: Config = load_config(str(self.config_path))
         self.nodes = {nid: NodeProc(nid, self.root / f"{nid}.log") for nid in node_ids}
