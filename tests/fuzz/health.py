@@ -23,6 +23,8 @@ CLOCK_SLACK_S = 60.0
 """How far a node's PONG `time` may be from the fuzzer's wall clock (same machine, synced clocks)."""
 
 HEALTH_TOPIC = "fuzz.health"
+CATCH_UP_S = 10.0
+"""How long every node gets to apply the health PUB before it is noted as lagging."""
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -150,6 +152,8 @@ class Health:
     pongs: dict[str, dict[str, Any]] = field(default_factory=dict)
     pub_offset: int | None = None
     recovered_s: float = 0.0
+    lagging: dict[str, Any] = field(default_factory=dict)
+    """Nodes that had not applied the health PUB `CATCH_UP_S` after it was acknowledged (a note)."""
 
     @property
     def ok(self) -> bool:
@@ -180,6 +184,31 @@ def _statuses(harness: ClusterHarness, client: Client) -> str:
         peers = {p: s.get("match_index") for p, s in (status.get("peers") or {}).items()}
         out.append(f"{node.id}: " + " ".join(f"{k}={status.get(k)}" for k in keys) + f" match={peers}")
     return "STATUS " + "; ".join(out)
+
+
+def _lagging(harness: ClusterHarness, client: Client, index: int, within_s: float) -> dict[str, Any]:
+    """Returns: the nodes that have not applied log `index` within `within_s`, with their STATUS
+    (a note, not a problem: a majority is all Raft needs, and forged traffic may leave a node behind)."""
+    behind: dict[str, Any] = {}
+
+    def caught_up() -> bool:
+        behind.clear()
+        for node in harness.config.nodes:
+            try:
+                status = client.request_to(node.client_addr, "STATUS")
+            except Exception as exc:  # a node that does not answer is behind, as far as anyone knows
+                behind[node.id] = type(exc).__name__
+                continue
+            if not isinstance(status.get("applied_index"), int) or status["applied_index"] < index:
+                keys = ("role", "term", "commit_index", "applied_index")
+                behind[node.id] = {k: status.get(k) for k in keys}
+        return not behind
+
+    try:
+        wait_for(caught_up, within_s, f"every node to apply index {index}", interval=0.2)
+    except AssertionError:
+        pass
+    return dict(behind)
 
 
 def check(harness: ClusterHarness, scanners: dict[str, TracebackScanner], memory: MemoryWatch,
@@ -214,10 +243,13 @@ def check(harness: ClusterHarness, scanners: dict[str, TracebackScanner], memory
     remaining = max(1.0, recover_s - (time.monotonic() - started))
     client = harness.client(per_try_s=min(1.0, remaining), total_s=remaining)  # the admin key when secured
     try:
-        health.pub_offset = client.publish(HEALTH_TOPIC, b"after the fuzzing").offset
+        ack = client.publish(HEALTH_TOPIC, b"after the fuzzing")
+        health.pub_offset = ack.offset
     except Exception as exc:  # any failure to publish is the finding: name it
         health.problems.append(f"a PUB was not acknowledged within {remaining:.1f} s: {type(exc).__name__}: "
                                f"{exc}; {_statuses(harness, client)}")
+    else:
+        health.lagging = _lagging(harness, client, ack.index, CATCH_UP_S)
     health.recovered_s = time.monotonic() - started
     for nid, scanner in scanners.items():
         for text in scanner.scan():

@@ -87,16 +87,20 @@ def within_trust(frame: bytes, ctx: Context) -> bytes:
     its peers for (the byzantine families, `BYZANTINE`, send what this takes away).
 
     Raft believes its peers: a forged commit index commits forged entries on a follower, which
-    then refuses the real leader's (they conflict below its commit) for good; forged entries of a
-    term above the cluster's win an election with a log that lacks committed entries; forged
-    granted votes elect a node that lacks them; a term in the last 2**20 (`LAST_TERMS`) leaves
-    no election. Each of these stops the cluster for good, as Byzantine faults do, which only
-    keys (issue 15's CURVE) prevent. So here: a term not above ``max(2**62, cluster's + 3)``
-    (a random 63-bit one, taken, would leave the cluster's terms near `LAST_TERMS` for the rest of
-    the run, where every later forgery is stale: the cluster climbs past 2**62 only by its own
-    elections), an AppendEntries with
-    commit 0 and entries of terms below the cluster's (and lamports below
-    `client_frames.LAST_LAMPORTS`), a vote reply that does not grant.
+    then refuses the real leader's (they conflict below its commit) for good; a forged entry of
+    the term the leader's entry at its index has passes the leader's consistency check, so the
+    leader's own commit index commits it (and a later leader finds it conflicting, below the
+    commit: that follower is stuck, seen in a run); forged entries of a term above the cluster's
+    win an election with a log that lacks committed entries; forged granted votes elect a node
+    that lacks them; a term in the last 2**20 (`LAST_TERMS`) leaves no election. Each of these
+    stops a node or the cluster for good, as Byzantine faults do, which only keys (issue 15's
+    CURVE) prevent, and not from a peer that has one. So here: a term not above
+    ``max(2**62, cluster's + 3)`` (a random 63-bit one, taken, would leave the cluster's terms
+    near `LAST_TERMS` for the rest of the run, where every later forgery is stale: the cluster
+    climbs past 2**62 only by its own elections); an AppendEntries with commit 0 and entries of
+    term 0, which no real entry has (so they match nothing, are never committed and win no
+    election), after (index, 0) (only (0, 0) matches: the log's start), with lamports below
+    `client_frames.LAST_LAMPORTS`; a vote reply that does not grant.
     """
     try:
         msg = decode_message(frame)
@@ -106,11 +110,10 @@ def within_trust(frame: bytes, ctx: Context) -> bytes:
     if msg.term > max(FAR_TERMS[-1], ctx.term + 3):
         tamed = dataclasses.replace(msg, term=min(ctx.term + 1, 2**63 - 1))
     if isinstance(tamed, AppendEntries):
-        below = max(0, ctx.term - 1)
-        entries = tuple(dataclasses.replace(e, term=min(e.term, below), data=_entry_within_room(e.data))
+        entries = tuple(dataclasses.replace(e, term=0, data=_entry_within_room(e.data))
                         for e in tamed.entries)
-        tamed = dataclasses.replace(tamed, commit=0, entries=entries,
-                                    prev_term=min(tamed.prev_term, max(0, ctx.term - 1)))
+        prev_term = 0 if entries else tamed.prev_term
+        tamed = dataclasses.replace(tamed, commit=0, entries=entries, prev_term=prev_term)
     if isinstance(tamed, RequestVoteReply):
         tamed = dataclasses.replace(tamed, granted=False)
     return frame if tamed == msg else encode_message(tamed)

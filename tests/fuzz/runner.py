@@ -180,6 +180,7 @@ class Report:
                 "findings": [f.to_json() for f in self.findings],
                 "health": self.health.problems if self.health is not None else None,
                 "recovered_s": round(self.health.recovered_s, 2) if self.health is not None else None,
+                "lagging": self.health.lagging if self.health is not None else None,
                 "memory": self.memory, "security": self.security, "ok": self.ok}
 
     def summary(self) -> str:
@@ -194,6 +195,9 @@ class Report:
                                                                           f.detail.splitlines()[-12:]))
         if self.health is not None:
             lines += [f"UNHEALTHY: {p}" for p in self.health.problems]
+            for nid, status in sorted(self.health.lagging.items()):
+                lines.append(f"note: {nid} had not applied the health PUB {health.CATCH_UP_S:g} s after "
+                             f"it was acknowledged: {status}")
             if self.health.ok:
                 lines.append(f"healthy: every node answers PING, a PUB was acknowledged (offset "
                              f"{self.health.pub_offset}) {self.health.recovered_s:.1f} s after the fuzzing")

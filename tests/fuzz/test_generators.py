@@ -144,8 +144,9 @@ def _assert_within_trust(frame: bytes) -> None:
         assert not msg.granted
     if isinstance(msg, AppendEntries):
         assert msg.commit == 0
+        assert not msg.entries or msg.prev_term == 0
         for entry in msg.entries:
-            assert entry.term < CTX.term
+            assert entry.term == 0
             try:
                 _, ops = decode_entry(entry.data)
             except MalformedEntry:
