@@ -90,17 +90,25 @@ def within_trust(frame: bytes, ctx: Context) -> bytes:
     then refuses the real leader's (they conflict below its commit) for good; a forged entry of
     the term the leader's entry at its index has passes the leader's consistency check, so the
     leader's own commit index commits it (and a later leader finds it conflicting, below the
-    commit: that follower is stuck, seen in a run); forged entries of a term above the cluster's
+    commit: that follower is stuck); forged entries of a term above the cluster's
     win an election with a log that lacks committed entries; forged granted votes elect a node
-    that lacks them; a term in the last 2**20 (`LAST_TERMS`) leaves no election. Each of these
-    stops a node or the cluster for good, as Byzantine faults do, which only keys (issue 15's
-    CURVE) prevent, and not from a peer that has one. So here: a term not above
+    that lacks them; forged acknowledgements (a successful AppendEntriesReply, an
+    InstallSnapshotReply, or a follower's true answer to a forged heartbeat "from the leader"
+    whose prev matches the follower's log where the leader's differs: the follower acknowledges
+    it to the real leader) make a leader commit what no majority holds, and a follower that took it
+    refuses every later leader's log below its commit (seen in runs: the leader resends the same
+    append every 2 ms for good); a term in the last 2**20 (`LAST_TERMS`) leaves no election.
+    Each of these stops a node or the cluster for good, as Byzantine faults do, which only keys
+    (issue 15's CURVE) prevent, and not from a peer that has one. So here: a term not above
     ``max(2**62, cluster's + 3)`` (a random 63-bit one, taken, would leave the cluster's terms
     near `LAST_TERMS` for the rest of the run, where every later forgery is stale: the cluster
-    climbs past 2**62 only by its own elections); an AppendEntries with commit 0 and entries of
-    term 0, which no real entry has (so they match nothing, are never committed and win no
-    election), after (index, 0) (only (0, 0) matches: the log's start), with lamports below
-    `client_frames.LAST_LAMPORTS`; a vote reply that does not grant.
+    climbs past 2**62 only by its own elections); an AppendEntries with commit 0, after (index, 0)
+    (only (0, 0) matches: the log's start, which every log shares), with entries of term 0, which
+    no real entry has (so they match nothing, are never committed and win no election), with
+    lamports below `client_frames.LAST_LAMPORTS`, and, when it has entries, at a term above the
+    cluster's (the follower's acknowledgement then goes to a node that leads no such term: no
+    leader counts it for its own entries); a vote reply that does not grant; an append reply
+    that rejects; a snapshot reply at index 0.
     """
     try:
         msg = decode_message(frame)
@@ -112,10 +120,14 @@ def within_trust(frame: bytes, ctx: Context) -> bytes:
     if isinstance(tamed, AppendEntries):
         entries = tuple(dataclasses.replace(e, term=0, data=_entry_within_room(e.data))
                         for e in tamed.entries)
-        prev_term = 0 if entries else tamed.prev_term
-        tamed = dataclasses.replace(tamed, commit=0, entries=entries, prev_term=prev_term)
+        term = max(tamed.term, ctx.term + 1) if entries else tamed.term
+        tamed = dataclasses.replace(tamed, term=term, commit=0, entries=entries, prev_term=0)
     if isinstance(tamed, RequestVoteReply):
         tamed = dataclasses.replace(tamed, granted=False)
+    if isinstance(tamed, AppendEntriesReply):
+        tamed = dataclasses.replace(tamed, success=False)
+    if isinstance(tamed, InstallSnapshotReply):
+        tamed = dataclasses.replace(tamed, match_index=0)
     return frame if tamed == msg else encode_message(tamed)
 
 
@@ -350,9 +362,14 @@ def far_term(rng: random.Random, ctx: Context) -> Sample:
 
 
 def forged_state(rng: random.Random, ctx: Context) -> Sample:
-    """(Byzantine) A forged AppendEntries whose commit index covers its entries (of any term), or a
-    granted vote: a follower commits and applies forged entries (garbage ones too), a candidate wins."""
+    """(Byzantine) A forged AppendEntries whose commit index covers its entries (of any term), a
+    granted vote or a successful append reply: a follower commits and applies forged entries
+    (garbage ones too), a candidate wins, a leader commits what no majority holds."""
     if rng.random() < 0.2:
+        ack = AppendEntriesReply(ctx.term, rng.choice(ctx.peers), ctx.target, True,
+                                 ctx.commit_index + rng.randint(0, 5), 0, 0, rng.choice((0, 1)))
+        return _one("raft.forged_state", encode_message(ack))
+    if rng.random() < 0.25:
         vote = RequestVoteReply(ctx.term + rng.randint(0, 1), rng.choice(ctx.peers), ctx.target, True,
                                 rng.random() < 0.5)
         return _one("raft.forged_state", encode_message(vote))

@@ -29,7 +29,7 @@ from wiber import protocol
 from wiber.broker.entry import MalformedEntry, decode_entry
 from wiber.errors import BadRequest, TooLarge
 from wiber.node import timesync
-from wiber.raft.messages import AppendEntries, RequestVoteReply
+from wiber.raft.messages import AppendEntries, AppendEntriesReply, InstallSnapshotReply, RequestVoteReply
 from wiber.raft.wire import decode_message
 from wiber.storage.transfer.frames import decode_frame
 
@@ -124,6 +124,7 @@ def test_only_the_byzantine_and_far_families_forge_what_raft_trusts_and_spend_th
     forged = [decode_message(f[0]) for f in _samples("raft.forged_state", 50)]
     assert any(isinstance(m, AppendEntries) and m.commit > m.prev_index for m in forged)
     assert any(isinstance(m, RequestVoteReply) and m.granted for m in forged)
+    assert any(isinstance(m, AppendEntriesReply) and m.success for m in forged)
     far = [msgpack.unpackb(f[1])["lamport"] for f in _samples("client.far_lamport", 20)]
     assert min(far) >= client_frames.LAST_LAMPORTS
 
@@ -142,9 +143,14 @@ def _assert_within_trust(frame: bytes) -> None:
     assert msg.term <= max(peer_frames.FAR_TERMS[-1], CTX.term + 3)
     if isinstance(msg, RequestVoteReply):
         assert not msg.granted
+    if isinstance(msg, AppendEntriesReply):
+        assert not msg.success
+    if isinstance(msg, InstallSnapshotReply):
+        assert msg.match_index == 0
     if isinstance(msg, AppendEntries):
         assert msg.commit == 0
-        assert not msg.entries or msg.prev_term == 0
+        assert msg.prev_term == 0
+        assert not msg.entries or msg.term > CTX.term
         for entry in msg.entries:
             assert entry.term == 0
             try:
