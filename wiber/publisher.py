@@ -377,12 +377,20 @@ class Publisher:
         # The reused Packer keeps its largest buffer for good: only requests of ordinary size use it.
         body = self._pack(msg) if size <= protocol.REUSED_PACKER_MAX_BYTES else protocol.pack(msg)
         sock = self._socket()
-        zmqcalls.send(sock, b"", zmqcalls.SNDMORE)
+        # Never blocking: a DEALER with no connection (a node that refused this client's key ends
+        # it for good) would block a send forever. Unsent, the request stays in flight and goes
+        # to the next node after the per-try timeout, as an unanswered one does.
+        try:
+            zmqcalls.send(sock, b"", zmqcalls.MORE_NOBLOCK)
+        except zmq.Again:
+            log.debug("publisher: no connection to %s to send request %d on", self._address, request.seq)
+            return
         # Zero-copy only pays for big frames: small ones would cost a trip through zmq's GC thread.
+        # Once the first frame is queued libzmq takes the rest of the message: NOBLOCK never refuses it.
         if len(body) < ZERO_COPY_BYTES:
-            zmqcalls.send(sock, body, 0)
+            zmqcalls.send(sock, body, zmqcalls.NOBLOCK)
         else:
-            sock.send(body, 0, copy=False)
+            sock.send(body, zmqcalls.NOBLOCK, copy=False)
 
     def _resend_all(self, address: str | None) -> None:
         """Reconnect (to `address`, or the next node) and send every request in flight again, in order."""

@@ -7,6 +7,7 @@ each request came with, so a test knows the request travelled under CURVE with t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +106,27 @@ def test_a_refused_publisher_fails_saying_why(node: FakeCurveNode, keys: dict[st
         with pytest.raises(ClientError, match="refused this client's key"):
             future.result(timeout=10)
     assert node.log["events"] == []
+
+
+def test_a_socket_refused_before_its_first_send_fails_in_time_instead_of_blocking(
+        node: FakeCurveNode, keys: dict[str, tuple[bytes, bytes]]) -> None:
+    """A refused handshake ends the connection for good, so a blocking send on that socket would
+    wait forever (seen once under load, where the refusal came between connect and send)."""
+    servers = {node.client_addr: node.public}
+    with Client(node.client_addr, QUICK, client_key=keys["other"], server_keys=servers) as client:
+        sock = client._socket()
+        wait_for(lambda: not sock.poll(0, zmq.POLLOUT), 10, "the refusal to leave no connection to send on")
+        started = time.monotonic()
+        with pytest.raises(ClientError, match="refused this client's key"):
+            client.ping()
+        assert time.monotonic() - started < 10 * QUICK.total_s
+    with Publisher(node.client_addr, client_key=keys["other"], server_keys=servers,
+                   timeouts=Timeouts(per_try_s=0.2, total_s=0.5)) as publisher:
+        dealer = publisher._socket()
+        wait_for(lambda: not dealer.poll(0, zmq.POLLOUT), 10, "the refusal to leave no connection to send on")
+        with pytest.raises(ClientError, match="not acknowledged"):
+            publisher.publish("events", b"never").result(timeout=10)
+    assert node.users == []
 
 
 def test_a_subscription_connects_to_the_pub_port_with_the_key_of_the_node_that_named_it(

@@ -143,12 +143,31 @@ class Client:
     def _try_once(self, body: bytes, timeout_s: float) -> dict[str, Any] | None:
         """Send to the current address. Returns: the reply map, or None on timeout."""
         sock = self._socket()
-        zmqcalls.send(sock, body, 0)
-        if self._poller.poll(max(1, int(timeout_s * 1000))):  # one poller per socket: Socket.poll makes one a call
+        deadline = time.monotonic() + timeout_s
+        # Never a blocking send: a REQ with no connection (a node that refused this client's key
+        # ends it for good) would block forever. Wait for room within the try's time instead.
+        if self._send_within(sock, body, timeout_s) and self._poller.poll(
+                max(1, int((deadline - time.monotonic()) * 1000))):  # one poller per socket: Socket.poll makes one a call
             return protocol.parse_reply(zmqcalls.recv(sock, 0))
         self._silence = self._watch.check() if self._watch is not None else None
         self._reset()
         return None
+
+    @staticmethod
+    def _send_within(sock: zmq.Socket[bytes], body: bytes, timeout_s: float) -> bool:
+        """Returns: whether `body` was queued on `sock` within `timeout_s`."""
+        try:
+            zmqcalls.send(sock, body, zmqcalls.NOBLOCK)
+            return True
+        except zmq.Again:
+            pass
+        if not sock.poll(max(1, int(timeout_s * 1000)), zmq.POLLOUT):
+            return False
+        try:
+            zmqcalls.send(sock, body, zmqcalls.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
 
     def request_to(self, address: str, op: str, **fields: Any) -> dict[str, Any]:
         """Send one request to exactly one node (no failover). Returns: the ok reply.
