@@ -75,6 +75,15 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "con
         time.sleep(interval)
 
 
+def turn_until(node: Any, done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Turn an in-process node's loop (`wiber.node.Node.run_once`) until `done()`, within a deadline."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        node.run_once()
+
+
 @dataclass(frozen=True, slots=True)
 class Timing:
     """Time limits of one test cluster, derived from its configured timeouts (docs/design.md section 4)."""

@@ -23,7 +23,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.conftest import ClusterHarness
+from tests.conftest import ClusterHarness, turn_until
 from tests.crashfs import CrashFS
 from wiber.node import Node
 from wiber.raft import Role
@@ -32,22 +32,13 @@ from wiber.raft.wire import MalformedMessage, decode_message
 from wiber.storage import DurableStorage
 
 
-def _run_until(node: Node, done: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Turn the node's loop until `done()` (a deadline, never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        node.run_once()
-
-
 @pytest.fixture
 def node_on_crashfs(cluster_factory: Callable[..., ClusterHarness]) -> Iterator[tuple[Node, CrashFS, str]]:
     cluster = cluster_factory(1, start=False)
     fs = CrashFS()
     node = Node(cluster.config, "n1", log_fs=fs)
     try:
-        _run_until(node, lambda: node.raft.role is Role.LEADER, "the single node to lead")
+        turn_until(node, lambda: node.raft.role is Role.LEADER, "the single node to lead")
         yield node, fs, cluster.config.node_data_dir("n1")
     finally:
         node.close()
@@ -63,7 +54,7 @@ def _publish_and_crash(node: Node, fs: CrashFS, directory: str, ctx: zmq.Context
     try:
         req.connect(node.me.client_addr)
         req.send(msgpack.packb({"op": "PUB", "topic": "t", "data": b"acknowledged"}, use_bin_type=True))
-        _run_until(node, lambda: bool(req.poll(0)), "the PUB's reply")
+        turn_until(node, lambda: bool(req.poll(0)), "the PUB's reply")
         reply = msgpack.unpackb(req.recv(), raw=False)
     finally:
         req.close()

@@ -197,6 +197,7 @@ class ClientHandlers:
                 "late": self.node.broker.late_count,
             },
             "security": {"enabled": False} if self.node.security is None else self.node.security.status(),
+            "transport": self.node.transport.stats.status(),
             "uptime_s": round(now - self.node._started, 3),
         }
 

@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 PEER_MAX_FRAME = 256 * 1024 * 1024
 #: How many messages a peer DEALER may queue before sends are dropped.
 PEER_SNDHWM = 10_000
+#: How many messages the raft ROUTER takes from one connection before libzmq stops reading it (TCP
+#: pushes back on the sender). A peer sends one message per loop turn, a few more with snapshot
+#: chunks and clock probes: 1,000 is far above that and bounds what one connection can park here.
+PEER_RCVHWM = 1_000
+#: The bytes of peer frames one loop turn takes (the rest waits in the socket for the next turn),
+#: so a flood of large frames is worked through a bounded slice at a time.
+PEER_TURN_BYTES = 64 * 1024 * 1024
 #: libzmq's own liveness check on peer connections, so a silent partition is noticed (docs/design.md section 8).
 ZMQ_HEARTBEAT_IVL_MS = 1_000
 ZMQ_HEARTBEAT_TIMEOUT_MS = 3_000
@@ -61,7 +68,13 @@ class TransportStats:
     peer_send_dropped: int = 0
     client_reply_dropped: int = 0
     pub_dropped: int = 0
+    peer_frames_failed: int = 0  # peer frames whose handling raised and that were dropped
     extra: dict[str, int] = field(default_factory=dict)
+
+    def status(self) -> dict[str, int]:
+        """Returns: STATUS's `transport` map."""
+        return {"peer_send_dropped": self.peer_send_dropped, "client_reply_dropped": self.client_reply_dropped,
+                "pub_dropped": self.pub_dropped, "peer_frames_failed": self.peer_frames_failed}
 
 
 def _bind(sock: zmq.Socket[bytes], host: str, port: int, what: str, node_id: str) -> None:
@@ -111,8 +124,9 @@ class Transport:
 
             self.raft_in = self._socket(ctx, zmq.ROUTER)
             self._curve_server(self.raft_in, DOMAIN_RAFT)
-            self.raft_in.setsockopt(zmq.MAXMSGSIZE, max(PEER_MAX_FRAME, max_peer_frame))
-            self.raft_in.setsockopt(zmq.RCVHWM, PEER_SNDHWM)
+            # A larger frame than the node would decode is refused by libzmq before it is buffered.
+            self.raft_in.setsockopt(zmq.MAXMSGSIZE, max_peer_frame or PEER_MAX_FRAME)
+            self.raft_in.setsockopt(zmq.RCVHWM, PEER_RCVHWM)
             self.raft_in.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
             self.raft_in.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
             _bind(self.raft_in, me.host, me.raft_port, "raft", me.id)
@@ -235,14 +249,18 @@ class Transport:
             out.append(ClientRequest(envelope=frames, body=part, user=user))
         return out
 
-    def recv_peers(self, limit: int) -> list[tuple[str | None, list[bytes]]]:
-        """Returns: up to `limit` queued peer messages, without blocking: (the node that authenticated
-        the connection, or None without security; the message's body frames)."""
+    def recv_peers(self, limit: int, max_bytes: int = PEER_TURN_BYTES) -> list[tuple[str | None, list[bytes]]]:
+        """Returns: up to `limit` queued peer messages, without blocking, stopping after the message
+        that brings their frames to `max_bytes`: (the node that authenticated the connection, or None
+        without security; the message's body frames)."""
         out: list[tuple[str | None, list[bytes]]] = []
         sock, recv, get = self.raft_in, zmqcalls.recv, zmqcalls.get
         secured = self._keys is not None
         user: str | None = None
+        taken = 0
         for _ in range(limit):
+            if taken >= max_bytes:
+                break
             try:
                 # The sending DEALER's routing id; with security its User-Id is the sending node.
                 if secured:
@@ -253,7 +271,9 @@ class Transport:
                 break
             frames = []
             while get(sock, zmqcalls.RCVMORE):
-                frames.append(recv(sock, zmqcalls.NOBLOCK))
+                frame = recv(sock, zmqcalls.NOBLOCK)
+                taken += len(frame)
+                frames.append(frame)
             if frames:
                 out.append((user, frames))
         return out
