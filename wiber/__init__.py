@@ -1,6 +1,7 @@
 """Wiber: a replicated publish/subscribe log in pure Python (Raft over ZeroMQ).
 
-Public API: `Client`, the exception tree of `wiber.errors`, and `__version__`.
+Public API: `Client`, the exception tree of `wiber.errors` (with the client's key errors,
+`CurveError` and `KeyFileError`), and `__version__`.
 """
 
 from __future__ import annotations
@@ -8,10 +9,12 @@ from __future__ import annotations
 import logging
 
 from wiber.client import Client, Timeouts
+from wiber.client.curve import CurveError, KeyFileError
 from wiber.errors import (
     BadRequest,
     ClientError,
     ConfigError,
+    Forbidden,
     NotLeader,
     SessionExpired,
     StorageError,
@@ -31,6 +34,9 @@ __all__ = [
     "Client",
     "ClientError",
     "ConfigError",
+    "CurveError",
+    "Forbidden",
+    "KeyFileError",
     "NotLeader",
     "SessionExpired",
     "StorageError",

@@ -20,6 +20,9 @@ def test_public_names_are_pinned() -> None:
 
 def test_wire_errors_share_one_root() -> None:
     for name in ("BadRequest", "TooLarge", "UnknownOp", "NotLeader", "Unavailable", "StorageError",
-                 "SessionExpired"):
+                 "SessionExpired", "Forbidden"):
         cls = getattr(wiber, name)
         assert issubclass(cls, wiber.WireError) and issubclass(cls, wiber.WiberError)
+    # A key problem is the client's, found before anything is sent: not a wire error.
+    assert issubclass(wiber.KeyFileError, wiber.CurveError) and issubclass(wiber.CurveError, wiber.WiberError)
+    assert not issubclass(wiber.CurveError, wiber.WireError)
