@@ -223,6 +223,42 @@ def test_ten_thousand_fresh_client_ids_take_bounded_memory(
     assert after - before < 128, (before, after)
 
 
+def test_history_requests_whose_replies_nobody_reads_take_bounded_memory(
+        cluster_factory: Callable[..., ClusterHarness], zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    """A 29-byte HISTORY once got a 100 MiB reply, and 20 such requests left unread took a node from
+    281 MB to 1.9 GB. Now a reply stops at max_reply_bytes (4 MiB) and a connection may leave only
+    4 replies' worth unread: 200 requests from a client that reads nothing cost the node what 4
+    do, the rest are answered UNAVAILABLE, and other clients read as before."""
+    cluster = cluster_factory(1)
+    client = cluster.client(total_s=30.0)
+    for k in range(24):
+        client.publish("big", bytes([k]) * (1 << 20))
+    pid = cluster.nodes["n1"].pid
+    before = rss_mib(pid)
+    attacker = zmq_socket(zmq.DEALER)
+    attacker.setsockopt(zmq.RCVHWM, 1)  # reads nothing: libzmq takes one reply, the kernel a few MiB
+    attacker.setsockopt(zmq.RCVBUF, 64 * 1024)
+    attacker.connect(cluster.addr("n1"))
+    requests = 200
+    for k in range(requests):
+        attacker.send_multipart([b"", msgpack.packb({"op": "HISTORY", "topic": "big", "limit": 1000, "id": k})])
+
+    def refused() -> int:
+        return int(client.request("STATUS")["transport"]["history_refused"])
+
+    wait_for(lambda: refused() >= requests - 10, 30, "the unread connection's later HISTORY requests to be refused")
+    after = rss_mib(pid)
+    page = client.history("big", limit=1000)  # another connection reads as before
+    offsets = [m.offset for m in page.messages]
+    assert 1 <= len(offsets) <= 4 and offsets == list(range(len(offsets))) and page.next_offset == len(offsets)
+    healthy(cluster, "after")
+    print(f"{requests} unread HISTORY replies: node RSS before {before:.0f} MiB, after {after:.0f} MiB")
+    assert after - before < 128, (before, after)  # 200 x 4 MiB would be 800 MiB
+    attacker.close(linger=0)
+    wait_for(lambda: client.request("STATUS")["transport"]["unsent_reply_bytes"] == 0, 30,
+             "the replies of the closed connection to be let go")
+
+
 def test_a_running_nodes_data_directory_is_0700_and_its_files_0600(
         cluster_factory: Callable[..., ClusterHarness]) -> None:
     """Messages, sessions and the log are readable by the node's own user only."""

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from wiber import protocol
 from wiber.broker import pub_op_from_request
-from wiber.errors import BadRequest, Forbidden, NotLeader, StorageError, WireError
+from wiber.errors import BadRequest, Forbidden, NotLeader, StorageError, Unavailable, WireError
+from wiber.node.backlog import ReplyBacklog
 from wiber.node.transport import ClientRequest
 from wiber.node.waiting import Waiter
 from wiber.raft import Role
@@ -42,6 +43,7 @@ class ClientHandlers:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.backlog = ReplyBacklog(node.config.cluster.max_reply_bytes)
         self.handlers: dict[str, Handler] = {
             "PING": self.on_ping,
             "STATUS": self.on_status,
@@ -55,6 +57,7 @@ class ClientHandlers:
     def on_client_request(self, request: ClientRequest) -> None:
         """Validate and dispatch one client request; every error becomes a wire error reply."""
         req_id: Any = None
+        backlog: ReplyBacklog | None = None
         try:
             req_id, msg = protocol.parse_request(request.body, self.node.limits)
             if self.node.security is not None:
@@ -63,10 +66,12 @@ class ClientHandlers:
             if fields is None:
                 return  # parked: answered when its entry commits or its read is confirmed
             reply = protocol.ok_reply(fields, req_id)
+            if msg["op"] == "HISTORY":
+                backlog = self.backlog  # up to max_reply_bytes: counted until it has left
         except WireError as err:
             req_id = getattr(err, "request_id", req_id)
             reply = protocol.error_reply(err, req_id)
-        self.node.transport.reply(request.envelope, reply)
+        self.node.transport.reply(request.envelope, reply, backlog)
 
     def authorize(self, msg: dict[str, Any], request: ClientRequest) -> None:
         """Check a secured request against its client's rights; scope its dedup session to the client.
@@ -119,7 +124,12 @@ class ClientHandlers:
         return None
 
     def on_history(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any] | None:
-        """HISTORY: `local` from this node's applied state (never uncommitted), `linearizable` by ReadIndex."""
+        """HISTORY: `local` from this node's applied state (never uncommitted), `linearizable` by ReadIndex.
+
+        Refused UNAVAILABLE while earlier replies are not yet read (`wiber.node.backlog`)."""
+        unread = self.backlog.refusal(request.envelope[0])
+        if unread is not None:
+            raise Unavailable(f"node {self.node.id}: {unread}")
         if msg["consistency"] == "linearizable":
             if self.node._storage_failure is not None:  # out of Raft: it cannot confirm its leadership
                 raise self.storage_error()
@@ -140,7 +150,7 @@ class ClientHandlers:
             reply = protocol.ok_reply(self.history(waiter.request), waiter.req_id)
         except StorageError as err:
             reply = protocol.error_reply(err, waiter.req_id)
-        self.node.transport.reply(waiter.envelope, reply)
+        self.node.transport.reply(waiter.envelope, reply, self.backlog)
 
     def on_sub(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
         topic = msg["topic"]
@@ -197,7 +207,7 @@ class ClientHandlers:
                 "late": self.node.broker.late_count,
             },
             "security": {"enabled": False} if self.node.security is None else self.node.security.status(),
-            "transport": self.node.transport.stats.status(),
+            "transport": {**self.node.transport.stats.status(), **self.backlog.status()},
             "uptime_s": round(now - self.node._started, 3),
         }
 

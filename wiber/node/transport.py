@@ -33,6 +33,7 @@ from wiber import zmqcalls
 from wiber.config import NodeConfig
 from wiber.errors import NodeStartError
 from wiber.node.auth import DOMAIN_CLIENT, DOMAIN_PUB, DOMAIN_RAFT, ZAP_ENDPOINT, NodeKeys
+from wiber.node.backlog import ReplyBacklog
 
 log = logging.getLogger(__name__)
 
@@ -278,13 +279,22 @@ class Transport:
                 out.append((user, frames))
         return out
 
-    def reply(self, envelope: list[bytes], body: bytes) -> None:
-        """Answer one client; a gone client or a full queue drops the reply (the client retries)."""
+    def reply(self, envelope: list[bytes], body: bytes, backlog: ReplyBacklog | None = None) -> None:
+        """Answer one client; a gone client or a full queue drops the reply (the client retries).
+
+        With `backlog` the reply is sent zero-copy with a tracker and counted there until libzmq
+        has sent it (`wiber.node.backlog`)."""
         sock, send = self.client, zmqcalls.send
         try:
             for frame in envelope:
                 send(sock, frame, zmqcalls.MORE_NOBLOCK)
-            send(sock, body, zmqcalls.NOBLOCK)
+            if backlog is None:
+                send(sock, body, zmqcalls.NOBLOCK)
+            else:
+                tracked = zmq.Frame(body, copy=False, track=True)
+                sock.send(tracked, zmqcalls.NOBLOCK, copy=False)
+                assert tracked.tracker is not None  # made with track=True
+                backlog.add(envelope[0], tracked.tracker, len(body))
         except zmq.Again:
             self.stats.client_reply_dropped += 1
         except zmq.ZMQError as exc:  # e.g. EHOSTUNREACH with ROUTER_MANDATORY (not set) or a closed peer
