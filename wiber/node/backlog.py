@@ -6,6 +6,8 @@ connection is bounded in messages (SNDHWM), not bytes. So replies are sent zero-
 tracker, which libzmq marks done once the bytes have gone to the kernel (or the connection is gone),
 and a new HISTORY is refused `UNAVAILABLE` while its connection, or all connections together, hold
 too many bytes not yet sent. A client that reads its replies never comes near either limit.
+(pyzmq lets go of a zero-copy frame on its own garbage-collector thread, started at the first such
+send: it only drops a reference there; the node's loop stays the one thread that does the work.)
 """
 
 from __future__ import annotations
