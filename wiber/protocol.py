@@ -23,6 +23,9 @@ Rules the table encodes (docs/design.md section 3):
 * unknown fields are ignored (forward compatibility), except ``id``, which is echoed in the reply;
   an optional field sent as nil counts as absent (clients that serialize "no value" as nil work);
 * a Python ``bool`` is never accepted where an integer is expected;
+* topic names follow `wiber.topics`: SUB takes a name or a pattern (``orders.*``, ``orders.>``),
+  HISTORY one name, PUB and PUB_BATCH one name without empty tokens (``a..b``); a pattern
+  anywhere but SUB is BAD_REQUEST saying patterns are for subscriptions;
 * a payload over ``max_message_bytes``, or a batch over 16 times that in all -> TOO_LARGE.
 
 Invariants of the output of `validate_request`: it is a new dict; it has ``op``; it holds only
@@ -47,10 +50,11 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final, TypeGuard
+from typing import Any, Final, Literal, TypeGuard
 
 import msgpack
 
+from wiber import topics
 from wiber.errors import BadRequest, TooLarge, UnknownOp, WireError
 
 __all__ = [
@@ -68,6 +72,7 @@ __all__ = [
     "WRITE_OPS",
     "FieldSpec",
     "Limits",
+    "TopicUse",
     "error_reply",
     "fanout_frames",
     "heartbeat_frames",
@@ -110,7 +115,7 @@ bytes and a few small fields, so 64 KiB is enough for every valid request.
 HEARTBEAT_PREFIX: Final = b"$hb\0"
 """First frame of a node heartbeat on the PUB socket; `$` keeps it out of the topic namespace."""
 
-TOPIC_MAX_BYTES: Final = 255
+TOPIC_MAX_BYTES: Final = topics.TOPIC_MAX_BYTES
 CLIENT_ID_MAX_CHARS: Final = 128
 CONSISTENCY_LEVELS: Final = ("local", "linearizable")
 
@@ -351,8 +356,18 @@ def _one_of(*choices: str) -> Checker:
 
 
 def _check_topic(field: str, value: Any, limits: Limits) -> str:
-    """Checker form of `validate_topic`."""
-    return validate_topic(value, field)
+    """Checker of the topic a HISTORY reads: one name, not a pattern (`validate_topic` for "read")."""
+    return validate_topic(value, field, use="read")
+
+
+def _check_publish_topic(field: str, value: Any, limits: Limits) -> str:
+    """Checker of the topic a PUB or PUB_BATCH writes (`validate_topic` for "publish")."""
+    return validate_topic(value, field, use="publish")
+
+
+def _check_subscribe_topic(field: str, value: Any, limits: Limits) -> str:
+    """Checker of what a SUB follows: a topic name or a pattern (`validate_topic` for "subscribe")."""
+    return validate_topic(value, field, use="subscribe")
 
 
 def _check_timestamp(field: str, value: Any, limits: Limits) -> int | float:
@@ -442,6 +457,7 @@ class FieldSpec:
 
 
 _TOPIC = FieldSpec("topic", _check_topic, required=True)
+_PUBLISH_TOPIC = FieldSpec("topic", _check_publish_topic, required=True)
 
 _SESSION_AND_TIME = (
     FieldSpec("client_id", _string(1, CLIENT_ID_MAX_CHARS), requires=("seq",)),
@@ -454,8 +470,8 @@ _SESSION_AND_TIME = (
 _OP_FIELDS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
     {
         "PING": (),
-        "PUB": (_TOPIC, FieldSpec("data", _check_payload, required=True), *_SESSION_AND_TIME),
-        "PUB_BATCH": (_TOPIC, FieldSpec("messages", _check_payload_list, required=True), *_SESSION_AND_TIME),
+        "PUB": (_PUBLISH_TOPIC, FieldSpec("data", _check_payload, required=True), *_SESSION_AND_TIME),
+        "PUB_BATCH": (_PUBLISH_TOPIC, FieldSpec("messages", _check_payload_list, required=True), *_SESSION_AND_TIME),
         "HISTORY": (
             _TOPIC,
             FieldSpec("from_offset", _int_in(0, _INT63_MAX), default=0, excludes=("last",)),
@@ -463,7 +479,7 @@ _OP_FIELDS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
             FieldSpec("limit", _int_in(1, HISTORY_MAX_LIMIT), default=HISTORY_DEFAULT_LIMIT),
             FieldSpec("consistency", _one_of(*CONSISTENCY_LEVELS), default=CONSISTENCY_LEVELS[0]),
         ),
-        "SUB": (_TOPIC,),
+        "SUB": (FieldSpec("topic", _check_subscribe_topic, required=True),),
         "TOPICS": (),
         "STATUS": (),
     }
@@ -476,11 +492,17 @@ OPS: Final[frozenset[str]] = frozenset(_OP_FIELDS)
 # ----------------------------------------------------------------------------- requests
 
 
-def validate_topic(topic: Any, field: str = "topic") -> str:
+TopicUse = Literal["name", "read", "publish", "subscribe"]
+"""What a topic field is for, which decides the rules it obeys (`validate_topic`)."""
+
+
+def validate_topic(topic: Any, field: str = "topic", *, use: TopicUse = "name") -> str:
     """Check a topic name: a str of 1 to 255 bytes of UTF-8, without NUL, not starting with `$`.
 
     NUL would break the `topic + b"\\0"` fan-out prefix; `$` is reserved for system streams such as
-    heartbeats (`HEARTBEAT_PREFIX`).
+    heartbeats (`HEARTBEAT_PREFIX`). `use` adds the rules of `wiber.topics` for what it is for:
+    "read" (HISTORY) refuses a pattern; "publish" (PUB, PUB_BATCH) also refuses empty tokens;
+    "subscribe" (SUB) takes a pattern too, when it is a valid one; "name" adds nothing.
 
     Returns: the topic. Raises: BadRequest naming `field` and the problem.
     """
@@ -496,6 +518,17 @@ def validate_topic(topic: Any, field: str = "topic") -> str:
         raise BadRequest(f"field '{field}' must not contain NUL, got {_show(topic)}")
     if topic.startswith("$"):
         raise BadRequest(f"field '{field}' must not start with '$' (reserved), got {_show(topic)}")
+    if use == "name":
+        return topic
+    if use == "subscribe":
+        problem = topics.pattern_problem(topic) if topics.is_pattern(topic) else None
+        if problem is not None:
+            raise BadRequest(f"field '{field}' is not a valid pattern: {problem}; got {_show(topic)}")
+        return topic
+    if use == "publish" or topics.is_pattern(topic):  # a read refuses only the pattern
+        problem = topics.publish_problem(topic)
+        if problem is not None:
+            raise BadRequest(f"field '{field}' {problem}; got {_show(topic)}")
     return topic
 
 
@@ -571,7 +604,7 @@ def validate_request(msg: Any, limits: Limits) -> dict[str, Any]:
     return normalized
 
 
-#: Topic names `_plain_pub` has seen pass `validate_topic` (bounded: cleared when full).
+#: Topic names `_plain_pub` has seen pass `validate_topic` for "publish" (bounded: cleared when full).
 _CHECKED_TOPICS: dict[str, None] = {}
 _CHECKED_TOPICS_MAX: Final = 4096
 
@@ -589,7 +622,7 @@ def _plain_pub(msg: dict[Any, Any], limits: Limits) -> dict[str, Any] | None:
         return None
     if topic not in _CHECKED_TOPICS:
         try:
-            validate_topic(topic)
+            validate_topic(topic, use="publish")
         except BadRequest:
             return None
         if len(_CHECKED_TOPICS) >= _CHECKED_TOPICS_MAX:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -613,6 +614,50 @@ def test_validate_topic_names_the_field() -> None:
         validate_topic("a\ud800")
 
 
+PATTERN_REFUSED = "is a pattern (a '*' or '>' token): patterns are for subscriptions"
+
+
+@pytest.mark.parametrize(("topic", "fragment"), [
+    ("orders.*", PATTERN_REFUSED),
+    ("orders.>", PATTERN_REFUSED),
+    ("*", PATTERN_REFUSED),
+    ("a..b", "must not have an empty token"),
+    (".a", "must not have an empty token"),
+    ("a.", "must not have an empty token"),
+])
+@pytest.mark.parametrize("op", ["PUB", "PUB_BATCH"])
+def test_a_publish_goes_to_one_topic_without_wildcard_or_empty_tokens(op: str, topic: str, fragment: str) -> None:
+    payload = {"data": b"x"} if op == "PUB" else {"messages": [b"x"]}
+    with pytest.raises(BadRequest) as refused:
+        validate_request({"op": op, "topic": topic, **payload}, LIMITS)
+    assert fragment in refused.value.message and repr(topic) in refused.value.message
+    assert refused.value.code == "BAD_REQUEST"
+
+
+def test_a_history_reads_one_topic_and_stored_names_stay_readable() -> None:
+    for pattern in ("orders.*", "orders.>", "*.eu"):
+        with pytest.raises(BadRequest, match=re.escape(PATTERN_REFUSED)):
+            validate_request({"op": "HISTORY", "topic": pattern}, LIMITS)
+    # A name stored before the rules (empty tokens) and a '*' inside a token (a literal) stay readable.
+    for name in ("a..b", ".a", "a.", "a*b.c>", "orders.eu"):
+        assert validate_request({"op": "HISTORY", "topic": name}, LIMITS)["topic"] == name
+    assert validate_request({"op": "PUB", "topic": "a*b.c>", "data": b""}, LIMITS)["topic"] == "a*b.c>"
+
+
+@pytest.mark.parametrize(("topic", "fragment"), [
+    ("orders.>.x", "'>' may only be the last token"),
+    ("orders.*.x*", "wildcards only as whole tokens"),  # a pattern; "orders.*x" alone is a literal name
+    ("orders..*", "must not have an empty token"),
+    ("$sys.*", "must not start with '$'"),
+])
+def test_a_sub_takes_a_pattern_only_when_it_is_a_valid_one(topic: str, fragment: str) -> None:
+    for good in ("orders.*", "orders.>", ">", "*.eu", "a.*.c.>", "orders", "a..b", "a*b"):
+        assert validate_request({"op": "SUB", "topic": good}, LIMITS) == {"op": "SUB", "topic": good}
+    with pytest.raises(BadRequest, match="field 'topic' is not a valid pattern|must not start with") as refused:
+        validate_request({"op": "SUB", "topic": topic}, LIMITS)
+    assert fragment in refused.value.message
+
+
 @pytest.mark.parametrize(
     ("rid", "echoed"),
     [
@@ -865,8 +910,9 @@ def _mostly_valid(valid: st.SearchStrategy[Any], *edges: Any) -> st.SearchStrate
 
 plain_pubs = st.fixed_dictionaries(
     {"op": st.just("PUB"),
-     "topic": _mostly_valid(st.sampled_from(["t", "orders", "é" * 127, "x" * 255]),
-                            "", "x" * 256, "é" * 128, "a\0b", "$sys", "\ud800"),
+     "topic": _mostly_valid(st.sampled_from(["t", "orders", "é" * 127, "x" * 255, "orders.eu", "a*b.c>"]),
+                            "", "x" * 256, "é" * 128, "a\0b", "$sys", "\ud800", "orders.*", "a.>", "a..b",
+                            ".a", "a."),
      "data": _mostly_valid(st.binary(max_size=10), b"x" * 11, bytearray(b"x"), "text")},
     optional={
         "client_id": _mostly_valid(st.sampled_from(["c", "c" * 128]), "", "c" * 129, b"c"),

@@ -109,14 +109,15 @@ def open_client(args: argparse.Namespace) -> Client:
                   **key_options(args))
 
 
-def checked_topic(topic: str) -> str:
-    """Returns: `topic`, checked by the wire contract's own rule before anything is sent.
+def checked_topic(topic: str, use: protocol.TopicUse = "read") -> str:
+    """Returns: `topic`, checked by the wire contract's own rule for `use` before anything is sent.
 
     Raises:
-        UsageError: the name is empty, too long, holds NUL or starts with `$`.
+        UsageError: the name is empty, too long, holds NUL or starts with `$`; or it is a pattern
+            where one topic is needed, or a bad pattern (`wiber.topics`).
     """
     try:
-        return protocol.validate_topic(topic)
+        return protocol.validate_topic(topic, use=use)
     except WireError as exc:
         raise UsageError(f"bad topic name {topic!r}: {exc}") from None
 

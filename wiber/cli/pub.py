@@ -52,7 +52,8 @@ def register(sub: Subcommands) -> None:
         epilog=("exit status: 0 all stored; 1 the cluster did not store a message (the line says\n"
                 "why); 2 bad usage. A stream gives up on a message after 10 x --timeout."),
     )
-    p.add_argument("topic", metavar="TOPIC", help="topic name (1-255 bytes of UTF-8, not starting with $)")
+    p.add_argument("topic", metavar="TOPIC", help="topic name: 1-255 bytes of UTF-8, not starting with $; "
+                                                   "dot-separated tokens, none empty, none * or >")
     p.add_argument("message", metavar="MESSAGE", nargs="?",
                    help="the message (UTF-8); omit to read one message per line from stdin")
     publisher_args(p, "stdin: ")
@@ -62,7 +63,7 @@ def register(sub: Subcommands) -> None:
 
 def cmd_pub(args: argparse.Namespace) -> int:
     """Publish MESSAGE, or every line of stdin through the auto-batching Publisher."""
-    checked_topic(args.topic)
+    checked_topic(args.topic, "publish")
     if args.message is not None:
         with open_client(args) as client:
             ack = client.publish(args.topic, args.message)

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Final
 
 from wiber.errors import ConfigError
+from wiber.topics import TOPIC_MAX_BYTES
 
 __all__ = [
     "MAX_MESSAGE_BYTES_LIMIT",
@@ -38,8 +39,8 @@ RAFT_PORT_OFFSET: Final = 100
 PUB_PORT_OFFSET: Final = 200
 """A node's pub_port defaults to its port plus this."""
 
-MAX_TOPIC_BYTES: Final = 255
-"""Longest topic name in UTF-8 bytes (docs/design.md section 3)."""
+MAX_TOPIC_BYTES: Final = TOPIC_MAX_BYTES
+"""Longest topic name in UTF-8 bytes (docs/design.md section 3; the rules are `wiber.topics`)."""
 
 MAX_NODE_ID_LEN: Final = 64
 """Longest node id: it travels in every Raft message and names a directory."""

@@ -13,7 +13,6 @@ from wiber.config.model import (
     MAX_NODE_ID_LEN,
     MAX_NODES,
     MAX_REPLY_BYTES_LIMIT,
-    MAX_TOPIC_BYTES,
     PUB_PORT_OFFSET,
     RAFT_PORT_OFFSET,
     ClusterConfig,
@@ -37,6 +36,7 @@ from wiber.config.values import (
     _str,
 )
 from wiber.errors import ConfigError
+from wiber.topics import name_problem
 
 # --------------------------------------------------------------------------------------------------
 # Sections.
@@ -163,29 +163,11 @@ def _parse_topics(file: str, raw: object, base: RetentionConfig) -> Mapping[str,
             raise ConfigError(
                 file, topic_path, f"a topic name must be a string, got {_describe(name)}; quote it"
             )
-        problem = _topic_problem(name)
+        problem = name_problem(name)
         if problem is not None:
             raise ConfigError(file, topic_path, problem)
         topics[name] = _parse_retention(file, topic_path, value, base)
     return MappingProxyType(topics)
-
-
-def _topic_problem(name: str, what: str = "a topic name") -> str | None:
-    """Returns: why `name` is not a valid topic name (docs/design.md section 3), or None if it is one;
-    `what` names it in the answer (a topic pattern obeys the same rules)."""
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return f"{what} must be valid UTF-8 text"
-    if size == 0:
-        return f"{what} must not be empty"
-    if size > MAX_TOPIC_BYTES:
-        return f"{what} must be at most {MAX_TOPIC_BYTES} bytes of UTF-8, this one is {size}"
-    if "\0" in name:
-        return f"{what} must not contain a NUL character"
-    if name.startswith("$"):
-        return f"{what} must not start with '$' (reserved for Wiber's own channels)"
-    return None
 
 
 def _parse_nodes(file: str, raw: object) -> tuple[NodeConfig, ...]:

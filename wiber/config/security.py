@@ -8,16 +8,13 @@ from collections.abc import Sequence
 from typing import Final
 
 from wiber.config.model import MAX_NODE_ID_LEN, ClientRights, NodeConfig, SecurityConfig
-from wiber.config.sections import _topic_problem
 from wiber.config.values import _NODE_ID_RE, _bool, _describe, _mapping, _path_text, _short, _str
 from wiber.errors import ConfigError
+from wiber.topics import WILDCARD_ONE, WILDCARD_REST, pattern_problem
 
+# WILDCARD_ONE, WILDCARD_REST and pattern_problem live in wiber.topics (shared with the wire contract and the
+# client); they stay importable from here for the modules that took them from here.
 __all__ = ["WILDCARD_ONE", "WILDCARD_REST", "parse_security", "pattern_problem"]
-
-WILDCARD_ONE: Final = "*"
-"""A pattern token matching exactly one token of a topic."""
-WILDCARD_REST: Final = ">"
-"""A pattern's last token matching one or more remaining tokens of a topic."""
 
 _SECURITY_KEYS: Final = ("keys_dir", "clients")
 _CLIENT_KEYS: Final = ("name", "publish", "subscribe", "admin")
@@ -110,26 +107,3 @@ def _patterns(file: str, keypath: str, raw: object) -> tuple[str, ...]:
             raise ConfigError(file, f"{keypath}[{index}]", f"{problem}, got {_short(pattern)}")
         out.append(pattern)
     return tuple(out)
-
-
-def pattern_problem(pattern: str) -> str | None:
-    """Returns: why `pattern` is not a topic pattern, or None if it is one.
-
-    A pattern is tokens separated by ``.``: a literal token (not empty, without ``*`` or ``>``),
-    ``*`` (exactly one token of the topic) or, as the last token only, ``>`` (one or more tokens).
-    """
-    problem = _topic_problem(pattern, "a topic pattern")
-    if problem is not None:
-        return problem
-    tokens = pattern.split(".")
-    for position, token in enumerate(tokens):
-        if not token:
-            return "a topic pattern must not have an empty token (two dots in a row, or a dot at an end)"
-        if token == WILDCARD_REST and position != len(tokens) - 1:
-            return f"'{WILDCARD_REST}' may only be the last token of a topic pattern"
-        wildcard = token in (WILDCARD_ONE, WILDCARD_REST)
-        if not wildcard and (WILDCARD_ONE in token or WILDCARD_REST in token):
-            return (f"'{WILDCARD_ONE}' and '{WILDCARD_REST}' are wildcards only as whole tokens "
-                    f"(between dots), "
-                    f"e.g. orders.* or orders.>")
-    return None
