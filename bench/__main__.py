@@ -29,7 +29,7 @@ from typing import Any
 from bench import report
 from bench.common import CHILDREN, PAYLOAD_BYTES, REPO, Bounds, Figure, Section, install_signal_handlers, median, say
 
-SYSTEMS = ["raw", "wiber", "nats_default", "nats_always", "pysyncobj"]
+SYSTEMS = ["raw", "wiber", "wiber_curve", "nats_default", "nats_always", "pysyncobj"]
 ALIASES = {"nats": ["nats_default", "nats_always"], "all": SYSTEMS}
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -147,6 +147,9 @@ def _runner(system: str) -> Callable[[Bounds, bool], Section]:
     if system == "wiber":
         from bench import wiber_bench
         return wiber_bench.run
+    if system == "wiber_curve":
+        from bench import wiber_bench
+        return wiber_bench.run_curve
     if system in ("nats_default", "nats_always"):
         from bench import nats_bench
         always = system == "nats_always"

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from bench.common import PAYLOAD, CHILDREN, install_signal_handlers, percentile, say, wait_for
+from bench.common import PAYLOAD, CHILDREN, install_signal_handlers, percentile, say
 from bench.wiber_bench import WiberCluster
 from wiber.client import Client, Timeouts
 from wiber.publisher import Publisher

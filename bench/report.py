@@ -21,6 +21,7 @@ from bench.common import Figure, Section
 COLUMNS: list[tuple[str, str, str]] = [
     ("raw", "raw zmq", "none, 1 hop"),
     ("wiber", "Wiber", "fsync/batch"),
+    ("wiber_curve", "W CURVE", "+CurveZMQ"),
     ("nats_always", "NATS alw", "fsync/write"),
     ("nats_default", "NATS def", "fsync 2 min"),
     ("pysyncobj", "PySyncObj", "memory only"),
@@ -32,6 +33,7 @@ RATIOS: list[tuple[str, str, str]] = [
     ("wiber/nats_default", "W/NATSdef", "nats_default"),
     ("wiber/pysyncobj", "W/PySO", "pysyncobj"),
     ("wiber/raw", "W/raw", "raw"),
+    ("wiber/wiber_curve", "W/CURVE", "wiber_curve"),
 ]
 
 
@@ -48,21 +50,21 @@ class Row:
 
 ROWS: list[Row] = [
     Row("sequential publish p50", "seq_p50_ms",
-        {"raw": "seq_p50_ms", "nats_always": "seq_p50_ms", "nats_default": "seq_p50_ms", "pysyncobj": "seq_p50_ms"},
+        {"raw": "seq_p50_ms", "wiber_curve": "seq_p50_ms", "nats_always": "seq_p50_ms", "nats_default": "seq_p50_ms", "pysyncobj": "seq_p50_ms"},
         "ms", "lower"),
     Row("sequential publish p99", "seq_p99_ms",
-        {"raw": "seq_p99_ms", "nats_always": "seq_p99_ms", "nats_default": "seq_p99_ms", "pysyncobj": "seq_p99_ms"},
+        {"raw": "seq_p99_ms", "wiber_curve": "seq_p99_ms", "nats_always": "seq_p99_ms", "nats_default": "seq_p99_ms", "pysyncobj": "seq_p99_ms"},
         "ms", "lower"),
     Row("sequential publish rate", "seq_rate",
-        {"raw": "seq_rate", "nats_always": "seq_rate", "nats_default": "seq_rate", "pysyncobj": "seq_rate"},
+        {"raw": "seq_rate", "wiber_curve": "seq_rate", "nats_always": "seq_rate", "nats_default": "seq_rate", "pysyncobj": "seq_rate"},
         "msg/s"),
     Row("pipelined, 1000 in flight, batch 1", "pipelined_rate",
-        {"raw": "oneway_rate", "nats_always": "pipelined_rate", "nats_default": "pipelined_rate",
-         "pysyncobj": "pipelined_rate"}, "msg/s"),
+        {"raw": "oneway_rate", "wiber_curve": "pipelined_rate", "nats_always": "pipelined_rate",
+         "nats_default": "pipelined_rate", "pysyncobj": "pipelined_rate"}, "msg/s"),
     Row("  same, PySyncObj unbatched", "pipelined_rate", {"pysyncobj": "pipelined_nobatch_rate"}, "msg/s"),
     Row("auto-batching (1000, 2 ms)", "batched_rate",
-        {"raw": "oneway_batch_rate", "nats_always": "pipelined_rate", "nats_default": "pipelined_rate",
-         "pysyncobj": "pipelined_rate"}, "msg/s"),
+        {"raw": "oneway_batch_rate", "wiber_curve": "batched_rate", "nats_always": "pipelined_rate",
+         "nats_default": "pipelined_rate", "pysyncobj": "pipelined_rate"}, "msg/s"),
     Row("subscriber delivery", "subscriber_rate",
         {"raw": "oneway_rate", "nats_always": "subscriber_rate", "nats_default": "subscriber_rate"}, "msg/s"),
     Row("replay (HISTORY / pull, 1000/page)", "replay_rate",
@@ -77,6 +79,8 @@ MATCHING_NOTES = [
     "NATS has no client-side batching: the auto-batching row compares with its pipelined publish_async.",
     "PySyncObj runs its load inside the leader process (no client hop) and keeps its log in memory.",
     "ratio = Wiber / peer: for msg/s above 1 means Wiber is faster; for ms and s below 1 means Wiber is faster.",
+    "W CURVE: the same Wiber workloads on a cluster with a security section (CurveZMQ on every socket, "
+    "an admin client key); W/CURVE is what turning CURVE on costs.",
 ]
 
 

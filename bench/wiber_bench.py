@@ -11,6 +11,11 @@ Workloads (100-byte payloads; each bounded by a count and `Bounds.seconds`):
 * ``failover``: kill -9 of the leader (found through PING's `leader`) to the next acknowledged
   publish of a `Client` with per-try 0.25 s; the killed node is restarted and caught up between kills.
 
+``wiber_curve`` (`run_curve`) runs the publish workloads (seq, pipelined, batched) again on a cluster
+with a `security` section: every node and the benchmark's admin client hold CURVE keys, so every
+frame between client and node and between nodes is encrypted, and each request passes the client's
+rights check. Beside ``wiber`` in the same run, it is what CURVE costs.
+
 The nodes are started as tests/conftest.py starts them: ``python -m wiber node --config F --id nX``.
 """
 
@@ -43,11 +48,17 @@ from bench.common import (
     topic_per_message,
     wait_for,
 )
+from wiber.cli.keygen import write_key_pair
 from wiber.client import Client, Timeouts
+from wiber.client.curve import client_options, config_curve_keys
+from wiber.config import load_config
 from wiber.publisher import Publisher
 
 SYSTEM = "wiber"
 DURABILITY = "fsync per batch, majority on disk before ack"
+CURVE_SYSTEM = "wiber_curve"
+#: The benchmark's client under `security.clients` of a secured cluster (admin: STATUS is needed).
+BENCH_CLIENT = "bench"
 
 #: Requests (of up to 1,000 messages each) in flight for the auto-batching workload.
 BATCH_WINDOW = 16
@@ -56,15 +67,26 @@ FAILOVER_PER_TRY_S = 0.25
 
 
 class WiberCluster:
-    """Three node processes of one cluster, with their YAML, data and logs in one temporary directory."""
+    """Three node processes of one cluster, with their YAML, data and logs in one temporary directory.
 
-    def __init__(self, n: int = 3, **cluster_settings: Any) -> None:
+    With `secure`, the config has a security section: a key pair per node and one for the
+    benchmark's admin client (`BENCH_CLIENT`), all in the directory's ``keys``; `client_options`
+    are then the arguments that make a Client or Publisher use them."""
+
+    def __init__(self, n: int = 3, secure: bool = False, **cluster_settings: Any) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="wiber-bench-"))
         nodes = [{"id": f"n{i}", "host": "127.0.0.1", "port": free_port(), "raft_port": free_port(),
                   "pub_port": free_port()} for i in range(1, n + 1)]
         self.config_path = self.root / "cluster.yaml"
-        doc = {"cluster": {"data_dir": str(self.root / "data"), **cluster_settings}, "nodes": nodes}
+        doc: dict[str, Any] = {"cluster": {"data_dir": str(self.root / "data"), **cluster_settings}, "nodes": nodes}
+        keys = self.root / "keys"
+        if secure:
+            for name in [str(node["id"]) for node in nodes] + [BENCH_CLIENT]:
+                write_key_pair(str(keys), name)
+            doc["security"] = {"keys_dir": str(keys), "clients": [{"name": BENCH_CLIENT, "admin": True}]}
         self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        self.client_options: dict[str, Any] = client_options(config_curve_keys(
+            load_config(str(self.config_path)), str(keys / f"{BENCH_CLIENT}.key_secret"))) if secure else {}
         self.addr = {str(node["id"]): f"127.0.0.1:{node['port']}" for node in nodes}
         self.nodes: dict[str, Child] = {}
 
@@ -92,7 +114,8 @@ class WiberCluster:
 
     def request(self, node_id: str, op: str, timeout: float = 0.5) -> dict[str, Any]:
         """Returns: one node's ok reply to PING or STATUS. Raises: WiberError when it does not answer."""
-        with Client(self.addr[node_id], Timeouts(per_try_s=timeout, total_s=timeout)) as client:
+        with Client(self.addr[node_id], Timeouts(per_try_s=timeout, total_s=timeout),
+                    **self.client_options) as client:
             return client.request_to(self.addr[node_id], op)
 
     def leader(self, timeout: float = 15.0) -> str:
@@ -116,7 +139,7 @@ class WiberCluster:
 def _sequential(section: Section, cluster: WiberCluster, leader: str, bounds: Bounds, progress: bool) -> None:
     addrs = [cluster.addr[leader], *(cluster.addr[f] for f in cluster.followers(leader))]
     latencies: list[float] = []
-    with Client(addrs, Timeouts(per_try_s=2.0, total_s=10.0)) as client:
+    with Client(addrs, Timeouts(per_try_s=2.0, total_s=10.0), **cluster.client_options) as client:
         for _ in range(50):  # warm-up: connection, leader's caches
             client.publish("seq-warm", PAYLOAD)
         deadline = time.monotonic() + bounds.seconds
@@ -139,12 +162,12 @@ def _sequential(section: Section, cluster: WiberCluster, leader: str, bounds: Bo
 
 def publish_many(addrs: list[str], plan: Sequence[tuple[str, int]], seconds: float, window: int, batch_size: int,
                  linger_s: float, desc: str, progress: bool, *, say_prefix: str = "",
-                 say_deadline: bool = False) -> tuple[int, float, int]:
+                 say_deadline: bool = False, options: dict[str, Any] | None = None) -> tuple[int, float, int]:
     """Publish `plan` ((topic, count) pairs, in order) through one Publisher and wait for every ack.
 
     Bounded by `seconds`: the loop stops handing messages over at the deadline (said when
     `say_deadline`), the flush waits what is left of it (at least 5 s). `say_prefix` starts the
-    lines said about `desc`.
+    lines said about `desc`; `options` go to the Publisher (a secured cluster's keys).
 
     Returns: (acknowledged, seconds from first publish to last ack, failed).
     """
@@ -160,7 +183,7 @@ def publish_many(addrs: list[str], plan: Sequence[tuple[str, int]], seconds: flo
                 failed += 1
 
         publisher = Publisher(addrs, window=window, batch_size=batch_size, linger_s=linger_s,
-                              timeouts=Timeouts(per_try_s=5.0, total_s=max(30.0, seconds)))
+                              timeouts=Timeouts(per_try_s=5.0, total_s=max(30.0, seconds)), **(options or {}))
         try:
             deadline = time.monotonic() + seconds
             start = time.perf_counter()
@@ -187,7 +210,8 @@ def publish_many(addrs: list[str], plan: Sequence[tuple[str, int]], seconds: flo
 def _pipelined(section: Section, cluster: WiberCluster, leader: str, bounds: Bounds, progress: bool) -> None:
     addrs = [cluster.addr[leader]]
     acked, elapsed, failed = publish_many(addrs, [("pipelined", bounds.messages)], bounds.seconds, 1000, 1, 0.0,
-                                          "wiber pipelined (window 1000, batch 1)", progress, say_prefix="wiber ")
+                                          "wiber pipelined (window 1000, batch 1)", progress, say_prefix="wiber ",
+                                          options=cluster.client_options)
     section.add("pipelined_rate", rate(acked, elapsed), "msg/s", acked,
                 note=f"Publisher(window=1000, batch_size=1){f'; {failed} failed' if failed else ''}")
 
@@ -196,7 +220,7 @@ def _batched(section: Section, cluster: WiberCluster, leader: str, bounds: Bound
     addrs = [cluster.addr[leader]]
     acked, elapsed, failed = publish_many(addrs, [("batched", bounds.batched)], bounds.seconds, BATCH_WINDOW, 1000,
                                           0.002, f"wiber auto-batching (window {BATCH_WINDOW}, batch 1000)",
-                                          progress, say_prefix="wiber ")
+                                          progress, say_prefix="wiber ", options=cluster.client_options)
     section.add("batched_rate", rate(acked, elapsed), "msg/s", acked,
                 note=f"Publisher(window={BATCH_WINDOW}, batch_size=1000, linger 2 ms)"
                      f"{f'; {failed} failed' if failed else ''}")
@@ -300,23 +324,34 @@ def _failover(section: Section, cluster: WiberCluster, bounds: Bounds, progress:
                 note=f"kill -9 leader -> next ack (client per-try {FAILOVER_PER_TRY_S} s)", raw=tuple(times))
 
 
-def run(bounds: Bounds, progress: bool = True) -> Section:
-    """Start a 3-node cluster, run every workload, stop the cluster. Returns: the Wiber section."""
-    section = Section(SYSTEM, "Wiber 3 nodes", DURABILITY)
-    cluster = WiberCluster()
+def run(bounds: Bounds, progress: bool = True, secure: bool = False) -> Section:
+    """Start a 3-node cluster, run every workload, stop the cluster. Returns: the Wiber section.
+
+    With `secure`, the cluster uses CURVE on every socket and only the publish workloads run
+    (sequential, pipelined, auto-batching): the ``wiber_curve`` section, to compare with the plain
+    one of the same run."""
+    section = (Section(CURVE_SYSTEM, "Wiber 3 nodes, CURVE", DURABILITY + "; CurveZMQ on every socket") if secure
+               else Section(SYSTEM, "Wiber 3 nodes", DURABILITY))
+    cluster = WiberCluster(secure=secure)
     try:
         cluster.start()
         leader = cluster.leader(30)
         _sequential(section, cluster, leader, bounds, progress)
         _pipelined(section, cluster, leader, bounds, progress)
         topic_size = _batched(section, cluster, leader, bounds, progress)
-        _subscriber(section, cluster, leader, bounds, progress)
-        _replay(section, cluster, leader, topic_size, bounds, progress)
-        _failover(section, cluster, bounds, progress)
+        if not secure:
+            _subscriber(section, cluster, leader, bounds, progress)
+            _replay(section, cluster, leader, topic_size, bounds, progress)
+            _failover(section, cluster, bounds, progress)
     except BaseException:
         for nid, child in cluster.nodes.items():
-            say(f"----- wiber {nid} log tail -----\n{child.log_tail()}")
+            say(f"----- {section.label} {nid} log tail -----\n{child.log_tail()}")
         raise
     finally:
         cluster.close()
     return section
+
+
+def run_curve(bounds: Bounds, progress: bool = True) -> Section:
+    """Returns: the ``wiber_curve`` section (`run` with CURVE on every socket)."""
+    return run(bounds, progress, secure=True)
