@@ -91,15 +91,20 @@ def test_fan_out_on_every_node_one_message_per_stored_message(
         assert not sub.poll(200)  # nothing more: one fan-out message per stored message
 
 
-def test_subscriber_on_a_killed_node_gets_everything_once_in_order(
-        cluster_factory: Callable[..., ClusterHarness]) -> None:
-    cluster = cluster_factory(3)
+def follower_first(cluster: ClusterHarness) -> tuple[str, list[str], Client]:
+    """Returns: a follower, the other nodes, and a Client that tries the follower first (its subscriptions
+    start there; a test kills it midway and they must move on by themselves). The caller closes it."""
     leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
     follower = next(n for n in cluster.nodes if n != leader)
     others = [n for n in cluster.nodes if n != follower]
-    # The subscriber starts on the follower, which is killed midway; it must move on by itself.
-    sub_client = Client([cluster.addr(follower)] + [cluster.addr(n) for n in others],
-                        Timeouts(per_try_s=0.5, total_s=10))
+    client = Client([cluster.addr(n) for n in (follower, *others)], Timeouts(per_try_s=0.5, total_s=10))
+    return follower, others, client
+
+
+def test_subscriber_on_a_killed_node_gets_everything_once_in_order(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(3)
+    follower, others, sub_client = follower_first(cluster)
     pub_client = cluster.client(others)
     try:
         sub = sub_client.subscribe("events", from_offset=0)

@@ -6,7 +6,7 @@
     wiber status  [--config PATH | --addr HOST:PORT ...]
     wiber topics
     wiber pub     TOPIC [MESSAGE] [--batch N] [--linger-ms MS] [--window N]
-    wiber sub     TOPIC [--from N] [--count N] [--json]
+    wiber sub     TOPIC|PATTERN [--from N] [--count N] [--json]   (PATTERN: orders.* or orders.>)
     wiber history TOPIC [--from N | --last N] [--limit N] [--all] [--linearizable] [--json]
     wiber bench pub TOPIC [--messages N] [--size B] [--window N] [--batch N] [--linger-ms MS] [--publishers P]
     wiber bench sub TOPIC [--messages N] [--from N]

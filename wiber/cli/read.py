@@ -1,8 +1,9 @@
 """`wiber sub` and `wiber history`: print the stored messages of a topic, live or from the past.
 
-A message prints as `offset<TAB>data` (data decoded as UTF-8, undecodable bytes replaced), or with
-`--json` as one JSON object per line whose `data` is the UTF-8 text, or base64 when the bytes are
-not UTF-8 (`encoding` says which). Summaries go to stderr, so stdout holds only the data.
+A message prints as `offset<TAB>data` (data decoded as UTF-8, undecodable bytes replaced), as
+`topic<TAB>offset<TAB>data` for `wiber sub PATTERN` (many topics), or with `--json` as one JSON
+object per line whose `data` is the UTF-8 text, or base64 when the bytes are not UTF-8 (`encoding`
+says which). Summaries go to stderr, so stdout holds only the data.
 `wiber sub` exits 0 on Ctrl-C or a closed stdout (`wiber sub t | head`).
 """
 
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from wiber.cli.common import Subcommands, checked_topic, client_args, int_between, open_client
 from wiber.protocol import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT
+from wiber.topics import is_pattern
 
 if TYPE_CHECKING:  # the client library imports zmq: kept out of `wiber --help`
     from wiber.client import Client, History, Message
@@ -30,14 +32,20 @@ FORMATS = ("Output: one message per line, `offset<TAB>data` (data as UTF-8, unde
 def register(sub: Subcommands) -> None:
     """Add `sub` and `history` to the `wiber` parser."""
     p = sub.add_parser(
-        "sub", help="print every message of a topic as it is stored",
+        "sub", help="print every message of a topic (or of a pattern's topics) as it is stored",
         description="Print the messages of TOPIC as they are stored: each once, in offset order, across node "
                     "failures (gaps are filled from HISTORY). Without --from, only messages stored from now on. "
+                    "TOPIC may be a pattern of dot-separated tokens where * matches one token and a last > "
+                    "one or more (orders.* gets orders.eu, not orders.eu.x; orders.> gets both): each "
+                    "matching topic in its own offset order, a topic created later from its offset 0, and "
+                    "each line starts with the topic: `topic<TAB>offset<TAB>data`. "
                     "Runs until Ctrl-C (exit 0) or --count messages. " + FORMATS,
     )
-    p.add_argument("topic", metavar="TOPIC", help="topic name")
+    p.add_argument("topic", metavar="TOPIC", help="topic name, or a pattern such as 'orders.*' or 'orders.>' "
+                                                   "(quote it for the shell)")
     p.add_argument("--from", dest="from_offset", type=int_between(0, None), metavar="N",
-                   help="start at offset N (0: the whole kept history, then live)")
+                   help="start at offset N (0: the whole kept history, then live); with a pattern, in every "
+                        "topic that matches now")
     p.add_argument("--count", type=int_between(1, None), metavar="N", help="exit after N messages")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     client_args(p)
@@ -77,16 +85,17 @@ def _history_limit(text: str) -> int:
     return value
 
 
-def format_message(message: Message, as_json: bool) -> str:
+def format_message(message: Message, as_json: bool, with_topic: bool = False) -> str:
     """Returns: one output line (without its newline) for a stored message.
 
     Text: `offset<TAB>data`, the data decoded as UTF-8 with undecodable bytes replaced (for eyes
-    and `cut`). JSON: every field of the message; `data` is the UTF-8 text when the bytes decode,
-    else their base64, and `encoding` ("utf-8" or "base64") says which, so a script gets the exact
-    bytes back either way.
+    and `cut`); `topic<TAB>offset<TAB>data` with `with_topic` (a pattern's many topics). JSON:
+    every field of the message; `data` is the UTF-8 text when the bytes decode, else their base64,
+    and `encoding` ("utf-8" or "base64") says which, so a script gets the exact bytes back either way.
     """
     if not as_json:
-        return f"{message.offset}\t{message.data.decode('utf-8', errors='replace')}"
+        line = f"{message.offset}\t{message.data.decode('utf-8', errors='replace')}"
+        return f"{message.topic}\t{line}" if with_topic else line
     try:
         data, encoding = message.data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -98,8 +107,10 @@ def format_message(message: Message, as_json: bool) -> str:
 
 
 def cmd_sub(args: argparse.Namespace) -> int:
-    """Print every message of a topic once, in offset order, as it is stored; until Ctrl-C or --count."""
-    checked_topic(args.topic)
+    """Print every message of a topic (or of a pattern's topics) once, in offset order, as it is stored;
+    until Ctrl-C or --count."""
+    checked_topic(args.topic, "subscribe")
+    with_topic = is_pattern(args.topic)
     _lenient_stdout()
     out = sys.stdout
     printed = 0
@@ -113,7 +124,7 @@ def cmd_sub(args: argparse.Namespace) -> int:
                     message = subscription.get(timeout=1.0)
                     if message is None:
                         continue
-                out.write(format_message(message, args.json) + "\n")
+                out.write(format_message(message, args.json, with_topic) + "\n")
                 printed += 1
             out.flush()
         except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """The client library: talk to a Wiber cluster over docs/design.md section 3.
 
 `Client` (connection.py) sends one request at a time with failover and exactly-once publishing;
-`Subscription` (subscription.py) delivers a topic's messages once, in offset order; values.py
+`Subscription` (subscription.py) delivers a topic's messages once, in offset order, and
+`PatternSubscription` those of every topic a pattern matches; values.py
 holds what they hand out (Ack, Message, History) and take (Timeouts); curve.py the CURVE keys
 they use against a cluster with a security section. The pipelined, batching
 publisher is `wiber.publisher.Publisher`.
@@ -11,7 +12,13 @@ from __future__ import annotations
 
 from wiber.client.connection import Client
 from wiber.client.curve import KEY_ENV, CurveError, KeyFileError
-from wiber.client.subscription import HEARTBEAT_SILENCE_S, MAX_BUFFERED, Subscription, msgpack_unpack
+from wiber.client.subscription import (
+    HEARTBEAT_SILENCE_S,
+    MAX_BUFFERED,
+    PatternSubscription,
+    Subscription,
+    msgpack_unpack,
+)
 from wiber.client.values import Ack, History, Message, Timeouts, normalize_address
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "History",
     "KeyFileError",
     "Message",
+    "PatternSubscription",
     "Subscription",
     "Timeouts",
     "msgpack_unpack",

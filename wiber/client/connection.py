@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import zmq
 
-from wiber import protocol, zmqcalls
+from wiber import protocol, topics, zmqcalls
 from wiber.client.curve import (
     CurveKeys,
     HandshakeWatch,
@@ -38,7 +38,7 @@ from wiber.client.curve import (
     config_curve_keys,
     curve_keys,
 )
-from wiber.client.subscription import Subscription
+from wiber.client.subscription import PatternSubscription, Subscription
 from wiber.client.values import Ack, History, Message, Timeouts, normalize_address, pause
 from wiber.clock import Clock, OffsetEstimator, SystemClock, skew_from_env
 from wiber.errors import (
@@ -354,9 +354,17 @@ class Client:
     def subscribe(self, topic: str, from_offset: int | None = None) -> Subscription:
         """Returns: a Subscription delivering every message of `topic` once, in offset order.
 
-        From `from_offset` (past messages first, from HISTORY), or only new ones when None.
+        From `from_offset` (past messages first, from HISTORY), or only new ones when None. `topic`
+        may be a pattern (``orders.*``, ``orders.>``; docs/design.md section 3): then every matching
+        topic's messages come, each topic once and in offset order; `from_offset` applies to the
+        topics that exist now, and a matching topic created later is delivered from offset 0.
+
+        Raises: BadRequest when `topic` is neither a topic name nor a valid pattern.
         """
-        subscription = Subscription(self, topic, from_offset)
+        if topics.is_pattern(topic):
+            subscription: Subscription = PatternSubscription(self, topic, from_offset)
+        else:
+            subscription = Subscription(self, topic, from_offset)
         self._subscriptions.add(subscription)
         return subscription
 

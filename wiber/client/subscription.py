@@ -1,4 +1,5 @@
-"""A Subscription: every message of one topic, once, in offset order (the zguide's Clone pattern)."""
+"""Subscriptions: every message of one topic, or of every topic a pattern matches, once and in offset order
+per topic (the zguide's Clone pattern; patterns as in docs/design.md sections 3 and 11)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 import msgpack
 import zmq
 
-from wiber import protocol
+from wiber import protocol, topics
 from wiber.client.curve import HandshakeWatch, client_socket, close_client_socket
-from wiber.client.values import Message, pause
-from wiber.errors import ClientError
+from wiber.client.values import History, Message, pause
+from wiber.errors import BadRequest, ClientError
 
 if TYPE_CHECKING:
     from wiber.client.connection import Client
@@ -44,7 +45,7 @@ class Subscription:
     def __init__(self, client: Client, topic: str, from_offset: int | None) -> None:
         self.client = client
         self.topic = topic
-        self._prefix = protocol.topic_prefix(topic)
+        self._prefix = self._sub_prefix(topic)
         self._next: int | None = from_offset
         self._sock: zmq.Socket[bytes] | None = None
         self._watch: HandshakeWatch | None = None
@@ -57,10 +58,21 @@ class Subscription:
         self.failovers = 0
         self.gaps_filled = 0
 
+    def _sub_prefix(self, topic: str) -> bytes:
+        """Returns: what the SUB socket subscribes to: exactly `topic`'s fan-out frames.
+
+        Raises: BadRequest when `topic` is not a valid topic name."""
+        return protocol.topic_prefix(topic)
+
     @property
     def next_offset(self) -> int | None:
         """The offset of the next message this subscription will deliver."""
         return self._next
+
+    @property
+    def next_offsets(self) -> dict[str, int]:
+        """Per topic followed, the offset of its next message to deliver (empty before the start is known)."""
+        return {} if self._next is None else {self.topic: self._next}
 
     def _attach(self, deadline: float) -> None:
         """Subscribe at some node (rotating on failure) and catch up from HISTORY."""
@@ -76,9 +88,13 @@ class Subscription:
         self._sock = sock
         self._node = self.client._current
         self._last_heard = time.monotonic()
+        self._start(reply)
+        self._catch_up(deadline)
+
+    def _start(self, reply: dict[str, Any]) -> None:
+        """Take the starting offset from the SUB reply when the subscription was made without one."""
         if self._next is None:
             self._next = int(reply["next_offset"])
-        self._catch_up(deadline)
 
     def _detach(self) -> None:
         close_client_socket(self._sock, self._watch)
@@ -90,18 +106,24 @@ class Subscription:
         assert self._next is not None
         self._behind = True
         while time.monotonic() < deadline and len(self._buffer) < MAX_BUFFERED:
-            history = self.client.history(self.topic, from_offset=self._next, limit=1000)
+            self._next, history = self._read_page(self.topic, self._next)
             self._seen_commit = max(self._seen_commit, history.commit_index)
-            if history.first_offset > self._next:
-                log.warning("subscription %s: offsets %d..%d were removed by retention before delivery",
-                            self.topic, self._next, history.first_offset - 1)
-            fresh = [m for m in history.messages if m.offset >= self._next]
-            self._buffer.extend(fresh)
-            if fresh:
-                self._next = fresh[-1].offset + 1
             if history.next_offset >= history.end_offset:
                 self._behind = False
                 return
+
+    def _read_page(self, topic: str, start: int) -> tuple[int, History]:
+        """Read one HISTORY page of `topic` from `start` into the buffer.
+
+        Returns: the offset after the last message taken (`start` when none), and the page.
+        """
+        history = self.client.history(topic, from_offset=start, limit=1000)
+        if history.first_offset > start:
+            log.warning("subscription %s: offsets %d..%d of %s were removed by retention before delivery",
+                        self.topic, start, history.first_offset - 1, topic)
+        fresh = [m for m in history.messages if m.offset >= start]
+        self._buffer.extend(fresh)
+        return (fresh[-1].offset + 1 if fresh else start), history
 
     def _on_live(self, item: dict[str, Any], deadline: float) -> None:
         assert self._next is not None
@@ -191,9 +213,14 @@ class Subscription:
                 if commit > self._seen_commit:
                     self._catch_up(deadline)  # the tail may have been dropped: ask HISTORY
                     self._seen_commit = max(self._seen_commit, commit)
-            elif prefix == self._prefix:
-                self._on_live(item, deadline)
-                self._seen_commit = max(self._seen_commit, int(item.get("index", 0)))
+            else:
+                self._on_frame(prefix, item, deadline)
+
+    def _on_frame(self, prefix: bytes, item: dict[str, Any], deadline: float) -> None:
+        """Take one fan-out message (any frame but a heartbeat) if it is of this subscription's topic."""
+        if prefix == self._prefix:
+            self._on_live(item, deadline)
+            self._seen_commit = max(self._seen_commit, int(item.get("index", 0)))
 
     def __iter__(self) -> Iterator[Message]:
         while True:
@@ -210,6 +237,103 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PatternSubscription(Subscription):
+    """Every message of every topic a pattern matches (``orders.*``, ``orders.>``): each topic's messages
+    once and in offset order, the topics interleaved as they come (docs/design.md section 11).
+
+    The SUB socket subscribes to the pattern's literal prefix (``orders.`` for ``orders.*``; every
+    frame for a pattern that starts with a wildcard) and drops what the pattern does not match; it
+    keeps a next offset per topic. It starts from TOPICS: a topic that matches then starts at its end
+    (or at `from_offset`, when given), and a matching topic first seen later is new since the
+    subscription started, so it starts at offset 0. A catch-up (on attaching, on a heartbeat that
+    shows more committed, and each poll when the PUB port refuses this client's key) reads TOPICS
+    and fetches from HISTORY every topic whose end is past its next offset, so a message PUB dropped
+    is found even on a topic that says nothing more. A gap seen live is filled from HISTORY at once.
+    Topics stored before patterns were refused in names (``orders.*`` itself) are skipped: HISTORY
+    cannot read them.
+    """
+
+    def __init__(self, client: Client, pattern: str, from_offset: int | None) -> None:
+        try:
+            self.pattern = topics.TopicPattern.parse(pattern)
+        except ValueError as exc:
+            raise BadRequest(f"{pattern!r} is not a topic pattern: {exc}") from None
+        super().__init__(client, pattern, from_offset)
+        self._from = from_offset
+        self._offsets: dict[str, int] = {}
+        self._started = False  # whether the first TOPICS has said where each topic starts
+
+    def _sub_prefix(self, topic: str) -> bytes:
+        """Returns: the pattern's literal prefix: every matching topic's fan-out frame starts with it."""
+        return self.pattern.literal_prefix.encode("utf-8")
+
+    @property
+    def next_offset(self) -> int | None:
+        """None: a pattern follows many topics, each with its own next offset (`next_offsets`)."""
+        return None
+
+    @property
+    def next_offsets(self) -> dict[str, int]:
+        """Per matching topic seen so far, the offset of its next message to deliver."""
+        return dict(self._offsets)
+
+    def _start(self, reply: dict[str, Any]) -> None:
+        """On the first attach (the SUB socket already connected), take each matching topic's start from
+        TOPICS: its end, or `from_offset` when given. A topic missing here is new: it starts at 0."""
+        if not self._started:
+            for name, end in self._matching(self.client.topics()).items():
+                self._offsets[name] = end if self._from is None else self._from
+            self._started = True
+
+    def _matching(self, ends: dict[str, int]) -> dict[str, int]:
+        """Returns: the topics of a TOPICS answer this pattern follows, with their end offsets."""
+        return {name: end for name, end in ends.items()
+                if self.pattern.matches(name) and not topics.is_pattern(name)}
+
+    def _catch_up(self, deadline: float) -> None:
+        """Read TOPICS, then from HISTORY every matching topic whose end is past its next offset, until
+        each is read to its end or `MAX_BUFFERED` messages wait (then `_behind` says to read on later)."""
+        self._behind = True
+        if time.monotonic() >= deadline:
+            return
+        for name, end in self._matching(self.client.topics()).items():
+            if self._offsets.setdefault(name, 0) < end and not self._fill(name, deadline):
+                return
+        self._behind = False
+
+    def _fill(self, topic: str, deadline: float) -> bool:
+        """Read `topic` from HISTORY from its next offset to its end. Returns: whether the end was reached
+        (False: the deadline passed or the buffer is full)."""
+        while time.monotonic() < deadline and len(self._buffer) < MAX_BUFFERED:
+            self._offsets[topic], history = self._read_page(topic, self._offsets[topic])
+            if history.next_offset >= history.end_offset:
+                return True
+        return False
+
+    def _on_frame(self, prefix: bytes, item: dict[str, Any], deadline: float) -> None:
+        """Take one fan-out message of a matching topic in its topic's order; fill a gap from HISTORY."""
+        if not self._started or not prefix.endswith(b"\0") or prefix.startswith(b"$"):
+            return  # before the start is known, a catch-up reads it; `$` frames are the node's own
+        try:
+            topic = prefix[:-1].decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        if not self.pattern.matches(topic) or topics.is_pattern(topic):
+            return
+        offset = int(item["offset"])
+        start = self._offsets.setdefault(topic, 0)  # first seen now: new since the subscription started
+        if offset < start:
+            return  # already delivered
+        if offset > start:
+            self.gaps_filled += 1
+            if not self._fill(topic, deadline):
+                self._behind = True
+            if offset != self._offsets[topic]:
+                return  # delivered from HISTORY already, or still ahead of what the buffer took
+        self._buffer.append(Message.from_wire(topic, item))
+        self._offsets[topic] = offset + 1
 
 
 def msgpack_unpack(body: bytes) -> dict[str, Any]:
