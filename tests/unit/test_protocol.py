@@ -626,7 +626,8 @@ PATTERN_REFUSED = "is a pattern (a '*' or '>' token): patterns are for subscript
     ("a.", "must not have an empty token"),
 ])
 @pytest.mark.parametrize("op", ["PUB", "PUB_BATCH"])
-def test_a_publish_goes_to_one_topic_without_wildcard_or_empty_tokens(op: str, topic: str, fragment: str) -> None:
+def test_a_publish_goes_to_one_topic_without_wildcard_or_empty_tokens(op: str, topic: str,
+                                                                      fragment: str) -> None:
     payload = {"data": b"x"} if op == "PUB" else {"messages": [b"x"]}
     with pytest.raises(BadRequest) as refused:
         validate_request({"op": op, "topic": topic, **payload}, LIMITS)
@@ -653,7 +654,7 @@ def test_a_history_reads_one_topic_and_stored_names_stay_readable() -> None:
 def test_a_sub_takes_a_pattern_only_when_it_is_a_valid_one(topic: str, fragment: str) -> None:
     for good in ("orders.*", "orders.>", ">", "*.eu", "a.*.c.>", "orders", "a..b", "a*b"):
         assert validate_request({"op": "SUB", "topic": good}, LIMITS) == {"op": "SUB", "topic": good}
-    with pytest.raises(BadRequest, match="field 'topic' is not a valid pattern|must not start with") as refused:
+    with pytest.raises(BadRequest, match="'topic' is not a valid pattern|must not start with") as refused:
         validate_request({"op": "SUB", "topic": topic}, LIMITS)
     assert fragment in refused.value.message
 
