@@ -38,8 +38,8 @@ import zmq.auth
 from zmq.utils import z85
 
 from wiber.config import ClientRights, Config
-from wiber.config.security import WILDCARD_ONE, WILDCARD_REST
 from wiber.errors import NodeStartError
+from wiber.topics import WILDCARD_ONE, WILDCARD_REST, matches
 
 __all__ = [
     "DOMAIN_CLIENT",
@@ -201,16 +201,6 @@ def _is_loopback(host: str) -> bool:
 # Authorization.
 
 
-def _matches(pattern: tuple[str, ...], topic: list[str]) -> bool:
-    """Returns: whether the tokens of `topic` match the tokens of `pattern` (config.security's syntax)."""
-    for position, token in enumerate(pattern):
-        if token == WILDCARD_REST:
-            return len(topic) > position
-        if position >= len(topic) or (token != WILDCARD_ONE and token != topic[position]):
-            return False
-    return len(topic) == len(pattern)
-
-
 class TopicPatterns:
     """A client's topic patterns, compiled: exact names in a set, wildcard verdicts cached per topic."""
 
@@ -234,7 +224,7 @@ class TopicPatterns:
             if len(self._verdicts) >= VERDICTS_MAX:
                 self._verdicts.clear()
             tokens = topic.split(".")
-            verdict = self._verdicts[topic] = any(_matches(p, tokens) for p in self._wild)
+            verdict = self._verdicts[topic] = any(matches(p, tokens) for p in self._wild)
         return verdict
 
 
