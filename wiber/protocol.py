@@ -480,7 +480,7 @@ _OP_FIELDS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
             FieldSpec("consistency", _one_of(*CONSISTENCY_LEVELS), default=CONSISTENCY_LEVELS[0]),
         ),
         "SUB": (FieldSpec("topic", _check_subscribe_topic, required=True),),
-        "TOPICS": (),
+        "TOPICS": (FieldSpec("pattern", _check_subscribe_topic),),
         "STATUS": (),
     }
 )

@@ -210,3 +210,21 @@ def test_a_pattern_subscription_the_pub_port_refuses_reads_history_instead(
         assert receive(sub, 6) == {"orders.eu": stored("orders.eu", range(1, 4), range(3)),
                                    "orders.us": stored("orders.us", range(3), range(3))}
         assert sub.get(timeout=1.0) is None and sub.failovers == 0
+
+
+def test_topics_with_a_pattern_lists_only_the_topics_it_matches(
+        cluster_factory: Callable[..., ClusterHarness], zmq_socket: Callable[[int], zmq.Socket]) -> None:
+    """What a pattern subscription asks on every catch-up: the node filters, so the reply does not
+    carry every topic of the cluster."""
+    cluster = cluster_factory(1)
+    client = cluster.client()
+    for topic in ("orders.eu", "orders.us", "orders.eu.x", "other"):
+        client.publish(topic, b"m")
+    assert client.topics("orders.*") == {"orders.eu": 1, "orders.us": 1}
+    assert set(client.topics("orders.>")) == {"orders.eu", "orders.us", "orders.eu.x"}
+    assert client.topics("other") == {"other": 1} and client.topics("none") == {}
+    addr = cluster.addr("n1")
+    assert raw(zmq_socket, addr, op="TOPICS", pattern="a..b")["topics"] == {}  # an old-style name: no crash
+    refused = raw(zmq_socket, addr, op="TOPICS", pattern="orders.>.x")
+    assert refused["error"] == "BAD_REQUEST" and "not a valid pattern" in refused["message"], refused
+    assert len(client.topics()) == 4

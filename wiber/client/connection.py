@@ -347,9 +347,10 @@ class Client:
         return History(topic, messages, reply["next_offset"], reply["first_offset"], reply["end_offset"],
                        reply["commit_index"])
 
-    def topics(self) -> dict[str, int]:
-        """Returns: every topic with its end offset (the offset its next message will get)."""
-        return dict(self.request("TOPICS")["topics"])
+    def topics(self, pattern: str | None = None) -> dict[str, int]:
+        """Returns: every topic with its end offset (the offset its next message will get), or only
+        the topics `pattern` matches (``*`` one token, a last ``>`` one or more)."""
+        return dict(self.request("TOPICS", pattern=pattern)["topics"])
 
     def subscribe(self, topic: str, from_offset: int | None = None) -> Subscription:
         """Returns: a Subscription delivering every message of `topic` once, in offset order.

@@ -283,7 +283,7 @@ class PatternSubscription(Subscription):
         """On the first attach (the SUB socket already connected), take each matching topic's start from
         TOPICS: its end, or `from_offset` when given. A topic missing here is new: it starts at 0."""
         if not self._started:
-            for name, end in self._matching(self.client.topics()).items():
+            for name, end in self._matching(self.client.topics(self.pattern.text)).items():
                 self._offsets[name] = end if self._from is None else self._from
             self._started = True
 
@@ -298,7 +298,7 @@ class PatternSubscription(Subscription):
         self._behind = True
         if time.monotonic() >= deadline:
             return
-        for name, end in self._matching(self.client.topics()).items():
+        for name, end in self._matching(self.client.topics(self.pattern.text)).items():
             if self._offsets.setdefault(name, 0) < end and not self._fill(name, deadline):
                 return
         self._behind = False

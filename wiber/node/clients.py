@@ -21,6 +21,7 @@ from wiber.node.backlog import ReplyBacklog
 from wiber.node.transport import ClientRequest
 from wiber.node.waiting import Waiter
 from wiber.raft import Role
+from wiber.topics import TopicPattern, is_pattern
 
 if TYPE_CHECKING:
     from wiber.node.loop import Node
@@ -157,7 +158,15 @@ class ClientHandlers:
         return {"topic": topic, "pub_addr": self.node.me.pub_addr, "next_offset": self.node.broker.end_offset(topic)}
 
     def on_topics(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
+        """TOPICS: every topic with its end offset, or those `pattern` matches (a pattern subscription asks)."""
         topics = self.node.broker.topics()
+        if "pattern" in msg:
+            text = msg["pattern"]
+            if is_pattern(text):  # validated as a pattern by the protocol
+                pattern = TopicPattern.parse(text)
+                topics = {topic: end for topic, end in topics.items() if pattern.matches(topic)}
+            else:  # a plain name (an old one may hold an empty token): only itself
+                topics = {text: topics[text]} if text in topics else {}
         security = self.node.security
         if security is not None and request.user is not None and request.user in security.rights:
             rights = security.rights[request.user]
