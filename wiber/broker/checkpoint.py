@@ -11,20 +11,23 @@ Rows:
 * topic:   ``(id, name, first, end, nbytes, age_key)``
 * session: ``(client_id, msgpack [floor, last_index, [[seq, topic, offset, count, index, lamport, ts], ...]])``,
   or ``(client_id, None)`` for a session that is gone (evicted)
+* group:   ``(name, msgpack [pattern, ack_wait_ms, from_start, created_at, [[topic, next_offset,
+  [[offset, member, delivery_count, deadline], ...]], ...]])`` (`ConsumerGroups.row`), or ``(name, None)``
+  for a group deleted
 * counters: ``msgpack [applied_index, last_lamport, last_ts, late_count, [evicted client_id, ...]]``
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
 from wiber.broker.entry import INT63_MAX, topic_problem, ts_problem
 from wiber.broker.records import RecordStore
-from wiber.broker.snapshot import SnapshotError, session_from_row
+from wiber.broker.snapshot import SnapshotError, restore_groups, session_from_row
 from wiber.broker.state import Broker, BrokerSettings
 
 __all__ = ["BrokerDelta", "TopicRow", "rebuild", "take_delta"]
@@ -40,11 +43,13 @@ class BrokerDelta:
     counters: bytes
     topics: list[TopicRow]
     sessions: list[tuple[str, bytes | None]]
+    groups: list[tuple[str, bytes | None]] = field(default_factory=list)
+    """Consumer group rows changed since the last checkpoint; None for a group deleted."""
 
 
 def take_delta(broker: Broker) -> BrokerDelta:
-    """Returns: the rows of the topics and sessions changed since the last call, and the counters;
-    clears the broker's marks (O(changed + evicted ids))."""
+    """Returns: the rows of the topics, sessions and consumer groups changed since the last call, and
+    the counters; clears the broker's marks (O(changed + evicted ids))."""
     topic = broker.topic_by_id
     topics = [(t.id, t.name, t.first, t.end, t.nbytes, t.age_key) for t in map(topic, sorted(broker.dirty_topics))]
     broker.dirty_topics.clear()
@@ -54,11 +59,17 @@ def take_delta(broker: Broker) -> BrokerDelta:
         session = table.by_client.get(client_id)
         sessions.append((client_id, None if session is None else msgpack.packb(session.to_row(), use_bin_type=True)))
     table.dirty.clear()
+    consumer_groups = broker.groups
+    groups: list[tuple[str, bytes | None]] = [
+        (name, msgpack.packb(consumer_groups.row(name), use_bin_type=True) if name in consumer_groups.groups else None)
+        for name in sorted(consumer_groups.dirty)
+    ]
+    consumer_groups.dirty.clear()
     counters = msgpack.packb(
         [broker.applied_index, broker.last_lamport, broker.last_ts, broker.late_count, list(table.evicted)],
         use_bin_type=True,
     )
-    return BrokerDelta(broker.applied_index, counters, topics, sessions)
+    return BrokerDelta(broker.applied_index, counters, topics, sessions, groups)
 
 
 def rebuild(
@@ -67,6 +78,7 @@ def rebuild(
     counters: bytes,
     topics: Iterable[TopicRow],
     sessions: Iterable[tuple[str, bytes]],
+    groups: Iterable[tuple[str, bytes]] = (),
 ) -> Broker:
     """Returns: the broker whose checkpoint rows these are, reading its messages from `store`.
 
@@ -106,7 +118,16 @@ def rebuild(
         if type(client_id) is not str:
             raise SnapshotError("bad checkpoint counters: an evicted client_id is not a str")
         table.evicted[client_id] = None
+    restore_groups(broker, ((name, _unpack_group(name, row)) for name, row in groups))
     return broker
+
+
+def _unpack_group(name: str, row: bytes) -> Any:
+    """Returns: the msgpack value of a group row. Raises: SnapshotError: not msgpack."""
+    try:
+        return msgpack.unpackb(row, raw=False, use_list=False)
+    except Exception as exc:  # msgpack raises many types; each means the same here
+        raise SnapshotError(f"bad checkpoint consumer group {name!r:.60}: not msgpack ({type(exc).__name__})") from None
 
 
 def _unpack_session(row: bytes) -> tuple[Any, Any, Any]:

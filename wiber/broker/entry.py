@@ -1,4 +1,4 @@
-"""The broker's log entry: what one loop turn of PUBs becomes in the Raft log, and back.
+"""The broker's log entry: what one loop turn of PUBs and consumer ops becomes in the Raft log, and back.
 
 The leader gathers every PUB and PUB_BATCH of one loop turn into one log entry: `pub_op_from_request`
 turns each validated request into a `PubOp`, the reorder buffer (docs/design.md section 5) may mark one
@@ -13,6 +13,13 @@ Entry format (msgpack, ``use_bin_type``; arrays, not maps, so 1,000 small ops pa
        | [topic, payload, flags, lamport, client_id, seq, ack_floor|nil]    with a session
     payload = bin (PUB: one message) | array of 1-10,000 bin (PUB_BATCH)
     flags   = bit 0: late
+       | [kind, ...]       a consumer op (`wiber.broker.consumers`): kind is an int, a PUB op's first item a str
+         CREATE [1, group, pattern, ack_wait_ms, from_start]   FETCH [2, group, member, max]
+         ACK [3, group, member, [[topic, offset], ...]]        NAK [4, group, member, [[topic, offset], ...]]
+         DELETE [5, group]
+
+PUB ops and consumer ops of one loop turn share an entry, in the order they came; an entry of PUB
+ops only is byte for byte what it was before consumer ops existed.
 """
 
 from __future__ import annotations
@@ -23,11 +30,13 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 import msgpack
 
+from wiber.broker.consumers import ConsumerOp, consumer_op_from_item, consumer_op_to_item
 from wiber.errors import WiberError
 from wiber.protocol import CLIENT_ID_MAX_CHARS, MAX_BATCH_MESSAGES, TOPIC_MAX_BYTES
 
 __all__ = [
     "ENTRY_FORMAT",
+    "EntryOp",
     "MalformedEntry",
     "PubOp",
     "decode_entry",
@@ -98,6 +107,9 @@ def tuple_constructor(cls: type[_T]) -> Callable[..., _T]:
 
 
 _make_pub_op = tuple_constructor(PubOp)
+
+EntryOp = PubOp | ConsumerOp
+"""Any op a broker entry carries."""
 
 
 # The entry codec
@@ -188,8 +200,9 @@ def ts_problem(ts: Any) -> str | None:
     return None
 
 
-def encode_entry(ts: float, ops: Sequence[PubOp]) -> bytes:
-    """Pack the ops of one loop turn into one log entry (format in the module docstring).
+def encode_entry(ts: float, ops: Sequence[EntryOp]) -> bytes:
+    """Pack the ops of one loop turn, PUB ops and consumer ops in their order, into one log entry
+    (format in the module docstring).
 
     `ts` is the leader's synced clock when it proposes. Each op is checked as `decode_entry` will
     check it, so a committed entry can always be applied.
@@ -204,6 +217,12 @@ def encode_entry(ts: float, ops: Sequence[PubOp]) -> bytes:
     items: list[tuple[Any, ...]] = []
     append = items.append
     for position, op in enumerate(ops):
+        if type(op) is not PubOp:
+            try:
+                append(consumer_op_to_item(op))  # type: ignore[arg-type]  # every other EntryOp is one
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"op {position}: {exc}") from None
+            continue
         messages = op.messages
         if op.batch:
             payload: Any = messages if type(messages) is tuple else tuple(messages)
@@ -226,10 +245,10 @@ def encode_entry(ts: float, ops: Sequence[PubOp]) -> bytes:
     return packed
 
 
-def decode_entry(data: bytes) -> tuple[float, list[PubOp]]:
+def decode_entry(data: bytes) -> tuple[float, list[EntryOp]]:
     """Unpack and check one broker entry.
 
-    Returns: ``(ts, ops)`` as `encode_entry` was given them (ts as a float).
+    Returns: ``(ts, ops)`` as `encode_entry` was given them (ts as a float; PubOps and consumer ops).
 
     Raises:
         MalformedEntry: anything wrong: not msgpack, trailing bytes, another format, a missing or
@@ -250,11 +269,17 @@ def decode_entry(data: bytes) -> tuple[float, list[PubOp]]:
     if type(items) is not tuple:
         raise MalformedEntry(f"ops must be an array, got {type(items).__name__}")
     good_topics: set[str] = set()
-    ops: list[PubOp] = []
+    ops: list[EntryOp] = []
     append = ops.append
     for position, item in enumerate(items):
         if type(item) is not tuple:
             raise MalformedEntry(f"op {position} must be an array, got {type(item).__name__}")
+        if item and type(item[0]) is not str:  # a consumer op (a PUB op starts with its topic)
+            try:
+                append(consumer_op_from_item(item))
+            except ValueError as exc:
+                raise MalformedEntry(f"op {position}: {exc}") from None
+            continue
         if len(item) == 4:
             topic, payload, flags, lamport = item
             client_id = seq = ack_floor = None

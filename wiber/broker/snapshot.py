@@ -11,7 +11,13 @@ Layout::
      topics:   [[name, first_offset, [[data, lamport, ts, index, late], ...]], ...]  creation order
      sessions: [[client_id, floor, last_index, answers], ...]  sorted by client_id
                answers: [[seq, topic, offset, count, index, lamport, ts], ...]  sorted by seq
-     evicted:  [client_id, ...]  oldest first]
+     evicted:  [client_id, ...]  oldest first
+     groups:   [[name, pattern, ack_wait_ms, from_start, created_at, cursors], ...]  sorted by name;
+               only when a consumer group exists (`wiber.broker.consumers`, `ConsumerGroups.row`)
+               cursors: [[topic, next_offset, [[offset, member, delivery_count, deadline], ...]], ...]]
+
+A state without consumer groups dumps as 8 items, byte for byte as before groups existed, and
+a snapshot of 8 items loads as a state without groups.
 
 A record's topic and offset are implied by its place. The settings are not included: `load` takes
 them, as the node has them from its configuration.
@@ -19,6 +25,7 @@ them, as the node has them from its configuration.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
@@ -31,7 +38,7 @@ from wiber.errors import WiberError
 if TYPE_CHECKING:
     from wiber.broker.state import Broker, BrokerSettings
 
-__all__ = ["SNAPSHOT_FORMAT", "SnapshotError", "dump", "load"]
+__all__ = ["SNAPSHOT_FORMAT", "SnapshotError", "dump", "load", "restore_groups"]
 
 SNAPSHOT_FORMAT: Final = 1
 """First item of every broker snapshot."""
@@ -63,6 +70,9 @@ def dump(broker: Broker) -> bytes:
         [[cid, floor, last_index, [list(a) for a in answers]] for cid, floor, last_index, answers in rows],
         list(sessions.evicted),
     ]
+    groups = broker.groups.groups
+    if groups:
+        state.append([[name, *broker.groups.row(name)] for name in sorted(groups)])
     packed: bytes = msgpack.packb(state, use_bin_type=True)
     return packed
 
@@ -79,8 +89,10 @@ def load(cls: type[Broker], data: bytes, settings: BrokerSettings, store: Record
         state = msgpack.unpackb(data, raw=False, use_list=False)
     except Exception as exc:  # msgpack raises many types; each means the same here
         raise SnapshotError(f"not msgpack: {type(exc).__name__}: {exc}") from None
-    _need(type(state) is tuple and len(state) == 8, "a snapshot is an array of 8 items")
-    version, applied_index, last_lamport, last_ts, late_count, topics, sessions, evicted = state
+    _need(type(state) is tuple and len(state) in (8, 9), "a snapshot is an array of 8 or 9 items")
+    version, applied_index, last_lamport, last_ts, late_count, topics, sessions, evicted = state[:8]
+    groups = state[8] if len(state) == 9 else ()
+    _need(type(groups) is tuple and (len(state) == 8 or len(groups) > 0), "groups must be a nonempty array")
     _need(type(version) is int and version == SNAPSHOT_FORMAT, f"unknown snapshot format {version!r}")
     _need(_is_count(applied_index), "applied_index must be an integer >= 0")
     _need(_is_count(last_lamport), "last_lamport must be an integer >= 0")
@@ -101,7 +113,20 @@ def load(cls: type[Broker], data: bytes, settings: BrokerSettings, store: Record
         broker._sessions.evicted[client_id] = None
     _restore_topics(broker, kept)
     broker._sessions.dirty.update(broker._sessions.by_client)
+    restore_groups(broker, ((row[0], row[1:]) if type(row) is tuple and row else (None, row) for row in groups))
     return broker
+
+
+def restore_groups(broker: Broker, rows: Iterable[tuple[Any, Any]]) -> None:
+    """Add the consumer groups of `(name, ConsumerGroups.row)` rows to `broker`, whose topics exist already.
+
+    Raises: SnapshotError naming the first bad row.
+    """
+    for name, row in rows:
+        try:
+            broker.groups.load_row(name, row)
+        except ValueError as exc:
+            raise SnapshotError(f"bad snapshot: consumer group: {exc}") from None
 
 
 def _check_topics(topics: Any) -> list[tuple[str, int, Any]]:

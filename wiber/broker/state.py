@@ -23,6 +23,10 @@ On commit, each node calls `Broker.apply`, which decodes the entry and, op by op
 `Broker.apply` returns one `PubResult` per op, in entry order: the reply fields for the client
 (only the leader has a client to answer) and the records to fan out (every node publishes them).
 
+An entry may also carry consumer ops (durable consumer groups, `wiber.broker.consumers`), applied in
+their place among the PUB ops with the entry's ``ts`` as the time; `Broker.apply_entry` returns
+their results too (`AppliedEntry`), `Broker.apply` only the `PubResult`s.
+
 Invariants (checked by the tests after every apply)
 ---------------------------------------------------
 * Per topic, the kept messages have the consecutive offsets ``first_offset .. end_offset - 1``;
@@ -60,7 +64,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from wiber.broker.entry import INT63_MAX, MalformedEntry, PubOp, decode_entry, ts_problem
+from wiber.broker.consumers import ConsumerGroups, ConsumerResult
+from wiber.broker.entry import INT63_MAX, EntryOp, MalformedEntry, PubOp, decode_entry, ts_problem
 from wiber.broker.records import (
     R_DATA,
     R_TS,
@@ -75,7 +80,7 @@ from wiber.broker.sessions import MAX_SESSIONS_BYTES, Session, Sessions, expired
 from wiber.config import ClusterConfig, RetentionConfig
 from wiber.errors import BadRequest, InvariantError
 
-__all__ = ["Broker", "BrokerSettings", "TopicState"]
+__all__ = ["AppliedEntry", "Broker", "BrokerSettings", "TopicState"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +131,27 @@ class BrokerSettings:
         return self.topic_retention.get(topic, self.retention)
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedEntry:
+    """What applying one entry gave: the PUB ops' results and the consumer ops' results.
+
+    Attributes:
+        pub_results: one `PubResult` per PUB op, in entry order (what `Broker.apply` returns).
+        consumer_results: ``(position, result)`` per consumer op, its position counted over all ops.
+    """
+
+    pub_results: list[PubResult]
+    consumer_results: list[tuple[int, ConsumerResult]]
+
+    @property
+    def results(self) -> list[PubResult | ConsumerResult]:
+        """Returns: every op's result in entry order (PUB and consumer ops interleaved as they came)."""
+        merged: list[PubResult | ConsumerResult] = list(self.pub_results)
+        for position, result in self.consumer_results:
+            merged.insert(position, result)
+        return merged
+
+
 class TopicState:
     """One topic's offsets and size; its messages (offsets ``first .. end - 1``) are in the store."""
 
@@ -168,6 +194,7 @@ class Broker:
         self._late_count = 0
         self.dirty_topics: set[int] = set()
         """Ids of the topics changed since the last checkpoint took them (`wiber.broker.checkpoint`)."""
+        self._groups = ConsumerGroups(self._topics, self._by_id)
 
     # ------------------------------------------------------------------------------ reading
 
@@ -205,6 +232,11 @@ class Broker:
     def sessions(self) -> Sessions:
         """Returns: the dedup sessions (read them; only `apply` changes them)."""
         return self._sessions
+
+    @property
+    def groups(self) -> ConsumerGroups:
+        """Returns: the durable consumer groups (read them; only applying entries changes them)."""
+        return self._groups
 
     def topic_states(self) -> Mapping[str, TopicState]:
         """Returns: every topic's state by name, in creation order (read them; only `apply` changes them)."""
@@ -306,20 +338,34 @@ class Broker:
 
         Raises: InvariantError: `index` is not above `applied_index` (a bug in the caller).
         """
+        return self.apply_entry(index, data).pub_results
+
+    def apply_entry(self, index: int, data: bytes) -> AppliedEntry:
+        """`apply`, returning the consumer ops' results too (a malformed entry gives none of either).
+
+        Raises: InvariantError: `index` is not above `applied_index`.
+        """
         self._check_index(index)
         try:
             entry_ts, ops = decode_entry(data)
         except MalformedEntry as err:
             log.error("broker entry at index %d skipped: %s", index, err)
             self._applied_index = index
-            return []
-        return self.apply_ops(index, entry_ts, ops)
+            return AppliedEntry([], [])
+        return self.apply_entry_ops(index, entry_ts, ops)
 
-    def apply_ops(self, index: int, entry_ts: float, ops: Sequence[PubOp]) -> list[PubResult]:
+    def apply_ops(self, index: int, entry_ts: float, ops: Sequence[EntryOp]) -> list[PubResult]:
         """Apply an entry already decoded: `apply` without the decoding.
 
         The leader keeps the ops it proposed and applies them as they are, since
         ``decode_entry(encode_entry(ts, ops)) == (ts, ops)``; followers decode.
+
+        Raises: InvariantError: `index` is not above `applied_index`.
+        """
+        return self.apply_entry_ops(index, entry_ts, ops).pub_results
+
+    def apply_entry_ops(self, index: int, entry_ts: float, ops: Sequence[EntryOp]) -> AppliedEntry:
+        """`apply_entry` of an entry already decoded (what `apply_ops` is to `apply`).
 
         Raises: InvariantError: `index` is not above `applied_index`.
         """
@@ -332,11 +378,16 @@ class Broker:
         self._last_ts = ts
 
         results: list[PubResult] = []
+        consumer_results: list[tuple[int, ConsumerResult]] = []
         touched: dict[str, TopicState] = {}
         sessions = self._sessions
         by_client = sessions.by_client
         dirty_sessions = sessions.dirty
         for op in ops:
+            if type(op) is not PubOp:
+                position = len(results) + len(consumer_results)
+                consumer_results.append((position, self._groups.apply(op, index, ts)))  # type: ignore[arg-type]
+                continue
             client_id = op[3]  # op.client_id, op.seq, op.ack_floor by position: the per-op hot path
             if client_id is None:
                 results.append(self._store(op, index, ts, touched, None))
@@ -371,7 +422,7 @@ class Broker:
             self._trim_size(topic)
         self._trim_age(ts)
         sessions.prune_activity()
-        return results
+        return AppliedEntry(results, consumer_results)
 
     def _check_index(self, index: int) -> None:
         """Raises: InvariantError unless `index` is above `applied_index`."""
@@ -442,6 +493,8 @@ class Broker:
         self._topics[name] = topic
         self._by_id.append(topic)
         self.store.add_topic(topic.id, name)
+        if self._groups.groups:
+            self._groups.topic_created(topic)
         return topic
 
     # ------------------------------------------------------------------------------ retention

@@ -59,7 +59,8 @@ class CheckpointJob:
         try:
             assert self.delta is not None
             rows = (row for flushed in self.blocks for row in flushed.rows())
-            db.commit(self.record, rows, self.delta.topics, self.delta.sessions, self.dropped, self.replace)
+            db.commit(self.record, rows, self.delta.topics, self.delta.sessions, self.dropped, self.replace,
+                      self.delta.groups)
             self.delta = None  # its rows are in the database: an export kept for followers need not hold them
             if self.find_dead:
                 for segment in self.record.segments[:-1]:

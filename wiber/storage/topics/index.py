@@ -12,6 +12,8 @@ Tables::
     topics(id, name, first, end_, nbytes, age_key) one row per topic ever written (`wiber.broker.checkpoint`)
     blocks(topic_id, first, count, segment, position, length)   one row per block (sparse index)
     sessions(client_id, row)                       one row per dedup session
+    consumer_groups(name, row)                     one row per durable consumer group (created at open
+                                                   in a database older than consumer groups)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS blocks(topic_id INTEGER NOT NULL, first INTEGER NOT N
                                   PRIMARY KEY(topic_id, first)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS blocks_by_segment ON blocks(segment);
 CREATE TABLE IF NOT EXISTS sessions(client_id TEXT PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS consumer_groups(name TEXT PRIMARY KEY, row BLOB NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -140,6 +143,10 @@ class IndexDb:
         """Returns: every session row."""
         return iter(self._db.execute("SELECT client_id, row FROM sessions"))
 
+    def groups(self) -> Iterator[tuple[str, bytes]]:
+        """Returns: every consumer group row (`wiber.broker.checkpoint`)."""
+        return iter(self._db.execute("SELECT name, row FROM consumer_groups"))
+
     def block_count(self) -> int:
         """Returns: how many blocks the index holds."""
         count: int = self._db.execute("SELECT count(*) FROM blocks").fetchone()[0]
@@ -163,14 +170,16 @@ class IndexDb:
         sessions: Iterable[tuple[str, bytes | None]],
         dropped_segments: Iterable[int] = (),
         replace: bool = False,
+        groups: Iterable[tuple[str, bytes | None]] = (),
     ) -> None:
-        """Write one checkpoint in one transaction: new blocks, changed topics and sessions, the record.
-        With `replace`, every earlier row goes first, in the same transaction (a snapshot installed)."""
+        """Write one checkpoint in one transaction: new blocks, changed topics, sessions and consumer
+        groups (None: deleted), the record. With `replace`, every earlier row goes first, in the same
+        transaction (a snapshot installed)."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             if replace:
-                for table in ("meta", "topics", "blocks", "sessions"):
+                for table in ("meta", "topics", "blocks", "sessions", "consumer_groups"):
                     db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             for segment in dropped_segments:
                 db.execute("DELETE FROM blocks WHERE segment=?", (segment,))
@@ -188,6 +197,10 @@ class IndexDb:
                     kept.append((client_id, row))
             db.executemany("DELETE FROM sessions WHERE client_id=?", gone)
             db.executemany("INSERT OR REPLACE INTO sessions(client_id, row) VALUES (?,?)", kept)
+            groups = list(groups)
+            db.executemany("DELETE FROM consumer_groups WHERE name=?", [(name,) for name, row in groups if row is None])
+            db.executemany("INSERT OR REPLACE INTO consumer_groups(name, row) VALUES (?,?)",
+                           [(name, row) for name, row in groups if row is not None])
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('checkpoint', ?)", (record.pack(),))
             db.execute("COMMIT")
         except BaseException:
