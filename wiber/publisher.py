@@ -386,11 +386,15 @@ class Publisher:
             log.debug("publisher: no connection to %s to send request %d on", self._address, request.seq)
             return
         # Zero-copy only pays for big frames: small ones would cost a trip through zmq's GC thread.
-        # Once the first frame is queued libzmq takes the rest of the message: NOBLOCK never refuses it.
-        if len(body) < ZERO_COPY_BYTES:
-            zmqcalls.send(sock, body, zmqcalls.NOBLOCK)
-        else:
-            sock.send(body, zmqcalls.NOBLOCK, copy=False)
+        # The connection may end between the two frames: libzmq then rolls the first back and
+        # refuses this one, and the request stays in flight as above.
+        try:
+            if len(body) < ZERO_COPY_BYTES:
+                zmqcalls.send(sock, body, zmqcalls.NOBLOCK)
+            else:
+                sock.send(body, zmqcalls.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.debug("publisher: the connection to %s ended while sending request %d", self._address, request.seq)
 
     def _resend_all(self, address: str | None) -> None:
         """Reconnect (to `address`, or the next node) and send every request in flight again, in order."""

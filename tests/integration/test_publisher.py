@@ -285,3 +285,39 @@ def test_a_callback_may_publish_and_every_message_keeps_its_hand_in_order(
     assert len(handed) == 1200
     assert sorted(a.offset for a in acks) == list(range(1200))
     assert [m.data for m in read_all(cluster.client(total_s=20.0), "chain")] == handed
+
+
+def test_a_connection_ending_between_the_frames_of_a_request_loses_nothing_and_keeps_the_order(
+        cluster_factory: Callable[..., ClusterHarness], monkeypatch: pytest.MonkeyPatch) -> None:
+    """libzmq refuses a request's second frame (and rolls the first back) when its connection ends
+    between them: the request stays in flight and is resent in order with the others."""
+    import wiber.publisher as publisher_module
+
+    cluster = cluster_factory(1)
+    real_send = publisher_module.zmqcalls.send
+    held: list[bytes] = []
+    refusals = [2, 5]  # the sends of requests 3 and 6 are refused at their second frame
+
+    def send(sock: Any, frame: Any, flags: int = 0) -> Any:
+        if flags & zmq.SNDMORE:
+            held.append(frame)  # sent with the body, as libzmq does with a message's parts
+            return None
+        if not held:  # a single-frame send (a Client's REQ): untouched
+            return real_send(sock, frame, flags)
+        first = held.pop()
+        if refusals and refusals[0] == send.calls:  # type: ignore[attr-defined]
+            refusals.pop(0)
+            send.calls += 1  # type: ignore[attr-defined]
+            raise zmq.Again()
+        send.calls += 1  # type: ignore[attr-defined]
+        real_send(sock, first, flags | zmq.SNDMORE)
+        return real_send(sock, frame, flags)
+
+    send.calls = 0  # type: ignore[attr-defined]
+    monkeypatch.setattr(publisher_module.zmqcalls, "send", send)
+    with Publisher(cluster.addrs(), window=10, batch_size=1, timeouts=Timeouts(per_try_s=0.5, total_s=20.0)) as pub:
+        futures = [pub.publish("split", b"m%d" % k) for k in range(10)]
+        pub.flush(timeout=20)
+    assert not refusals  # both refusals happened
+    assert [f.result().offset for f in futures] == list(range(10))
+    assert [m.data for m in read_all(cluster.client(), "split")] == [b"m%d" % k for k in range(10)]

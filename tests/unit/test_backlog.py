@@ -61,3 +61,33 @@ def test_connections_whose_replies_all_went_are_forgotten() -> None:
     tracker.done = True
     backlog.prune()
     assert backlog._connections == {} and backlog.total == 0 and backlog.count == 0
+
+
+class CountingTracker(FakeTracker):
+    """Counts how often the backlog asks whether it is done."""
+
+    asked = 0
+
+    @property
+    def done(self) -> bool:
+        CountingTracker.asked += 1
+        return False
+
+    @done.setter
+    def done(self, value: bool) -> None:
+        pass
+
+
+def test_checks_cost_little_however_many_replies_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection's replies leave in order: only the front is asked. At the total's limit, the
+    whole check runs once per turn, not once per request of a burst."""
+    monkeypatch.setattr(backlog_module, "TOTAL_REPLIES", 1000)
+    backlog = ReplyBacklog(max_reply_bytes=MIB)
+    for k in range(1000):
+        backlog.add(b"c%d" % (k % 10), CountingTracker(), 60)  # 10 connections, 100 unread each
+    CountingTracker.asked = 0
+    for _ in range(50):
+        assert backlog.refusal(b"new", turn=1) is not None
+    assert CountingTracker.asked == 10  # one whole check: the front of each connection
+    assert backlog.refusal(b"c0", turn=2) is not None
+    assert CountingTracker.asked == 21  # its own front, then the whole check of the new turn

@@ -50,6 +50,7 @@ class ReplyBacklog:
         self.total = 0  # bytes of the replies counted
         self.count = 0  # replies counted
         self.refused = 0  # HISTORY requests answered UNAVAILABLE for a backlog (STATUS)
+        self._pruned_in: object = None  # the turn of the last whole prune
 
     def add(self, connection: bytes, tracker: Tracker, nbytes: int) -> None:
         """Count a reply just handed to libzmq for `connection`."""
@@ -60,33 +61,32 @@ class ReplyBacklog:
         self.count += 1
 
     def _prune(self, connection: bytes) -> None:
-        """Forget the replies of `connection` that libzmq has finished with."""
+        """Forget the replies of `connection` that libzmq has finished with. One connection's replies
+        leave in the order they were sent, so only the front is looked at: the cost is one check
+        per reply forgotten, plus one."""
         entry = self._connections.get(connection)
         if entry is None:
             return
-        kept: deque[tuple[Tracker, int]] = deque()
-        for tracker, nbytes in entry.pending:
-            if tracker.done:
-                entry.nbytes -= nbytes
-                self.total -= nbytes
-                self.count -= 1
-            else:
-                kept.append((tracker, nbytes))
-        if kept:
-            entry.pending = kept
-        else:
+        pending = entry.pending
+        while pending and pending[0][0].done:
+            _, nbytes = pending.popleft()
+            entry.nbytes -= nbytes
+            self.total -= nbytes
+            self.count -= 1
+        if not pending:
             del self._connections[connection]
 
     def prune(self) -> None:
-        """Forget every reply libzmq has finished with (one check per reply still counted)."""
+        """Forget every reply libzmq has finished with (one check per connection, plus one per reply forgotten)."""
         for connection in list(self._connections):
             self._prune(connection)
 
-    def refusal(self, connection: bytes) -> str | None:
+    def refusal(self, connection: bytes, turn: object = None) -> str | None:
         """Returns: why a new HISTORY from `connection` must wait, or None when it may be answered.
 
-        Only this connection's replies are checked, unless the totals are at their limits (then all
-        are, before refusing: what others have read since must not count against this one)."""
+        Only this connection's replies are checked, unless the totals are at their limits: then all
+        connections are, once per `turn` (the caller's loop turn), before refusing: what others have
+        read since must not count against this one, and a burst of requests must not each pay it."""
         if not self._connections:
             return None
         self._prune(connection)
@@ -97,7 +97,9 @@ class ReplyBacklog:
                     f"it has not read yet (limit {CONNECTION_REPLIES} or {self.per_connection / 2**20:.0f} MiB): "
                     f"read them, then ask again")
         if self.total >= self.total_limit or self.count >= TOTAL_REPLIES:
-            self.prune()
+            if turn is None or turn != self._pruned_in:
+                self._pruned_in = turn
+                self.prune()
             if self.total >= self.total_limit or self.count >= TOTAL_REPLIES:
                 self.refused += 1
                 return (f"the node holds {self.count} HISTORY replies ({self.total / 2**20:.1f} MiB) its clients "

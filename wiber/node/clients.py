@@ -128,7 +128,7 @@ class ClientHandlers:
         """HISTORY: `local` from this node's applied state (never uncommitted), `linearizable` by ReadIndex.
 
         Refused UNAVAILABLE while earlier replies are not yet read (`wiber.node.backlog`)."""
-        unread = self.backlog.refusal(request.envelope[0])
+        unread = self.backlog.refusal(request.envelope[0], self.node._turn_deadline)
         if unread is not None:
             raise Unavailable(f"node {self.node.id}: {unread}")
         if msg["consistency"] == "linearizable":
@@ -147,9 +147,14 @@ class ClientHandlers:
         return reply
 
     def answer_history(self, waiter: Waiter[dict[str, Any]]) -> None:
+        """Answer a linearizable HISTORY once its read is confirmed. The backlog is checked again:
+        reads parked in one turn all passed it before any of them was answered."""
+        unread = self.backlog.refusal(waiter.envelope[0], self.node._turn_deadline)
         try:
+            if unread is not None:
+                raise Unavailable(f"node {self.node.id}: {unread}")
             reply = protocol.ok_reply(self.history(waiter.request), waiter.req_id)
-        except StorageError as err:
+        except (StorageError, Unavailable) as err:
             reply = protocol.error_reply(err, waiter.req_id)
         self.node.transport.reply(waiter.envelope, reply, self.backlog)
 

@@ -69,6 +69,8 @@ PUB_HEARTBEAT_S = 0.25
 TICK_MS = 10
 #: At most this many frames are drained from one socket per turn, so no socket starves the others.
 DRAIN_LIMIT = 10_000
+#: Peer frames whose failure is logged with its traceback; after these, every 1,000th is.
+LOGGED_FRAME_FAILURES = 20
 #: How long a stopping leader waits for its leadership transfer before it exits anyway.
 TRANSFER_GRACE_S = 0.6
 #: How long a commit notice may wait for an append to ride on (see Node._hold_commit_notices).
@@ -330,9 +332,10 @@ class Node:
             except Exception:  # noqa: BLE001 - no frame from the network may end the loop
                 # A bug that input reached: the frame is dropped, counted, and its traceback logged
                 # (the fuzzer and the suite fail on it); the node goes on serving.
-                self.transport.stats.peer_frames_failed += 1
-                log.error("node %s dropped a peer frame (%d bytes) whose handling failed", self.id, len(frame),
-                          exc_info=True)
+                failed = self.transport.stats.peer_frames_failed = self.transport.stats.peer_frames_failed + 1
+                if failed <= LOGGED_FRAME_FAILURES or failed % 1000 == 0:  # a repeated frame must not flood the log
+                    log.error("node %s dropped a peer frame (%d bytes) whose handling failed (%d so far)", self.id,
+                              len(frame), failed, exc_info=True)
             if self._cannot_persist():
                 return  # a staged snapshot chunk failed on our disk: nothing more from Raft
 
