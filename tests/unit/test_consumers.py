@@ -236,6 +236,20 @@ def test_first_deliveries_follow_offset_order_per_topic_in_creation_order_up_to_
     assert log.fetch("g", "m1", 5) == []
 
 
+def test_a_fetch_sees_pubs_before_it_in_its_entry_and_a_caught_up_topic_again_after_more() -> None:
+    log = Log()
+    log.one(CreateGroupOp("g", ">"))
+    applied = log.apply(pub("a"), pub("b"), FetchOp("g", "m", 10), pub("a"), FetchOp("g", "m", 10), pub("b"))
+    fetched = [result.deliveries for _, result in applied.consumer_results]
+    assert fetched == [(Delivered("a", 0, 1), Delivered("b", 0, 1)), (Delivered("a", 1, 1),)]
+    assert log.fetch("g", "m", 10) == [("b", 1, 1)]
+    assert log.broker.groups.groups["g"].backlog == []
+    log.publish("b", 2)
+    log.publish("a", 1)
+    assert log.fetch("g", "m", 2) == [("a", 2, 1), ("b", 2, 1)]
+    assert log.broker.groups.groups["g"].backlog == [1]
+
+
 def test_an_unacked_delivery_is_redelivered_after_ack_wait_by_the_entry_ts_first_and_in_order() -> None:
     log = Log()
     log.one(CreateGroupOp("g", ">", ack_wait_ms=2000))
@@ -392,6 +406,9 @@ def test_two_brokers_applying_the_same_entries_are_equal() -> None:
     assert dump(first.broker) == dump(second.broker) == dump(replay)
     assert first.broker.groups.groups  # the random log did make groups
     assert sum(len(g.pending) for g in first.broker.groups.groups.values()) == first.broker.groups.total_pending
+    for group in first.broker.groups.groups.values():  # every topic with undelivered messages is in the backlog
+        behind = {tid for tid, cursor in group.cursors.items() if cursor < first.broker.topic_by_id(tid).end}
+        assert behind <= set(group.backlog) and group.backlog == sorted(set(group.backlog))
 
 
 def results_of(broker: Broker, entries: list[tuple[int, bytes]]) -> list[list[Any]]:

@@ -34,8 +34,10 @@ Rules:
 * NAK: makes the fetching member's deliveries due now; refs it does not hold are ``unknown``.
 * DELETE: removes the group (``deleted`` False when there was none).
 
-Cost: a FETCH is O(log pending) per message plus O(matching topics) to find the first deliveries;
-an ACK or NAK O(log pending) per ref (a due one O(due) to leave the sorted due list).
+Cost: a FETCH is O(log pending) per message plus O(topics it delivers from), since each group keeps
+the sorted ids of the matching topics with messages past their cursor; an ACK or NAK O(log pending)
+per ref (a due one O(due) to leave the sorted due list); a PUB O(groups matching its topic); a new topic O(groups), a CREATE O(topics), a DELETE O(its topics).
+A checkpoint row holds a whole group: O(its matching topics + pending) per changed group.
 """
 
 from __future__ import annotations
@@ -384,10 +386,13 @@ class Group:
     ``timers`` is a min-heap of ``(deadline, topic id, offset, count)``, one per delivery not yet
     due (stale items, whose delivery was acked, NAK'ed or delivered again, are skipped as popped);
     ``due`` holds the ``(topic id, offset)`` of the due deliveries, sorted: the next redeliveries.
+    ``backlog`` holds, sorted, the ids of the matching topics that may have messages past their cursor
+    (every one that has, and some that no longer have), so a FETCH visits only those. These three are
+    derived state: snapshots and rows leave them out, `ConsumerGroups.load_row` rebuilds them.
     """
 
-    __slots__ = ("ack_wait_ms", "created_at", "cursors", "due", "from_start", "name", "pattern", "pending",
-                 "timers")
+    __slots__ = ("ack_wait_ms", "backlog", "created_at", "cursors", "due", "from_start", "name", "pattern",
+                 "pending", "timers")
 
     def __init__(self, name: str, pattern: TopicPattern, ack_wait_ms: int, from_start: bool, created_at: int) -> None:
         self.name = name
@@ -400,6 +405,17 @@ class Group:
         self.pending: dict[tuple[int, int], Pending] = {}
         self.timers: list[tuple[float, int, int, int]] = []
         self.due: list[tuple[int, int]] = []
+        self.backlog: list[int] = []
+
+    def may_have_backlog(self, topic_id: int) -> None:
+        """Topic `topic_id` (a matching one) got messages: FETCH looks at it again."""
+        backlog = self.backlog
+        if not backlog or backlog[-1] < topic_id:
+            backlog.append(topic_id)
+            return
+        position = bisect.bisect_left(backlog, topic_id)
+        if backlog[position] != topic_id:
+            backlog.insert(position, topic_id)
 
     def settings(self) -> tuple[str, int, bool]:
         """Returns: what a CREATE sets: (pattern, ack_wait_ms, from_start)."""
@@ -419,7 +435,8 @@ class ConsumerGroups:
     """Every consumer group of one broker, and the ops that change them.
 
     It reads the broker's topics (`topics` by name, `by_id` in creation order; both the broker's own,
-    growing as it creates topics) and is told of each new topic (`topic_created`).
+    growing as it creates topics) and is told of each new topic (`topic_created`) and of each append
+    (`topic_grew`).
     """
 
     def __init__(self, topics: Mapping[str, TopicView], by_id: Sequence[TopicView]) -> None:
@@ -431,6 +448,8 @@ class ConsumerGroups:
         """Pending deliveries over all groups."""
         self.dirty: set[str] = set()
         """Names of the groups changed (or deleted) since the last checkpoint took them."""
+        self._by_topic: dict[int, list[Group]] = {}
+        """Per topic id, the groups whose pattern matches it (derived: rebuilt on load)."""
 
     def __len__(self) -> int:
         """Returns: how many groups exist."""
@@ -459,7 +478,13 @@ class ConsumerGroups:
         for group in self.groups.values():
             if matches(group.pattern.tokens, tokens):
                 group.cursors[topic.id] = 0
+                self._by_topic.setdefault(topic.id, []).append(group)
                 self.dirty.add(group.name)
+
+    def topic_grew(self, topic_id: int) -> None:
+        """Topic `topic_id` gets messages in the entry being applied: the groups matching it look again."""
+        for group in self._by_topic.get(topic_id, ()):
+            group.may_have_backlog(topic_id)
 
     # ------------------------------------------------------------------------------ ops
 
@@ -482,9 +507,21 @@ class ConsumerGroups:
         for topic in self._by_id:
             if matches(tokens, topic.name.split(SEPARATOR)):
                 group.cursors[topic.id] = topic.first if op.from_start else topic.end
-        self.groups[name] = group
-        self.dirty.add(name)
+        self._add(group)
         return CreateResult(name, True, None)
+
+    def _add(self, group: Group) -> None:
+        """Keep `group` (its cursors and pending set) and the derived state that finds its work."""
+        by_topic = self._by_topic
+        by_id = self._by_id
+        for topic_id, cursor in group.cursors.items():
+            by_topic.setdefault(topic_id, []).append(group)
+            if cursor < by_id[topic_id].end:
+                group.backlog.append(topic_id)  # cursors are in id order: backlog stays sorted
+        group.rebuild_timers()
+        self.groups[group.name] = group
+        self.total_pending += len(group.pending)
+        self.dirty.add(group.name)
 
     def _delete(self, op: DeleteGroupOp) -> DeleteResult:
         """DELETE: the group and its pending deliveries go."""
@@ -492,6 +529,8 @@ class ConsumerGroups:
         if group is None:
             return DeleteResult(op.group, False, None)
         self.total_pending -= len(group.pending)
+        for topic_id in group.cursors:
+            self._by_topic[topic_id].remove(group)
         self.dirty.add(op.group)
         return DeleteResult(op.group, True, None)
 
@@ -540,9 +579,11 @@ class ConsumerGroups:
                 f"its members hold (or wait {group.ack_wait_ms} ms for them to be redelivered)"))
         left = min(left, room)
         cursors = group.cursors
-        for topic_id, cursor in cursors.items():
+        caught_up = 0
+        for topic_id in group.backlog:
             if left <= 0:
                 break
+            cursor = cursors[topic_id]
             topic = by_id[topic_id]
             start = cursor if cursor >= topic.first else topic.first
             stop = min(topic.end, start + left)
@@ -559,6 +600,12 @@ class ConsumerGroups:
             if stop != cursor:
                 cursors[topic_id] = stop
                 self.dirty.add(group.name)
+            if stop == topic.end:
+                caught_up += 1
+            else:
+                break  # `left` ran out inside this topic
+        if caught_up:
+            del group.backlog[:caught_up]
         return FetchResult(group.name, member, tuple(delivered), None)
 
     def _ack(self, op: AckOp) -> AckResult:
@@ -669,10 +716,7 @@ class ConsumerGroups:
         _check(len(self.groups) < MAX_GROUPS, f"more than {MAX_GROUPS} groups")
         _check(self.total_pending + len(group.pending) <= MAX_TOTAL_PENDING,
                f"more than {MAX_TOTAL_PENDING} pending deliveries in all groups")
-        group.rebuild_timers()
-        self.groups[name] = group
-        self.total_pending += len(group.pending)
-        self.dirty.add(name)
+        self._add(group)
 
 
 def _move_due(group: Group, now: float) -> None:

@@ -451,6 +451,8 @@ class Broker:
             if topic is None:
                 topic = self._new_topic(op_topic, 0)
             touched[op_topic] = topic
+        if self._groups.groups:  # every op: a FETCH earlier in this entry may have caught up with it
+            self._groups.topic_grew(topic.id)
         name = topic.name  # one str object per topic, not one per decoded op, in every Record and answer
         if late:
             self._late_count += 1
