@@ -63,7 +63,6 @@ def run_node(config_path: str, node_id: str, log_level: str) -> int:
     """Run one node until a signal stops it. Returns: the process exit status."""
     _setup_logging(log_level)
     from wiber.node import Node  # imported here: `wiber --help` stays fast
-    from wiber.node.heap import keep_heap_trimmed
 
     try:
         config = load_config(config_path)
@@ -78,7 +77,6 @@ def run_node(config_path: str, node_id: str, log_level: str) -> int:
     # each run visits about the same survivors (pipelined publishing: ~10% less CPU per message,
     # measured with the older generations' thresholds at 20 instead of 10, as here).
     gc.set_threshold(GC_THRESHOLD_0, 20, 20)
-    keep_heap_trimmed()  # what a burst of large frames took goes back (wiber.node.heap)
     node.run()
     return 0
 

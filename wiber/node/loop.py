@@ -51,6 +51,7 @@ from wiber.node import timesync
 from wiber.node.auth import NodeSecurity, claimed_sender
 from wiber.node.checkpoints import Checkpoints
 from wiber.node.clients import ClientHandlers
+from wiber.node.heap import HeapTrimmer
 from wiber.node.reorder import ReorderBuffer
 from wiber.node.shipping import Outgoing, Shipping
 from wiber.node.transport import Transport
@@ -162,6 +163,7 @@ class Node:
         self.checkpoints.hold_compaction = self.shipping.streaming
         self._request_timeout_s = config.cluster.request_timeout_ms / 1000.0
         self._turn_deadline = 0.0  # when the requests of this turn time out (set as they are read)
+        self._heap = HeapTrimmer()
         self._turn_writes: list[Waiter[PubOp]] = []
         self._turn_reads: list[Waiter[dict[str, Any]]] = []
         self._writes: PendingWrites[PubOp] = PendingWrites()
@@ -266,7 +268,9 @@ class Node:
         if subscriptions_changed:
             self._on_subscriptions(self.transport.recv_subscriptions())
         if peers_ready:
+            took = self._heap.took
             for user, frames in self.transport.recv_peers(DRAIN_LIMIT):
+                took(sum(map(len, frames)))
                 self._on_peer_frames(frames, user)
         if clients_ready:
             # One deadline for every request of the turn: they arrived together.
@@ -298,6 +302,7 @@ class Node:
             self._next_pub_heartbeat = now + PUB_HEARTBEAT_S
         if now >= self._next_clock_probe:
             self._next_clock_probe = now + CLOCK_PROBE_S
+            self._heap.maybe_trim(now)  # what a burst of large peer frames took goes back (wiber.node.heap)
             leader = self.raft.leader_id
             if leader is not None and leader != self.id and self._storage_failure is None:
                 if leader != self._sync_leader:
