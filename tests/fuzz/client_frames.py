@@ -17,9 +17,9 @@ OPS: Final = ("PING", "PUB", "PUB_BATCH", "HISTORY", "SUB", "TOPICS", "STATUS")
 TOPICS: Final = ("fuzz", "fuzz.a", "fuzz.b.c", "orders.eu", "é.topic", "x" * 255)
 
 LAST_LAMPORTS: Final = 2**63 - 2**20
-"""A stored lamport from here to 2**63 - 1 leaves the cluster's Lamport clock (almost) no room:
-every later PUB is refused. Only `far_lamport` sends such lamports (the other families keep theirs
-below, so they can run where that attack is a known, open finding)."""
+"""A stored lamport from here to 2**63 - 1 would leave the cluster's Lamport clock (almost) no room:
+every later PUB refused. The broker now refuses a lamport far ahead of its clock; `far_lamport`
+sends such lamports to show it, and the other families keep theirs below."""
 
 
 def within_lamport_room(body: bytes) -> bytes:

@@ -11,7 +11,9 @@ import pytest
 
 from wiber import protocol
 from wiber.broker import Broker, BrokerSettings, PubOp
+from wiber.broker import state as state_module
 from wiber.broker.sessions import MAX_SESSION_BYTES, answer_bytes, session_bytes
+from wiber.broker.state import LAMPORT_MAX_AHEAD
 from wiber.errors import BadRequest, SessionExpired
 
 LIMITS = protocol.Limits()
@@ -34,10 +36,25 @@ def test_a_history_offset_at_2_63_is_a_bad_request(field: str) -> None:
         protocol.validate_request({"op": "HISTORY", "topic": "t", field: 2**63}, LIMITS)
 
 
-def test_no_lamport_at_or_above_2_63_is_ever_stored() -> None:
+def test_a_lamport_far_ahead_of_the_clock_is_refused_and_the_next_pub_is_stored() -> None:
+    """One PUB at lamport 2**63 - 1 once spent the cluster's Lamport clock: every later PUB was
+    refused. A client's lamport comes from messages it saw, so one more than `LAMPORT_MAX_AHEAD`
+    ahead of the clock is BAD_REQUEST and stores nothing."""
+    broker = Broker(BrokerSettings())
+    broker.apply_ops(1, 1.0, [PubOp("t", (b"a",), False, lamport=100)])
+    [far] = broker.apply_ops(2, 1.0, [PubOp("t", (b"x",), False, lamport=2**63 - 2)])
+    assert isinstance(far.error, BadRequest) and "ahead of the cluster's Lamport clock" in str(far.error)
+    [near] = broker.apply_ops(3, 1.0, [PubOp("t", (b"b",), False, lamport=101 + LAMPORT_MAX_AHEAD)])
+    assert near.error is None and broker.last_lamport == 102 + LAMPORT_MAX_AHEAD
+    [after] = broker.apply_ops(4, 1.0, [PubOp("t", (b"c",), False)])
+    assert after.error is None and broker.end_offset("t") == 3
+
+
+def test_no_lamport_at_or_above_2_63_is_ever_stored(monkeypatch: pytest.MonkeyPatch) -> None:
     """A PUB at the largest lamport a client may send, or a batch that would run past 2**63 - 1, is
     refused with BAD_REQUEST and stores nothing (it once stored lamport 2**63, which no codec of the
-    cluster then accepted); the broker goes on."""
+    cluster then accepted); the broker goes on. (The clock is let jump here, to reach the edge.)"""
+    monkeypatch.setattr(state_module, "LAMPORT_MAX_AHEAD", 2**63)
     broker = Broker(BrokerSettings())
     [top] = broker.apply_ops(1, 1.0, [PubOp("t", (b"a",), False, lamport=2**63 - 1)])
     assert isinstance(top.error, BadRequest) and top.records == ()

@@ -131,6 +131,12 @@ class BrokerSettings:
         return self.topic_retention.get(topic, self.retention)
 
 
+#: How far a client's lamport may be ahead of the cluster's Lamport clock. A client only repeats
+#: lamports it saw (so it is never ahead); the slack is generous, and 2**63 / 2**20 publishes are
+#: needed to spend the clock's room, where one PUB at 2**63 - 1 once stopped every later one.
+LAMPORT_MAX_AHEAD = 1 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class AppliedEntry:
     """What applying one entry gave: the PUB ops' results and the consumer ops' results.
@@ -441,6 +447,12 @@ class Broker:
         op_topic, messages, batch, _, seq, _, op_lamport, late = op  # one unpack, not eight lookups
         lamport = self._last_lamport + 1
         if op_lamport >= lamport:
+            if op_lamport - self._last_lamport > LAMPORT_MAX_AHEAD:
+                # A client's lamport is the largest it saw in this cluster's messages, never ahead of the
+                # clock that stamped them: a far jump would only spend the 63 bits every later PUB needs.
+                return make_result(None, False, BadRequest(
+                    f"lamport {op_lamport} is more than {LAMPORT_MAX_AHEAD} ahead of the cluster's Lamport "
+                    f"clock ({self._last_lamport}); send the largest lamport your client has seen"), ())
             lamport = op_lamport + 1
         if lamport + len(messages) - 1 > INT63_MAX:  # never stored: clients and the wire hold 63 bits
             return make_result(None, False, BadRequest(
