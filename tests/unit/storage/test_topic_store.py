@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from wiber.storage import CorruptLog
 from wiber.storage.topics import TopicStore
 from wiber.storage.topics import store as store_module
 from wiber.storage.topics.blocks import segment_name
+from wiber.storage.topics.index import IndexDb
 
 T0 = 1_700_000_000.0
 
@@ -218,3 +220,15 @@ def test_many_topics_cost_no_file_each(tmp_path: Path) -> None:
     assert len(os.listdir(tmp_path)) <= 5  # one segment and the index database's files
     assert broker.history("orders.4321", 0)["messages"][0]["data"] == b"m4321"
     store.close()
+
+
+def test_an_index_that_is_not_a_database_is_refused_and_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """A follower checks a leader's staged index with IndexDb: a damaged one (the fuzzer sends them)
+    once left its SQLite connection open, one descriptor per refusal until the node ran out."""
+    bogus = tmp_path / "index.db"
+    bogus.write_bytes(b"not a database at all, " * 100)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(sqlite3.DatabaseError):
+            IndexDb(str(bogus))
+    assert len(os.listdir("/proc/self/fd")) <= before

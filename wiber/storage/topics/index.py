@@ -106,9 +106,13 @@ class IndexDb:
         self.path = path
         create_private(path)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=not thread_safe)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'OFF'}")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'OFF'}")
+            self._db.executescript(_SCHEMA)
+        except BaseException:  # e.g. not a database: the connection must not outlive the refusal
+            self._db.close()
+            raise
 
     def close(self) -> None:
         """Close the connection."""
