@@ -108,7 +108,8 @@ class Checkpoints:
         store = self.store
         record = store.record
         if record is not None and record.applied_index >= meta.index:
-            broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions())
+            broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions(),
+                              store.index.groups())
         elif record is None and meta.index == 0:
             broker = Broker(self._settings, store)
         elif is_full_snapshot(data):
@@ -308,7 +309,8 @@ class Checkpoints:
                 scan = scan_blocks(OS.read_file(os.path.join(staging_dir, segment_name(number))), number)
                 if scan.problem is not None:
                     return f"segment {segment_name(number)}: {scan.problem}"
-            broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions())
+            broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions(),
+                              store.index.groups())
             if broker.applied_index != meta.index:
                 return f"its broker state is at index {broker.applied_index}, not {meta.index}"
             return None
@@ -336,7 +338,8 @@ class Checkpoints:
                              f"{None if record is None else record.applied_index}, not {meta.index}", directory)
         store = self.store
         try:
-            broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions())
+            broker = rebuild(self._settings, store, record.counters, store.index.topics(), store.index.sessions(),
+                              store.index.groups())
         except (SnapshotError, sqlite3.Error) as exc:  # `check_staged` passed it: never expected
             raise CorruptLog(directory, 0, f"the installed snapshot does not load: {exc}", directory) from exc
         self._storage.apply_snapshot(meta, descriptor(meta.index))
