@@ -1,6 +1,6 @@
 """Wiber: a replicated publish/subscribe log in pure Python (Raft over ZeroMQ).
 
-Public API: `Client`, the exception tree of `wiber.errors` (with the client's key errors,
+Public API: `Client` (with `Consumer` and `ConsumedMessage` of consumer groups), the exception tree of `wiber.errors` (with the client's key errors,
 `CurveError` and `KeyFileError`), and `__version__`.
 """
 
@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import logging
 
-from wiber.client import Client, Timeouts
+from wiber.client import Client, ConsumedMessage, Consumer, Timeouts
 from wiber.client.curve import CurveError, KeyFileError
 from wiber.errors import (
     BadRequest,
     ClientError,
     ConfigError,
+    ConsumerError,
     Forbidden,
+    GroupConflict,
     NotLeader,
+    PendingCapReached,
     SessionExpired,
     StorageError,
     TooLarge,
+    TooManyGroups,
     Unavailable,
+    UnknownGroup,
     UnknownOp,
     WiberError,
     WireError,
@@ -34,15 +39,22 @@ __all__ = [
     "Client",
     "ClientError",
     "ConfigError",
+    "ConsumedMessage",
+    "Consumer",
+    "ConsumerError",
     "CurveError",
     "Forbidden",
+    "GroupConflict",
     "KeyFileError",
     "NotLeader",
+    "PendingCapReached",
     "SessionExpired",
     "StorageError",
     "Timeouts",
     "TooLarge",
+    "TooManyGroups",
     "Unavailable",
+    "UnknownGroup",
     "UnknownOp",
     "WiberError",
     "WireError",

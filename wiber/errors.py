@@ -9,6 +9,9 @@ Tree::
     ├── ClientError            the client library gave up (see .last_error for the cause)
     └── WireError              an error a node answers on the wire; `.code` is the contract's code
         ├── BadRequest         BAD_REQUEST
+        │   └── ConsumerError  BAD_REQUEST with a `reason` (docs/design.md section 11):
+        │       UnknownGroup (NO_GROUP), GroupConflict (GROUP_CONFLICT),
+        │       TooManyGroups (TOO_MANY_GROUPS), PendingCapReached (PENDING_CAP)
         ├── TooLarge           TOO_LARGE
         ├── UnknownOp          UNKNOWN_OP
         ├── NotLeader          NOT_LEADER   (.leader, .leader_addr)
@@ -74,6 +77,50 @@ class BadRequest(WireError):
     """Not msgpack, not a map, a missing or mistyped field, or a bad topic name."""
 
     code = "BAD_REQUEST"
+
+
+class ConsumerError(BadRequest):
+    """A consumer-group op that cannot be done in the group's current state.
+
+    On the wire it is BAD_REQUEST with a `reason` naming the subclass, so a client raises the same
+    class; within the broker it is an op's result, never raised by apply (every node applies it alike).
+    """
+
+    reason: str = "CONSUMER"
+
+    def to_reply(self) -> dict[str, Any]:
+        reply = super().to_reply()
+        reply["reason"] = self.reason
+        return reply
+
+
+class UnknownGroup(ConsumerError):
+    """FETCH, ACK, NAK or a group read of a group that does not exist (create it first)."""
+
+    reason = "NO_GROUP"
+
+
+class GroupConflict(ConsumerError):
+    """GROUP_CREATE of an existing group with other settings."""
+
+    reason = "GROUP_CONFLICT"
+
+
+class TooManyGroups(ConsumerError):
+    """GROUP_CREATE when the cluster keeps as many groups as it may."""
+
+    reason = "TOO_MANY_GROUPS"
+
+
+class PendingCapReached(ConsumerError):
+    """FETCH when the group (or all groups) hold as many unacked deliveries as they may: ack first."""
+
+    reason = "PENDING_CAP"
+
+
+CONSUMER_ERRORS: dict[str, type[ConsumerError]] = {
+    cls.reason: cls for cls in (UnknownGroup, GroupConflict, TooManyGroups, PendingCapReached)
+}
 
 
 class TooLarge(WireError):
@@ -148,6 +195,8 @@ def error_from_reply(reply: dict[str, Any]) -> WireError:
             leader if isinstance(leader, str) else None,
             addr if isinstance(addr, str) else None,
         )
+    if cls is BadRequest and isinstance(reply.get("reason"), str):
+        cls = CONSUMER_ERRORS.get(reply["reason"], ConsumerError)
     if cls is None:
         err = WireError(f"{code}: {message}")
         err.code = code

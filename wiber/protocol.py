@@ -60,7 +60,14 @@ from wiber.errors import BadRequest, TooLarge, UnknownOp, WireError
 __all__ = [
     "BATCH_BYTES_FACTOR",
     "CLIENT_ID_MAX_CHARS",
+    "ACK_REFS_MAX",
+    "ACK_WAIT_MS_DEFAULT",
+    "ACK_WAIT_MS_MAX",
     "CONSISTENCY_LEVELS",
+    "CONSUMER_OPS",
+    "FETCH_DEFAULT",
+    "FETCH_MAX",
+    "GROUP_NAME_MAX_CHARS",
     "ENVELOPE_HEADROOM_BYTES",
     "HEARTBEAT_PREFIX",
     "HISTORY_DEFAULT_LIMIT",
@@ -90,8 +97,29 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- constants
 
-WRITE_OPS: Final = frozenset({"PUB", "PUB_BATCH"})
+WRITE_OPS: Final = frozenset({"PUB", "PUB_BATCH", "GROUP_CREATE", "GROUP_DELETE", "FETCH", "ACK", "NAK"})
 """Ops that append to the replicated log: only a leader serves them (NOT_LEADER elsewhere)."""
+
+CONSUMER_OPS: Final = frozenset({"GROUP_CREATE", "GROUP_DELETE", "FETCH", "ACK", "NAK"})
+"""The write ops of consumer groups (docs/design.md section 11): each becomes an op of a log entry."""
+
+FETCH_MAX: Final = 1000
+"""Most messages one FETCH asks for (the broker's limit too)."""
+
+FETCH_DEFAULT: Final = 100
+"""Messages a FETCH asks for when it does not say `max`."""
+
+ACK_REFS_MAX: Final = 1000
+"""Most [topic, offset] refs one ACK or NAK carries (the broker's limit too)."""
+
+ACK_WAIT_MS_DEFAULT: Final = 30_000
+"""How long a member holds a delivery before it is delivered again, unless GROUP_CREATE says otherwise."""
+
+ACK_WAIT_MS_MAX: Final = 86_400_000
+"""Longest `ack_wait_ms` a group may have: one day (the broker's limit too)."""
+
+GROUP_NAME_MAX_CHARS: Final = 255
+"""Longest group or member name on the wire (the broker also holds it to 255 bytes of UTF-8)."""
 
 MAX_BATCH_MESSAGES: Final = 10_000
 """Most messages one PUB_BATCH may carry."""
@@ -355,6 +383,32 @@ def _one_of(*choices: str) -> Checker:
     return check
 
 
+def _check_bool(field: str, value: Any, limits: Limits) -> bool:
+    """Checker of a true/false flag: a msgpack bool, never an integer."""
+    if not isinstance(value, bool):
+        raise _must(field, "true or false", value)
+    return value
+
+
+def _check_refs(field: str, value: Any, limits: Limits) -> list[tuple[str, int]]:
+    """Checker of an ACK's or NAK's refs: 1 to `ACK_REFS_MAX` pairs [topic, offset].
+
+    Returns: a new list of (topic, offset) tuples.
+    """
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= ACK_REFS_MAX:
+        raise _must(field, f"an array of 1 to {ACK_REFS_MAX} [topic, offset] pairs", value)
+    refs: list[tuple[str, int]] = []
+    for position, ref in enumerate(value):
+        if not isinstance(ref, (list, tuple)) or len(ref) != 2:
+            raise _must(f"{field}[{position}]", "a [topic, offset] pair", ref)
+        topic, offset = ref
+        validate_topic(topic, f"{field}[{position}][0]", use="read")
+        if not _is_int(offset) or not 0 <= offset <= _INT63_MAX:
+            raise _must(f"{field}[{position}][1]", "an integer from 0 to 2**63-1", offset)
+        refs.append((topic, offset))
+    return refs
+
+
 def _check_topic(field: str, value: Any, limits: Limits) -> str:
     """Checker of the topic a HISTORY reads: one name, not a pattern (`validate_topic` for "read")."""
     return validate_topic(value, field, use="read")
@@ -459,6 +513,9 @@ class FieldSpec:
 _TOPIC = FieldSpec("topic", _check_topic, required=True)
 _PUBLISH_TOPIC = FieldSpec("topic", _check_publish_topic, required=True)
 
+_GROUP = FieldSpec("group", _string(1, GROUP_NAME_MAX_CHARS), required=True)
+_MEMBER = FieldSpec("member", _string(1, GROUP_NAME_MAX_CHARS), required=True)
+
 _SESSION_AND_TIME = (
     FieldSpec("client_id", _string(1, CLIENT_ID_MAX_CHARS), requires=("seq",)),
     FieldSpec("seq", _int_in(1, _INT63_MAX), requires=("client_id",)),
@@ -482,11 +539,28 @@ _OP_FIELDS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
         "SUB": (FieldSpec("topic", _check_subscribe_topic, required=True),),
         "TOPICS": (FieldSpec("pattern", _check_subscribe_topic),),
         "STATUS": (),
+        "GROUP_CREATE": (
+            _GROUP,
+            FieldSpec("pattern", _check_subscribe_topic, required=True),
+            FieldSpec("ack_wait_ms", _int_in(1, ACK_WAIT_MS_MAX), default=ACK_WAIT_MS_DEFAULT),
+            FieldSpec("from_start", _check_bool, default=False),
+        ),
+        "GROUP_DELETE": (_GROUP,),
+        "GROUPS": (),
+        "FETCH": (
+            _GROUP,
+            _MEMBER,
+            FieldSpec("max", _int_in(1, FETCH_MAX), default=FETCH_DEFAULT),
+            FieldSpec("wait_ms", _int_in(0, ACK_WAIT_MS_MAX), default=0),
+        ),
+        "ACK": (_GROUP, _MEMBER, FieldSpec("refs", _check_refs, required=True)),
+        "NAK": (_GROUP, _MEMBER, FieldSpec("refs", _check_refs, required=True)),
     }
 )
 
 OPS: Final[frozenset[str]] = frozenset(_OP_FIELDS)
-"""Every op of the contract: PING PUB PUB_BATCH HISTORY SUB TOPICS STATUS."""
+"""Every op of the contract: PING PUB PUB_BATCH HISTORY SUB TOPICS STATUS, and the consumer ops
+GROUP_CREATE GROUP_DELETE GROUPS FETCH ACK NAK."""
 
 
 # ----------------------------------------------------------------------------- requests

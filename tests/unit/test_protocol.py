@@ -78,8 +78,10 @@ def peak_allocation(action: Callable[[], object]) -> int:
 
 
 def test_ops_and_constants_match_the_contract() -> None:
-    assert OPS == {"PING", "PUB", "PUB_BATCH", "HISTORY", "SUB", "TOPICS", "STATUS"}
-    assert WRITE_OPS == {"PUB", "PUB_BATCH"} and WRITE_OPS <= OPS
+    consumer_ops = {"GROUP_CREATE", "GROUP_DELETE", "FETCH", "ACK", "NAK"}
+    assert OPS == {"PING", "PUB", "PUB_BATCH", "HISTORY", "SUB", "TOPICS", "STATUS", "GROUPS", *consumer_ops}
+    assert WRITE_OPS == {"PUB", "PUB_BATCH", *consumer_ops} and WRITE_OPS <= OPS
+    assert protocol.CONSUMER_OPS == consumer_ops
     assert MAX_BATCH_MESSAGES == 10_000
     assert protocol.BATCH_BYTES_FACTOR == 16
     assert protocol.HISTORY_DEFAULT_LIMIT == 100
@@ -279,6 +281,39 @@ GOOD: list[tuple[str, dict[str, Any], dict[str, Any], Limits]] = [
         {"op": "SUB", "topic": "zamówienia/🚚"},
         LIMITS,
     ),
+    # consumer groups (docs/design.md section 11)
+    (
+        "group create defaults",
+        {"op": "GROUP_CREATE", "group": "g", "pattern": "orders.*"},
+        {"op": "GROUP_CREATE", "group": "g", "pattern": "orders.*", "ack_wait_ms": 30_000, "from_start": False},
+        LIMITS,
+    ),
+    (
+        "group create with settings",
+        {"op": "GROUP_CREATE", "group": "g", "pattern": "orders.eu", "ack_wait_ms": 5, "from_start": True},
+        {"op": "GROUP_CREATE", "group": "g", "pattern": "orders.eu", "ack_wait_ms": 5, "from_start": True},
+        LIMITS,
+    ),
+    ("group delete", {"op": "GROUP_DELETE", "group": "g"}, {"op": "GROUP_DELETE", "group": "g"}, LIMITS),
+    ("groups", {"op": "GROUPS"}, {"op": "GROUPS"}, LIMITS),
+    (
+        "fetch defaults",
+        {"op": "FETCH", "group": "g", "member": "m"},
+        {"op": "FETCH", "group": "g", "member": "m", "max": 100, "wait_ms": 0},
+        LIMITS,
+    ),
+    (
+        "ack refs become pairs",
+        {"op": "ACK", "group": "g", "member": "m", "refs": [["orders.eu", 0], ("orders.us", 7)]},
+        {"op": "ACK", "group": "g", "member": "m", "refs": [("orders.eu", 0), ("orders.us", 7)]},
+        LIMITS,
+    ),
+    (
+        "nak",
+        {"op": "NAK", "group": "g", "member": "m", "refs": [["t", 2**63 - 1]]},
+        {"op": "NAK", "group": "g", "member": "m", "refs": [("t", 2**63 - 1)]},
+        LIMITS,
+    ),
 ]
 
 
@@ -426,7 +461,8 @@ BAD: list[tuple[str, Any, type[WireError], str]] = [
         "op unknown",
         {"op": "DELETE"},
         UnknownOp,
-        "known ops: HISTORY, PING, PUB, PUB_BATCH, STATUS, SUB, TOPICS",
+        "known ops: ACK, FETCH, GROUPS, GROUP_CREATE, GROUP_DELETE, HISTORY, NAK, PING, PUB, PUB_BATCH, STATUS, SUB, "
+        "TOPICS",
     ),
     ("op empty", {"op": ""}, UnknownOp, "unknown op ''"),
     ("op PONG is a reply", {"op": "PONG"}, UnknownOp, "unknown op 'PONG'"),
@@ -554,6 +590,25 @@ BAD: list[tuple[str, Any, type[WireError], str]] = [
     ("history consistency int", {"op": "HISTORY", "topic": "t", "consistency": 1}, BadRequest, "got 1"),
     *_bad_topic_cases(),
     *_session_cases(),
+    # consumer groups
+    ("group create without pattern", {"op": "GROUP_CREATE", "group": "g"}, BadRequest,
+     "GROUP_CREATE requires field 'pattern'"),
+    ("group create bad pattern", {"op": "GROUP_CREATE", "group": "g", "pattern": "a.>.b"}, BadRequest, "'>'"),
+    ("group create from_start int", {"op": "GROUP_CREATE", "group": "g", "pattern": "a", "from_start": 1},
+     BadRequest, "field 'from_start' must be true or false, got 1"),
+    ("group create ack_wait 0", {"op": "GROUP_CREATE", "group": "g", "pattern": "a", "ack_wait_ms": 0},
+     BadRequest, "field 'ack_wait_ms' must be an integer from 1 to 86400000"),
+    ("fetch max 1001", {"op": "FETCH", "group": "g", "member": "m", "max": 1001}, BadRequest,
+     "field 'max' must be an integer from 1 to 1000"),
+    ("fetch without member", {"op": "FETCH", "group": "g"}, BadRequest, "FETCH requires field 'member'"),
+    ("ack no refs", {"op": "ACK", "group": "g", "member": "m", "refs": []}, BadRequest,
+     "field 'refs' must be an array of 1 to 1000 [topic, offset] pairs"),
+    ("ack ref not a pair", {"op": "ACK", "group": "g", "member": "m", "refs": [["t"]]}, BadRequest,
+     "field 'refs[0]' must be a [topic, offset] pair"),
+    ("ack ref negative offset", {"op": "ACK", "group": "g", "member": "m", "refs": [["t", -1]]}, BadRequest,
+     "field 'refs[0][1]' must be an integer from 0 to 2**63-1"),
+    ("nak ref pattern topic", {"op": "NAK", "group": "g", "member": "m", "refs": [["t.*", 1]]}, BadRequest,
+     "patterns are for subscriptions"),
 ]
 
 

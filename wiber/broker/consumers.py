@@ -48,7 +48,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple, Protocol
 
-from wiber.errors import BadRequest
+from wiber import protocol
+from wiber.errors import ConsumerError, GroupConflict, PendingCapReached, TooManyGroups, UnknownGroup
 from wiber.topics import SEPARATOR, TopicPattern, matches, name_problem, pattern_problem
 
 __all__ = [
@@ -99,13 +100,13 @@ NAK: Final = 4
 DELETE: Final = 5
 """Kind of a DELETE op."""
 
-DEFAULT_ACK_WAIT_MS: Final = 30_000
+DEFAULT_ACK_WAIT_MS: Final = protocol.ACK_WAIT_MS_DEFAULT
 """How long a member holds a delivery before it is delivered again, unless CREATE says otherwise."""
-MAX_ACK_WAIT_MS: Final = 86_400_000
+MAX_ACK_WAIT_MS: Final = protocol.ACK_WAIT_MS_MAX
 """Longest ack_wait_ms a group may have (one day)."""
-MAX_FETCH: Final = 1000
+MAX_FETCH: Final = protocol.FETCH_MAX
 """Most messages one FETCH asks for."""
-MAX_ACK_REFS: Final = 1000
+MAX_ACK_REFS: Final = protocol.ACK_REFS_MAX
 """Most (topic, offset) refs one ACK or NAK carries."""
 NAME_MAX_BYTES: Final = 255
 """Longest group or member name, in bytes of UTF-8."""
@@ -125,24 +126,7 @@ _COMPACT_SLACK: Final = 1024
 # ---------------------------------------------------------------------------------- errors
 
 
-class ConsumerError(BadRequest):
-    """A consumer op that cannot be done in the current state (a result's error; never raised by apply)."""
-
-
-class UnknownGroup(ConsumerError):
-    """FETCH, ACK or NAK of a group that does not exist."""
-
-
-class GroupConflict(ConsumerError):
-    """CREATE of an existing group with other settings."""
-
-
-class TooManyGroups(ConsumerError):
-    """CREATE when `MAX_GROUPS` groups exist."""
-
-
-class PendingCapReached(ConsumerError):
-    """FETCH when the group (or all groups) hold as many unacked deliveries as they may."""
+# ConsumerError and its subclasses live in wiber.errors: the client raises them from replies too.
 
 
 # ---------------------------------------------------------------------------------- ops
@@ -471,6 +455,30 @@ class ConsumerGroups:
         if type(op) is DeleteGroupOp:
             return self._delete(op)
         raise TypeError(f"{type(op).__name__} is not a consumer op")
+
+    def has_work(self, name: str, now: float) -> bool | None:
+        """Returns: whether a FETCH of group `name` at time `now` may deliver something (None: no such
+        group). The leader asks before proposing a FETCH, so an idle member costs no log entry; True
+        may still deliver nothing (a stale timer or backlog item), never the reverse."""
+        group = self.groups.get(name)
+        if group is None:
+            return None
+        return bool(group.backlog or group.due or (group.timers and group.timers[0][0] <= now))
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """Returns: group `name` as GROUPS lists it: its settings, ``topics`` (how many match),
+        ``pending`` (delivered, not acked) and ``lag`` (kept messages never delivered), O(its topics).
+
+        Raises: KeyError: no such group.
+        """
+        group = self.groups[name]
+        by_id = self._by_id
+        lag = 0
+        for topic_id, cursor in group.cursors.items():
+            topic = by_id[topic_id]
+            lag += max(0, topic.end - max(cursor, topic.first))
+        return {"pattern": group.pattern.text, "ack_wait_ms": group.ack_wait_ms, "from_start": group.from_start,
+                "topics": len(group.cursors), "pending": len(group.pending), "lag": lag}
 
     def topic_created(self, topic: TopicView) -> None:
         """A new topic exists: every group whose pattern matches it will deliver it from offset 0."""

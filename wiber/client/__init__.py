@@ -2,7 +2,8 @@
 
 `Client` (connection.py) sends one request at a time with failover and exactly-once publishing;
 `Subscription` (subscription.py) delivers a topic's messages once, in offset order, and
-`PatternSubscription` those of every topic a pattern matches; values.py
+`PatternSubscription` those of every topic a pattern matches; `Consumer` (consumer.py) is a member
+of a durable consumer group (fetch, ack, nak); values.py
 holds what they hand out (Ack, Message, History) and take (Timeouts); curve.py the CURVE keys
 they use against a cluster with a security section. The pipelined, batching
 publisher is `wiber.publisher.Publisher`.
@@ -11,6 +12,7 @@ publisher is `wiber.publisher.Publisher`.
 from __future__ import annotations
 
 from wiber.client.connection import Client
+from wiber.client.consumer import ConsumedMessage, Consumer
 from wiber.client.curve import KEY_ENV, CurveError, KeyFileError
 from wiber.client.subscription import (
     HEARTBEAT_SILENCE_S,
@@ -27,6 +29,8 @@ __all__ = [
     "MAX_BUFFERED",
     "Ack",
     "Client",
+    "ConsumedMessage",
+    "Consumer",
     "CurveError",
     "History",
     "KeyFileError",

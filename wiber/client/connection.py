@@ -38,6 +38,7 @@ from wiber.client.curve import (
     config_curve_keys,
     curve_keys,
 )
+from wiber.client.consumer import Consumer
 from wiber.client.subscription import PatternSubscription, Subscription
 from wiber.client.values import Ack, History, Message, Timeouts, normalize_address, pause
 from wiber.clock import Clock, OffsetEstimator, SystemClock, skew_from_env
@@ -305,22 +306,31 @@ class Client:
                                  f"expired when it arrived, so this try stored nothing; publish it again "
                                  f"(the client now uses a new session)") from exc
 
-    def publish(self, topic: str, data: bytes | str, ts: float | None = None) -> Ack:
+    def publish(self, topic: str, data: bytes | str, ts: float | None = None, *,
+                dedup: tuple[str, int] | None = None) -> Ack:
         """Store one message and wait until a majority has it on disk. Returns: its Ack.
 
         Retries (NOT_LEADER, UNAVAILABLE, timeouts) reuse the same seq, so the message is stored
-        exactly once. A `str` is sent as its UTF-8 bytes. The request carries the client's synced
+        exactly once. With `dedup`, a ``(client_id, seq)`` of the caller's (`ConsumedMessage.publish_key`)
+        stands for this client's own: any publish under the same pair, from any process, stores
+        nothing more and gets the first one's Ack (``duplicate=True``). A `str` is sent as its UTF-8 bytes. The request carries the client's synced
         send time (`ts`, default `now()`), which a cluster with a reorder window orders by.
 
         Raises:
             SessionExpired: a retry came too late for the cluster to know whether it was stored (the
-                client continues under a new session; check HISTORY for this message).
+                client continues under a new session; check HISTORY for this message). With `dedup`:
+                that key is older than its client_id's window, and nothing was stored by this call.
             ClientError: no answer before the total deadline (the message may or may not be stored).
             BadRequest, TooLarge: the request itself is wrong.
         """
         payload = data.encode() if isinstance(data, str) else data
         sent_at = self.now() if ts is None else ts
-        reply = self._publish_once("PUB", topic, data=payload, lamport=self.lamport or None, ts=sent_at)
+        if dedup is not None:  # the caller's key, not this client's session (ConsumedMessage.publish_key)
+            client_id, seq = dedup
+            reply = self.request("PUB", topic=topic, data=payload, client_id=client_id, seq=seq,
+                                 lamport=self.lamport or None, ts=sent_at)
+        else:
+            reply = self._publish_once("PUB", topic, data=payload, lamport=self.lamport or None, ts=sent_at)
         ack = Ack.from_reply(reply)
         self.observe_lamport(ack.lamport + ack.count - 1)
         return ack
@@ -368,6 +378,23 @@ class Client:
             subscription = Subscription(self, topic, from_offset)
         self._subscriptions.add(subscription)
         return subscription
+
+    def consumer(self, group: str, pattern: str, *, ack_wait_ms: int = protocol.ACK_WAIT_MS_DEFAULT,
+                 from_start: bool = False, member: str | None = None) -> Consumer:
+        """Returns: a member of durable consumer group `group`, created (on `pattern`) if new.
+
+        A new group starts at the end of each matching topic, or at its first kept message with
+        `from_start`; a message neither acked nor nak'ed within `ack_wait_ms` is delivered again.
+        `member` names this member (default: host, pid and a random part).
+
+        Raises: GroupConflict: the group exists with other settings; BadRequest: a bad argument.
+        """
+        return Consumer(self, group, pattern, ack_wait_ms=ack_wait_ms, from_start=from_start, member=member)
+
+    def groups(self) -> dict[str, dict[str, Any]]:
+        """Returns: per consumer group, its pattern, ack_wait_ms, from_start, topics (how many match),
+        pending (delivered, not acked) and lag (never delivered), as the answering node has applied them."""
+        return dict(self.request("GROUPS")["groups"])
 
     def status_all(self) -> dict[str, dict[str, Any] | BaseException]:
         """Returns: per address, its STATUS reply or the error that stood in the way."""

@@ -228,12 +228,14 @@ class TopicPatterns:
         return verdict
 
 
-#: Ops every admitted client may send (TOPICS lists only the topics the client may use).
-OPEN_OPS: Final = frozenset({"PING", "TOPICS"})
+#: Ops every admitted client may send (TOPICS and GROUPS list only what the client may use).
+OPEN_OPS: Final = frozenset({"PING", "TOPICS", "GROUPS"})
 #: Ops that write a topic: its `publish` patterns decide.
 WRITE_OPS: Final = frozenset({"PUB", "PUB_BATCH"})
-#: Ops that read a topic: its `subscribe` patterns decide. Any op named nowhere here needs admin.
-READ_OPS: Final = frozenset({"HISTORY", "SUB"})
+#: Ops that read a topic: its `subscribe` patterns decide. The consumer ops read their group's pattern
+#: (GROUP_CREATE the one it sends), so a client may use a group only if it could SUB to that pattern.
+#: Any op named nowhere here needs admin.
+READ_OPS: Final = frozenset({"HISTORY", "SUB", "GROUP_CREATE", "GROUP_DELETE", "FETCH", "ACK", "NAK"})
 
 
 @dataclass(slots=True)

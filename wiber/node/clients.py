@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from wiber import protocol
 from wiber.broker import pub_op_from_request
-from wiber.errors import BadRequest, Forbidden, NotLeader, StorageError, Unavailable, WireError
+from wiber.broker.consumers import ConsumerResult, FetchOp, FetchResult
+from wiber.errors import BadRequest, Forbidden, NotLeader, StorageError, Unavailable, UnknownGroup, WireError
 from wiber.node.backlog import ReplyBacklog
+from wiber.node.consumers import consumer_op_from_request, group_pattern, result_fields
 from wiber.node.transport import ClientRequest
 from wiber.node.waiting import Waiter
 from wiber.raft import Role
@@ -30,6 +32,9 @@ __all__ = ["ClientHandlers", "ROLE_NAMES"]
 
 #: A handler answers at once (a reply map) or parks the client and answers later (None).
 Handler = Callable[[dict[str, Any], ClientRequest, Any], "dict[str, Any] | None"]
+
+#: Ops whose replies may be large: counted in the reply backlog until they have left.
+BACKLOG_OPS = frozenset({"HISTORY", "FETCH"})
 
 ROLE_NAMES = {
     Role.FOLLOWER: "follower",
@@ -53,6 +58,12 @@ class ClientHandlers:
             "HISTORY": self.on_history,
             "SUB": self.on_sub,
             "TOPICS": self.on_topics,
+            "GROUP_CREATE": self.on_consumer_write,
+            "GROUP_DELETE": self.on_consumer_write,
+            "FETCH": self.on_fetch,
+            "ACK": self.on_consumer_write,
+            "NAK": self.on_consumer_write,
+            "GROUPS": self.on_groups,
         }
 
     def on_client_request(self, request: ClientRequest) -> None:
@@ -67,7 +78,7 @@ class ClientHandlers:
             if fields is None:
                 return  # parked: answered when its entry commits or its read is confirmed
             reply = protocol.ok_reply(fields, req_id)
-            if msg["op"] == "HISTORY":
+            if msg["op"] in BACKLOG_OPS:
                 backlog = self.backlog  # up to max_reply_bytes: counted until it has left
         except WireError as err:
             req_id = getattr(err, "request_id", req_id)
@@ -82,8 +93,13 @@ class ClientHandlers:
         security = self.node.security
         assert security is not None
         rights = security.rights.get(request.user or "")
-        problem = (f"connection authenticated as {request.user!r}, not a client of security.clients"
-                   if rights is None else rights.refusal(msg["op"], msg.get("topic")))
+        op = msg["op"]
+        if rights is None:
+            problem: str | None = f"connection authenticated as {request.user!r}, not a client of security.clients"
+        elif op in protocol.CONSUMER_OPS and not rights.admin:  # reading a group is reading its pattern
+            problem = rights.refusal(op, group_pattern(self.node.broker, msg))
+        else:
+            problem = rights.refusal(op, msg.get("topic"))
         if problem is not None:
             security.forbidden += 1
             raise Forbidden(problem)
@@ -110,11 +126,8 @@ class ClientHandlers:
 
     def on_write(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> None:
         """PUB and PUB_BATCH: parked until the turn's entry commits (leader only)."""
-        if self.node._storage_failure is not None:
-            raise self.storage_error()
-        if self.node.raft.role is not Role.LEADER or self.node._stopping:
-            raise self.not_leader()
-        waiter = Waiter(request.envelope, req_id, self.node._turn_deadline, pub_op_from_request(msg))
+        self.writable()
+        waiter: Waiter[Any] = Waiter(request.envelope, req_id, self.node._turn_deadline, pub_op_from_request(msg))
         sent_at = msg.get("ts")
         if self.node._reorder is not None and sent_at is not None:
             if self.node._reorder.add(waiter, float(sent_at), msg.get("client_id") or "", msg.get("seq") or 0,
@@ -123,6 +136,69 @@ class ClientHandlers:
             waiter.request = waiter.request._replace(late=True)
         self.node._turn_writes.append(waiter)
         return None
+
+    def writable(self) -> None:
+        """Raises: StorageError or NotLeader unless this node may propose writes now."""
+        if self.node._storage_failure is not None:
+            raise self.storage_error()
+        if self.node.raft.role is not Role.LEADER or self.node._stopping:
+            raise self.not_leader()
+
+    def on_consumer_write(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> None:
+        """GROUP_CREATE, GROUP_DELETE, ACK, NAK: parked until the turn's entry commits (leader only)."""
+        self.writable()
+        op = consumer_op_from_request(msg)
+        self.node._turn_writes.append(Waiter(request.envelope, req_id, self.node._turn_deadline, op))
+        return None
+
+    def on_fetch(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any] | None:
+        """FETCH: proposed when its group may have something to deliver; otherwise answered empty at once,
+        or parked for up to ``wait_ms`` (within the request timeout) until it has (`wiber.node.consumers`).
+
+        Refused UNAVAILABLE while earlier replies are not yet read, as HISTORY is (before anything is
+        delivered: a refused FETCH leaves the group as it was)."""
+        self.writable()
+        unread = self.backlog.refusal(request.envelope[0], self.node._turn_deadline)
+        if unread is not None:
+            raise Unavailable(f"node {self.node.id}: {unread}")
+        op = consumer_op_from_request(msg)
+        assert isinstance(op, FetchOp)
+        waiter: Waiter[FetchOp] = Waiter(request.envelope, req_id, self.node._turn_deadline, op)
+        work = self.node.broker.groups.has_work(op.group, self.node.synced.now())
+        if work is None:
+            raise UnknownGroup(f"no consumer group {op.group!r}: create it first")
+        if work:
+            self.node._turn_writes.append(waiter)
+            return None
+        if msg["wait_ms"] == 0:
+            return {"group": op.group, "messages": []}
+        now = self.node.clock.monotonic()
+        self.node.fetches.park(waiter, min(now + msg["wait_ms"] / 1000, self.node._turn_deadline))
+        return None
+
+    def consumer_reply(self, waiter: Waiter[Any], result: ConsumerResult) -> None:
+        """Answer a consumer op from its result (a FETCH reply counts in the reply backlog)."""
+        if result.error is not None:
+            self.node.transport.reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
+            return
+        fields = result_fields(self.node.broker, result, self.node.config.cluster.max_reply_bytes)
+        backlog = self.backlog if type(result) is FetchResult else None
+        self.node.transport.reply(waiter.envelope, protocol.ok_reply(fields, waiter.req_id), backlog)
+
+    def on_groups(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
+        """GROUPS: every consumer group with its pattern, settings, pending count and lag, from this node's
+        applied state (with security: the groups whose pattern the client may read)."""
+        groups = self.node.broker.groups
+        security = self.node.security
+        rights = None
+        if security is not None and request.user is not None:
+            rights = security.rights.get(request.user)
+        listed: dict[str, dict[str, Any]] = {}
+        for name in sorted(groups.groups):
+            if rights is not None and not rights.admin and groups.groups[name].pattern.text not in rights.read:
+                continue
+            listed[name] = groups.describe(name)
+        return {"groups": listed}
 
     def on_history(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any] | None:
         """HISTORY: `local` from this node's applied state (never uncommitted), `linearizable` by ReadIndex.

@@ -31,10 +31,11 @@ import msgpack
 import zmq
 
 from wiber import protocol
-from wiber.broker import BrokerSettings, PubOp, PubResult, encode_entry, record_to_wire
+from wiber.broker import AppliedEntry, BrokerSettings, PubOp, encode_entry, record_to_wire
+from wiber.broker.entry import EntryOp
 from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
-from wiber.errors import InvariantError, StorageError, Unavailable, WireError
+from wiber.errors import InvariantError, StorageError, Unavailable, UnknownGroup, WireError
 from wiber.raft import (
     EntryKind,
     InstallSnapshot,
@@ -51,6 +52,7 @@ from wiber.node import timesync
 from wiber.node.auth import NodeSecurity, claimed_sender
 from wiber.node.checkpoints import Checkpoints
 from wiber.node.clients import ClientHandlers
+from wiber.node.consumers import ParkedFetches
 from wiber.node.heap import HeapTrimmer
 from wiber.node.reorder import ReorderBuffer
 from wiber.node.shipping import Outgoing, Shipping
@@ -87,6 +89,12 @@ DISK_WAIT_CREDIT_MAX_S = 1.0
 MAX_ENTRY_BYTES = 16 << 20
 #: A wait on the disk this long or longer is logged as a warning: it risks elections on peers with other disks.
 DISK_WAIT_WARN_S = 0.1
+
+#: What a consumer op costs in an entry besides its refs (names, numbers, headers), for `_by_size`.
+_CONSUMER_OP_BYTES = 600
+#: What applying a Raft no-op gives: nothing to fan out or answer.
+_NOTHING_APPLIED = AppliedEntry([], [])
+
 
 def ms_to_ticks(ms: int) -> int:
     """Returns: the number of core ticks (at least 1) closest to `ms` milliseconds."""
@@ -164,10 +172,11 @@ class Node:
         self._request_timeout_s = config.cluster.request_timeout_ms / 1000.0
         self._turn_deadline = 0.0  # when the requests of this turn time out (set as they are read)
         self._heap = HeapTrimmer()
-        self._turn_writes: list[Waiter[PubOp]] = []
+        self._turn_writes: list[Waiter[Any]] = []  # Waiter[EntryOp]s: PUBs and consumer ops
         self._turn_reads: list[Waiter[dict[str, Any]]] = []
-        self._writes: PendingWrites[PubOp] = PendingWrites()
-        self._proposed: dict[int, tuple[int, float, list[PubOp]]] = {}  # index -> (term, ts, ops)
+        self._writes: PendingWrites[EntryOp] = PendingWrites()
+        self._proposed: dict[int, tuple[int, float, list[EntryOp]]] = {}  # index -> (term, ts, ops)
+        self.fetches = ParkedFetches()  # FETCHes waiting for their group to have work (wiber.node.consumers)
         self._reads: PendingReads[dict[str, Any]] = PendingReads()
         self._read_round = 0
         self._storage_failure: str | None = None
@@ -260,6 +269,8 @@ class Node:
         if self._notices_due is not None:
             deadline = min(deadline, self._notices_due)
         timeout_ms = math.ceil(max(0.0, deadline - now) * 1000)  # never 0 ahead of a timer: no spinning
+        if self._turn_writes:  # parked FETCHes released by the last turn's entries: propose them now
+            timeout_ms = 0
         clients_ready, peers_ready, subscriptions_changed, zap_ready = self.transport.poll(timeout_ms)
         if zap_ready:  # first: handshakes wait for these answers
             self._serve_zap()
@@ -285,6 +296,8 @@ class Node:
         self._process_ready()
         self._flush_outbox()  # clock-sync frames of a turn without Raft traffic
         self._expire_waiters(self.clock.monotonic())
+        if len(self.fetches):
+            self._sort_out_fetches()
 
     def _fire_timers(self, now: float) -> None:
         if now >= self._next_tick:
@@ -604,6 +617,7 @@ class Node:
         self._fail(self._reads.drain(), err)
         if self._reorder is not None:
             self._fail(self._reorder.drain(), err)  # never proposed: safe to retry on another node
+        self._fail(self.fetches.drain(), err)
 
     def _apply(self, entries: list[Entry]) -> None:
         """Apply committed entries to the broker, fan out what they stored, answer their writers."""
@@ -614,14 +628,14 @@ class Node:
             self.checkpoints.applied_bytes += len(entry.data)
             if entry.kind is EntryKind.NOOP:
                 self.broker.apply_noop(entry.index)
-                results: list[PubResult] = []
+                applied = _NOTHING_APPLIED
             else:
                 proposed = self._proposed.pop(entry.index, None)
                 if proposed is not None and proposed[0] == entry.term:
-                    results = self.broker.apply_ops(entry.index, proposed[1], proposed[2])
+                    applied = self.broker.apply_entry_ops(entry.index, proposed[1], proposed[2])
                 else:  # a follower, or an entry of another leader: decode what the log holds
-                    results = self.broker.apply(entry.index, entry.data)
-                for result in results:
+                    applied = self.broker.apply_entry(entry.index, entry.data)
+                for result in applied.pub_results:
                     if result.records and self._has_subscribers(result.records[0][0]):
                         for record in result.records:
                             small = len(record[2]) <= protocol.REUSED_PACKER_MAX_BYTES
@@ -630,10 +644,14 @@ class Node:
             waiters, ours = self._writes.take(entry.index, entry.term)
             if not waiters:
                 continue
+            results: list[Any] = applied.results if applied.consumer_results else applied.pub_results
             if not ours or len(results) != len(waiters):
                 self._fail(waiters, Unavailable(
                     f"node {self.id} lost leadership before the write committed; its outcome is unknown, "
                     f"retry with the same client_id and seq"))
+                continue
+            if applied.consumer_results:
+                self._answer_mixed(waiters, applied)
                 continue
             reply, pack, pub_reply = self.transport.reply, self._pack, protocol.pub_reply
             for waiter, result in zip(waiters, results):
@@ -644,6 +662,40 @@ class Node:
                     reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
         for read in self._reads.releasable(self.applied_index):
             self.clients.answer_history(read)
+
+    def _answer_mixed(self, waiters: list[Waiter[Any]], applied: AppliedEntry) -> None:
+        """Answer the writers of an entry holding consumer ops as well as PUBs, in op order."""
+        consumer_results = dict(applied.consumer_results)
+        pubs = iter(applied.pub_results)
+        for position, waiter in enumerate(waiters):
+            consumer_result = consumer_results.get(position)
+            if consumer_result is not None:
+                self.clients.consumer_reply(waiter, consumer_result)
+                continue
+            result = next(pubs)
+            if result.answer is not None:
+                self.transport.reply(waiter.envelope, self._pack(protocol.pub_reply(result.answer, result.duplicate,
+                                                                                    waiter.req_id)))
+            else:
+                assert result.error is not None
+                self.transport.reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
+
+    def _sort_out_fetches(self) -> None:
+        """Parked FETCHes whose group now has work join the next turn's entry (with a fresh request
+        timeout); those whose wait is over are answered empty (NO_GROUP when the group went)."""
+        now = self.clock.monotonic()
+        ready, done = self.fetches.sort_out(self.broker, self.synced.now(), now)
+        for waiter in ready:
+            waiter.deadline = now + self._request_timeout_s
+        self._turn_writes.extend(ready)
+        groups = self.broker.groups.groups
+        for waiter in done:
+            name = waiter.request.group
+            if name in groups:
+                reply = protocol.ok_reply({"group": name, "messages": []}, waiter.req_id)
+            else:
+                reply = protocol.error_reply(UnknownGroup(f"no consumer group {name!r}: create it first"), waiter.req_id)
+            self.transport.reply(waiter.envelope, reply)
 
     def _on_subscriptions(self, changes: list[tuple[bool, bytes]]) -> None:
         """Track which prefixes subscribers asked for (first subscribe / last unsubscribe)."""
@@ -674,6 +726,7 @@ class Node:
         self._fail(self._reads.drain(), self.clients.not_leader())
         if self._reorder is not None:
             self._fail(self._reorder.drain(), self.clients.not_leader())  # never proposed: a retry is safe
+        self._fail(self.fetches.drain(), self.clients.not_leader())  # never proposed: a retry is safe
 
     def _fail(self, waiters: list[Waiter[Any]], err: WireError) -> None:
         for waiter in waiters:
@@ -725,14 +778,19 @@ class Node:
                 self._reads.start(ctx, reads)
 
 
-def _by_size(waiters: list[Waiter[PubOp]]) -> list[list[Waiter[PubOp]]]:
+def _by_size(waiters: list[Waiter[Any]]) -> list[list[Waiter[Any]]]:
     """Returns: `waiters` in order, cut into groups whose messages hold at most `MAX_ENTRY_BYTES` (a
-    group of one may hold more: a single request is bounded by the protocol's batch limit)."""
-    groups: list[list[Waiter[PubOp]]] = [[]]
+    group of one may hold more: a single request is bounded by the protocol's batch limit). A consumer
+    op counts by its refs (an ACK of 1,000 refs of 255-byte topics holds about 260 KB)."""
+    groups: list[list[Waiter[Any]]] = [[]]
     size = 0
     for waiter in waiters:
-        messages = waiter.request.messages
-        cost = len(messages[0]) if len(messages) == 1 else sum(map(len, messages))
+        op = waiter.request
+        if type(op) is PubOp:
+            messages = op.messages
+            cost = len(messages[0]) if len(messages) == 1 else sum(map(len, messages))
+        else:
+            cost = _CONSUMER_OP_BYTES + sum(len(ref[0]) + 10 for ref in getattr(op, "refs", ()))
         if size + cost > MAX_ENTRY_BYTES and groups[-1]:
             groups.append([])
             size = 0
