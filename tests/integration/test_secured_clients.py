@@ -145,3 +145,24 @@ def test_client_and_publisher_with_a_key_and_forbidden_outside_its_patterns(
         nobody.ping()
     with pytest.raises(KeyFileError, match="nobody.key_secret: no such file"):
         Client.from_config(cluster.config, client_key=str(Path(cluster.root) / "keys" / "nobody.key_secret"))
+
+
+def test_consumer_groups_need_the_read_right_on_their_pattern(
+        cluster_factory: Callable[..., ClusterHarness], monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = secured(cluster_factory)
+    timeouts = Timeouts(per_try_s=1.0, total_s=20.0)
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with Client.from_config(cluster.config, client_key=key(cluster, "reader"), timeouts=timeouts) as reader, \
+            Client.from_config(cluster.config, client_key=key(cluster, "app"), timeouts=timeouts) as app:
+        everything = reader.consumer("audit", ">", from_start=True)  # reader may read every topic
+        orders = app.consumer("orders-workers", "orders.*", from_start=True)
+        with pytest.raises(Forbidden, match="client app may not read topic 'payments.>'"):
+            app.consumer("payments-workers", "payments.>")
+        with pytest.raises(Forbidden, match="client app may not read topic '>'"):  # another client's group
+            app.request("FETCH", group="audit", member="intruder")
+        app.publish("orders.eu", b"o1")
+        (delivered,) = orders.fetch(1, timeout=10)
+        assert (delivered.topic, delivered.data) == ("orders.eu", b"o1") and delivered.ack()
+        assert [m.data for m in everything.fetch(5, timeout=10)] == [b"o1"]
+        assert set(app.groups()) == {"orders-workers"}, "GROUPS lists only the groups app may read"
+        assert set(reader.groups()) == {"audit", "orders-workers"}

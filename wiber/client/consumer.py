@@ -76,7 +76,7 @@ class ConsumedMessage:
         first copy's Ack (``duplicate=True``) instead of storing a second. The cluster remembers a key's
         answer while it is among the newest ``session_window`` (default 4,096) seqs published under
         that client_id; a redelivery older than that gets SessionExpired and stores nothing, so keep
-        what a group delivers within one ``ack_wait_ms`` well below that window (docs/clients.md).
+        what a group delivers within one ``ack_wait_ms`` well below that window (docs/consumers.md).
         """
         consumer = self._consumer()
         digest = hashlib.sha256(f"{consumer.group}\0{self.topic}".encode()).hexdigest()[:40]

@@ -299,6 +299,8 @@ class ClientHandlers:
                 "late": self.node.broker.late_count,
             },
             "security": {"enabled": False} if self.node.security is None else self.node.security.status(),
+            "consumers": {"groups": len(self.node.broker.groups), "pending": self.node.broker.groups.total_pending,
+                          "waiting_fetches": len(self.node.fetches)},
             "transport": {**self.node.transport.stats.status(), **self.backlog.status()},
             "uptime_s": round(now - self.node._started, 3),
         }
