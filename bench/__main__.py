@@ -40,8 +40,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default="all", metavar="LIST",
                    help=f"comma-separated systems: {', '.join(SYSTEMS)}, nats (= both NATS runs), all")
     p.add_argument("--messages", type=int, metavar="N",
-                   help="messages for the pipelined workloads (default 100000, quick 6000); sequential uses "
-                        "N/30, subscriber N*1.5, auto-batching and replay N*3")
+                   help="messages for the pipelined and consume-and-ack workloads (default 100000, quick "
+                        "6000); sequential uses N/30, subscriber N*1.5, auto-batching and replay N*3")
     p.add_argument("--seconds", type=float, metavar="S", help="deadline of each workload (default 30, quick 8)")
     p.add_argument("--kills", type=int, metavar="K", help="failovers per system, median reported (default 3, quick 1)")
     p.add_argument("--rounds", type=int, metavar="R",

@@ -12,6 +12,11 @@ Workloads (100-byte payloads; each bounded by a count and `Bounds.seconds`):
 * ``subscriber``: an ordered push consumer in its own process, connected to a server that is not
   the stream leader, while a pipelined publisher publishes; messages per second received.
 * ``replay``: a pull consumer (ack none) fetching batches of 1,000 over a subject filled beforehand.
+* ``consume``: a durable pull consumer (explicit ack, R3 as its stream) over `Bounds.messages`
+  messages published beforehand (pipelined, not timed): ``fetch(CONSUME_BATCH)``, then ``msg.ack()``
+  for each message (nats-py's ack is a fire-and-forget publish), until every message is acked; the
+  clock stops when ``consumer_info`` shows the acks processed (ack floor at the last message, none
+  pending). Consumed-and-acked messages per second.
 * ``failover``: kill -9 of the stream leader (``cluster.leader`` of ``stream_info``) to the next
   PubAck, publishing with a 0.25 s timeout from a client connected to a surviving server.
 
@@ -55,6 +60,10 @@ from bench.common import (
 
 STREAM = "BENCH"
 FAILOVER_TIMEOUT_S = 0.25
+#: Messages per fetch of the consume-and-ack workload (as Wiber's `wiber_bench.CONSUME_BATCH`).
+CONSUME_BATCH = 100
+#: The durable consumer's ack_wait, as Wiber's group's ack_wait_ms: nothing is redelivered in a run.
+CONSUME_ACK_WAIT_S = 30.0
 
 #: durability label per mode
 DURABILITY = {
@@ -319,6 +328,60 @@ async def _replay(section: Section, nc: NatsClient, bounds: Bounds, progress: bo
                 note="pull consumer, ack none, fetch(1000) batches")
 
 
+async def _acks_processed(js: JetStreamContext, durable: str, acked: int) -> tuple[bool, int, int]:
+    """Returns: whether the consumer's leader has processed `acked` acks (none pending, its ack floor
+    there), how many deliveries it counts as redelivered, and its replicas (leader included)."""
+    info = await js.consumer_info(STREAM, durable)
+    floor = info.ack_floor.consumer_seq if info.ack_floor is not None else 0
+    replicas = 1 + len(info.cluster.replicas or []) if info.cluster is not None else 1
+    return info.num_ack_pending == 0 and floor >= acked, info.num_redelivered or 0, replicas
+
+
+async def _consume(section: Section, nc: NatsClient, bounds: Bounds, progress: bool) -> None:
+    """Pre-publish `bounds.messages` (pipelined, not timed), then consume and ack them all through one
+    durable pull consumer: fetch up to `CONSUME_BATCH`, ack each message, repeat."""
+    stored, _elapsed, _failed = await publish_async(nc, [("bench.consume", bounds.messages)], bounds.seconds,
+                                                    f"{section.system} fill for consume-and-ack", progress)
+    js = nc.jetstream()
+    durable = "bench-consume"
+    psub = await js.pull_subscribe("bench.consume", durable=durable, stream=STREAM, config=ConsumerConfig(
+        ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=CONSUME_ACK_WAIT_S,
+        max_waiting=8))
+    count = fetches = 0
+    deadline = time.monotonic() + bounds.seconds
+    start = time.perf_counter()
+    try:
+        with Progress(f"{section.system} consume-and-ack (fetch {CONSUME_BATCH}, ack each)", stored,
+                      progress) as bar:
+            while count < stored and time.monotonic() < deadline:
+                try:
+                    msgs = await psub.fetch(CONSUME_BATCH, timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+                except asyncio.TimeoutError:
+                    continue
+                fetches += 1
+                for msg in msgs:
+                    await msg.ack()
+                count += len(msgs)
+                bar.update(len(msgs))
+            # The acks went out without an answer: the clock runs until the consumer has them all.
+            fetched_at = time.perf_counter()
+            await nc.flush(timeout=max(1, int(deadline - time.monotonic() + 1)))
+            while count and time.monotonic() < deadline + 5 and not (await _acks_processed(js, durable, count))[0]:
+                await asyncio.sleep(0.005)
+        end = time.perf_counter()
+        elapsed = end - start
+        processed, redelivered, replicas = await _acks_processed(js, durable, count)
+    finally:
+        await psub.unsubscribe()
+    section.add("consume_ack_rate", rate(count, elapsed), "msg/s", count,
+                note=f"durable pull consumer (explicit ack, ack_wait {CONSUME_ACK_WAIT_S:g} s, R{replicas}), "
+                     f"client on s1: fetch({CONSUME_BATCH}), then msg.ack() per message (a fire-and-forget "
+                     f"publish, not ack_sync); the clock stops when consumer_info shows every ack processed "
+                     f"({(end - fetched_at) * 1000:.0f} ms after the last fetch's acks were sent); "
+                     f"{fetches} fetches{f', {redelivered} redelivered' if redelivered else ''}"
+                     f"{'' if processed else '; NOT every ack processed by the deadline'}")
+
+
 async def _failover(section: Section, cluster: NatsCluster, bounds: Bounds, progress: bool) -> None:
     times: list[float] = []
     patience = max(30.0, bounds.seconds)
@@ -371,6 +434,7 @@ async def _run_async(section: Section, cluster: NatsCluster, bounds: Bounds, pro
                     note=f"publish_async, 1000 acks outstanding, no wait_stall{f'; {failed} failed' if failed else ''}")
         await _subscriber(section, nc, cluster, leader, bounds, progress)
         await _replay(section, nc, bounds, progress)
+        await _consume(section, nc, bounds, progress)
     finally:
         await nc.close()
     await _failover(section, cluster, bounds, progress)

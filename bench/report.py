@@ -69,6 +69,8 @@ ROWS: list[Row] = [
         {"raw": "oneway_rate", "nats_always": "subscriber_rate", "nats_default": "subscriber_rate"}, "msg/s"),
     Row("replay (HISTORY / pull, 1000/page)", "replay_rate",
         {"raw": "oneway_batch_rate", "nats_always": "replay_rate", "nats_default": "replay_rate"}, "msg/s"),
+    Row("consume-and-ack (fetch 100)", "consume_ack_rate",
+        {"nats_always": "consume_ack_rate", "nats_default": "consume_ack_rate"}, "msg/s"),
     Row("failover: kill -9 leader -> ack", "failover_s",
         {"nats_always": "failover_s", "nats_default": "failover_s", "pysyncobj": "failover_s"}, "s", "lower"),
 ]
@@ -78,6 +80,9 @@ MATCHING_NOTES = [
      "auto-batching and replay = PUSH->PULL 100 msgs/frame."),
     "NATS has no client-side batching: the auto-batching row compares with its pipelined publish_async.",
     "PySyncObj runs its load inside the leader process (no client hop) and keeps its log in memory.",
+    ("consume-and-ack: Wiber fetches 100 and acks the batch with one ACK request, answered once committed; "
+     "NATS fetches 100 and acks each message with a fire-and-forget msg.ack(), its clock stopping when "
+     "consumer_info shows every ack processed."),
     "ratio = Wiber / peer: for msg/s above 1 means Wiber is faster; for ms and s below 1 means Wiber is faster.",
     "W CURVE: the same Wiber workloads on a cluster with a security section (CurveZMQ on every socket, "
     "an admin client key); W/CURVE is what turning CURVE on costs.",

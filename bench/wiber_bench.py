@@ -8,6 +8,10 @@ Workloads (100-byte payloads; each bounded by a count and `Bounds.seconds`):
 * ``subscriber``: `Client.subscribe` on a follower, in its own process, while an auto-batching
   Publisher publishes; messages per second received (last received - publishing started).
 * ``replay``: HISTORY pages of 1,000 (consistency local, on a follower) over the batched topic.
+* ``consume``: a durable consumer group over `Bounds.messages` messages published beforehand
+  (auto-batching, not timed): one `Consumer` fetches batches of `CONSUME_BATCH` and acks each
+  batch with one ACK request (`Consumer.ack`, which returns once the ACK committed), until every
+  message is acked; consumed-and-acked messages per second.
 * ``failover``: kill -9 of the leader (found through PING's `leader`) to the next acknowledged
   publish of a `Client` with per-try 0.25 s; the killed node is restarted and caught up between kills.
 
@@ -64,6 +68,10 @@ BENCH_CLIENT = "bench"
 BATCH_WINDOW = 16
 #: Per-try timeout of the failover client: how soon it gives up on a dead leader.
 FAILOVER_PER_TRY_S = 0.25
+#: Messages per FETCH of the consume-and-ack workload (NATS fetches as many: `nats_bench.CONSUME_BATCH`).
+CONSUME_BATCH = 100
+#: The consumer group's ack_wait_ms: longer than any run's FETCH-to-ACK gap, so nothing is redelivered.
+CONSUME_ACK_WAIT_MS = 30_000
 
 
 class WiberCluster:
@@ -301,6 +309,37 @@ def _replay(section: Section, cluster: WiberCluster, leader: str, topic_size: in
                 note=f"HISTORY limit=1000 pages, consistency local, on follower {follower}")
 
 
+def _consume(section: Section, cluster: WiberCluster, leader: str, bounds: Bounds, progress: bool) -> None:
+    """Pre-publish `bounds.messages` (auto-batching, not timed), then consume and ack them all through
+    one member of a new group: FETCH up to `CONSUME_BATCH`, one ACK for the batch, repeat."""
+    addrs = [cluster.addr[leader], *(cluster.addr[f] for f in cluster.followers(leader))]
+    stored, _elapsed, _failed = publish_many([cluster.addr[leader]], [("consume", bounds.messages)], bounds.seconds,
+                                             BATCH_WINDOW, 1000, 0.002, "wiber fill for consume-and-ack", progress,
+                                             say_prefix="wiber ")
+    fetched = acked = redelivered = batches = 0
+    with Client(addrs, Timeouts(per_try_s=5.0, total_s=10.0)) as client:
+        consumer = client.consumer("bench-consume", "consume", ack_wait_ms=CONSUME_ACK_WAIT_MS, from_start=True)
+        deadline = time.monotonic() + bounds.seconds
+        start = time.perf_counter()
+        with Progress(f"wiber consume-and-ack (fetch {CONSUME_BATCH}, one ACK per batch)", stored, progress) as bar:
+            while acked < stored and time.monotonic() < deadline:
+                batch = consumer.fetch(CONSUME_BATCH, timeout=min(1.0, max(0.01, deadline - time.monotonic())))
+                if not batch:
+                    continue
+                fetched += len(batch)
+                redelivered += sum(1 for message in batch if message.delivery > 1)
+                done = consumer.ack(batch)
+                batches += 1
+                acked += done
+                bar.update(done)
+        elapsed = time.perf_counter() - start
+    section.add("consume_ack_rate", rate(acked, elapsed), "msg/s", acked,
+                note=f"Client.consumer (group from_start, ack_wait {CONSUME_ACK_WAIT_MS} ms) via the leader: "
+                     f"fetch({CONSUME_BATCH}), then one ACK request for the batch (Consumer.ack, returns once "
+                     f"committed on a majority); {batches} batches, {fetched} fetched"
+                     f"{f', {redelivered} redelivered' if redelivered else ''}")
+
+
 def _failover(section: Section, cluster: WiberCluster, bounds: Bounds, progress: bool) -> None:
     times: list[float] = []
     addrs = list(cluster.addr.values())
@@ -342,6 +381,7 @@ def run(bounds: Bounds, progress: bool = True, secure: bool = False) -> Section:
         if not secure:
             _subscriber(section, cluster, leader, bounds, progress)
             _replay(section, cluster, leader, topic_size, bounds, progress)
+            _consume(section, cluster, leader, bounds, progress)
             _failover(section, cluster, bounds, progress)
     except BaseException:
         for nid, child in cluster.nodes.items():
