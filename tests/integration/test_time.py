@@ -168,7 +168,7 @@ def test_a_message_past_its_slot_is_stored_at_once_and_flagged_late(
         cluster_factory: Callable[..., ClusterHarness]) -> None:
     cluster = cluster_factory(3, reorder_window_ms=200)
     client = cluster.client()
-    client.publish("slots", b"on time")
+    client.publish("slots", b"on time", ts=client.now())  # an unsynced client's first publish has no ts
     client.publish("slots", b"from the past", ts=client.now() - 5.0)  # its slot passed 4.8 s ago
     messages = client.history("slots", consistency="linearizable").messages
     assert [(m.data, m.late) for m in messages] == [(b"on time", False), (b"from the past", True)]

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import threading
 import time
 import uuid
 import weakref
@@ -39,15 +41,15 @@ from wiber.client.curve import (
     curve_keys,
 )
 from wiber.client.consumer import Consumer
+from wiber.client.retry import RetryPlan
+from wiber.client.seqfile import SeqFile
+from wiber.config.model import MAX_MESSAGE_BYTES_LIMIT
 from wiber.client.subscription import PatternSubscription, Subscription
 from wiber.client.values import Ack, History, Message, Timeouts, normalize_address, pause
 from wiber.clock import Clock, OffsetEstimator, SystemClock, skew_from_env
 from wiber.errors import (
     ClientError,
-    NotLeader,
     SessionExpired,
-    StorageError,
-    Unavailable,
     WireError,
     error_from_reply,
 )
@@ -67,7 +69,10 @@ class Client:
     client; with `server_keys` alone, `WIBER_KEY` names the key file. `Client.from_config` reads
     the nodes' keys from the config's keys_dir. Without keys: plain TCP.
 
-    Not thread-safe: use one Client per thread.
+    Safe to share between threads: requests take turns on its one socket (for many requests in
+    flight at once, use `wiber.publisher.Publisher`). `client_id` with `seq_file` gives the client a
+    fixed session that survives a restart (`reserve_seq`); `max_message_bytes` is the cluster's
+    limit when known in advance (else learned from a PONG; the node checks either way).
 
     Raises:
         CurveError: keys that do not fit (a client key without node keys, or the reverse).
@@ -83,6 +88,9 @@ class Client:
         *,
         client_key: KeySource | None = None,
         server_keys: Mapping[str, bytes] | None = None,
+        client_id: str | None = None,
+        seq_file: str | os.PathLike[str] | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         if isinstance(addresses, str):
             addresses = [addresses]
@@ -102,8 +110,16 @@ class Client:
         self._current = self.addresses[next(self._rotation)]
         self._sock: zmq.Socket[bytes] | None = None
         self._poller = zmq.Poller()
-        self.client_id = uuid.uuid4().hex
-        self._seq = 0
+        if client_id is not None and seq_file is None:
+            raise ValueError("a fixed client_id needs seq_file: a restarted client that numbered its publishes "
+                             "from 1 again would have new messages taken for retries of old ones (and dropped)")
+        self.client_id = client_id if client_id is not None else uuid.uuid4().hex
+        self._seqs = SeqFile(seq_file) if seq_file is not None else None
+        self._seq = self._seqs.first - 1 if self._seqs is not None else 0
+        self.limits = protocol.Limits(max_message_bytes=max_message_bytes or MAX_MESSAGE_BYTES_LIMIT)
+        """The size limits requests are checked against before they leave: `max_message_bytes` when
+        given, else the cluster's as a PONG says it (until then, the largest a cluster may have)."""
+        self._lock = threading.RLock()  # one request at a time on the REQ socket, whichever thread asks
         self.lamport = 0
         self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
         self._outcome_unknown = False  # whether a try of the last request may have been stored
@@ -178,12 +194,13 @@ class Client:
             ClientError: no answer within the per-try timeout.
         """
         msg = self._build(op, fields)
-        saved = self._current
-        self._reset(address)
-        try:
-            reply = self._try_once(protocol.pack(msg), self.timeouts.per_try_s)
-        finally:
-            self._reset(saved)
+        with self._lock:
+            saved = self._current
+            self._reset(address)
+            try:
+                reply = self._try_once(protocol.pack(msg), self.timeouts.per_try_s)
+            finally:
+                self._reset(saved)
         if reply is None:
             raise ClientError(f"no answer from {address} within {self.timeouts.per_try_s:g} s"
                               + (f": {self._silence}" if self._silence else ""))
@@ -194,53 +211,60 @@ class Client:
     def _build(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
         msg = {"op": op, **{k: v for k, v in fields.items() if v is not None}}
         # Validate locally with the node's own rules: a bad request fails here, not after a round trip.
-        protocol.validate_request(msg, protocol.Limits())
+        # The size limit is the cluster's, once a reply said it (until then, the largest any may have).
+        protocol.validate_request(msg, self.limits)
         return msg
 
-    def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send one request with failover until the total deadline. Returns: the ok reply.
+    def request(self, op: str, _what: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request with failover until the total deadline (`wiber.client.retry`). Returns: the ok reply.
+
+        `_what` names the request in errors, as the caller knows it (default: the op).
 
         Raises:
             WireError subclass: the cluster answered an error that a retry cannot fix.
             ClientError: no usable answer before the deadline.
         """
         body = protocol.pack(self._build(op, fields))
-        deadline = time.monotonic() + self.timeouts.total_s
-        last_error: BaseException | None = None
-        refused: str | None = None  # the last failed handshake's reason, if any
-        self._outcome_unknown = False
+        with self._lock:
+            plan = RetryPlan(_what or op, self.addresses, time.monotonic() + self.timeouts.total_s,
+                             self.timeouts.total_s)
+            try:
+                return self._follow(plan, body)
+            finally:
+                self._outcome_unknown = plan.outcome_unknown
+
+    def _follow(self, plan: RetryPlan, body: bytes) -> dict[str, Any]:
+        """Try `body` until `plan` ends it. Returns: the ok reply. Raises: what the plan ends with."""
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ClientError(
-                    f"{op}: no answer from {', '.join(self.addresses)} within {self.timeouts.total_s:g} s"
-                    + (f"; {refused}" if refused else ""),
-                    last_error,
-                )
+            now = time.monotonic()
+            expired = plan.expired(now)
+            if expired is not None:
+                assert expired.error is not None
+                raise expired.error
             address = self._current
-            reply = self._try_once(body, min(self.timeouts.per_try_s, remaining))
-            if reply is None:
-                refused = self._silence or refused
-                last_error = TimeoutError(self._silence or f"{address} did not answer")
-                self._outcome_unknown = True  # the try may have reached the log
-                continue
-            if reply["ok"]:
-                return reply
-            err = error_from_reply(reply)
-            if isinstance(err, NotLeader):
-                last_error = err
-                self._reset(err.leader_addr)  # None: no leader known yet, try the next node
-                if err.leader_addr is None:
-                    pause(deadline, 0.05)
-                continue
-            if isinstance(err, (Unavailable, StorageError)):
-                # Outcome unknown (or this node's disk failed): the same request, same seq, is safe.
-                last_error = err
-                self._outcome_unknown = True
-                self._reset(None if isinstance(err, StorageError) else self._current)
-                pause(deadline, 0.05)
-                continue
-            raise err
+            sent_at = self.clock.wall()
+            reply = self._try_once(body, min(self.timeouts.per_try_s, plan.deadline - now))
+            step = plan.on_silence(address, self._silence) if reply is None else plan.on_reply(reply)
+            if step.reply is not None:
+                self._learn_time(sent_at, step.reply)
+                return step.reply
+            if step.error is not None:
+                raise step.error
+            if reply is not None:  # answered: a silent try already moved on to the next node
+                self._reset(self._current if step.same else step.address)
+            if step.pause_s:
+                pause(plan.deadline, step.pause_s)
+
+    def _learn_time(self, sent_at: float, reply: dict[str, Any]) -> None:
+        """Take the cluster time a reply carries (a PONG's ``time``, a PUB's ``ts``) as a clock sample:
+        the node read it between `sent_at` and now, so no PING round is needed before a first publish."""
+        stamp = reply.get("time", reply.get("ts"))
+        if isinstance(stamp, float):
+            if self.clock_offset.add(sent_at, stamp, stamp, self.clock.wall()) and self._synced_at is None:
+                self._synced_at = time.monotonic()
+        limit = reply.get("max_message_bytes")
+        if type(limit) is int and limit > 0 and limit != self.limits.max_message_bytes:
+            self.limits = protocol.Limits(max_message_bytes=limit)
 
     # ---------------------------------------------------------------- ops
 
@@ -258,10 +282,7 @@ class Client:
         Returns: the offset in seconds (cluster minus local).
         """
         for _ in range(samples):
-            t1 = self.clock.wall()
-            pong = self.request("PING")
-            t4 = self.clock.wall()
-            self.clock_offset.add(t1, float(pong["time"]), float(pong["time"]), t4)
+            self.request("PING", "clock sync (PING)")  # each PONG's time is a sample (_learn_time)
         self._synced_at = time.monotonic()
         return self.clock_offset.offset
 
@@ -271,14 +292,32 @@ class Client:
             self.sync_clock()
         return self.clock.wall() + self.clock_offset.offset
 
+    def _send_time(self) -> float | None:
+        """Returns: the cluster's time now as far as replies have shown it, or None before any did."""
+        if self._synced_at is None:
+            return None
+        return self.clock.wall() + self.clock_offset.offset
+
     def observe_lamport(self, lamport: int) -> None:
         """Advance this client's Lamport clock past a stamp it has seen."""
         if lamport > self.lamport:
             self.lamport = lamport
 
     def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+        with self._lock:
+            self._seq += 1
+            if self._seqs is not None:
+                self._seqs.reserve(self._seq)
+            return self._seq
+
+    def reserve_seq(self) -> int:
+        """Returns: a seq of this client's session that no publish of this client has used or will use.
+
+        For exactly once across a restart of the producer: store the seq with the message before
+        publishing it with ``publish(..., dedup=(client.client_id, seq))``; after a crash, publish the
+        messages whose Ack you had not recorded again with their stored seqs (docs/design.md section 12).
+        """
+        return self._next_seq()
 
     def _new_session(self) -> None:
         """Continue under a new client_id: the cluster refuses every request of an evicted one."""
@@ -294,9 +333,16 @@ class Client:
         under the new session here: whether the same message was stored before under the old one
         (by a try of this call, or by a process that used the same client_id) only HISTORY can tell.
         """
+        with self._lock:  # seqs leave in the order they are taken: a later one's ack_floor passes earlier ones
+            return self._publish_locked(op, topic, **fields)
+
+    def _publish_locked(self, op: str, topic: str, **fields: Any) -> dict[str, Any]:
+        """`_publish_once` holding the lock. A fixed client_id sends no ack_floor: seqs it reserved
+        for the caller (`reserve_seq`) may still be outstanding, also from before a restart."""
         seq = self._next_seq()
         try:
-            return self.request(op, topic=topic, client_id=self.client_id, seq=seq, ack_floor=seq, **fields)
+            return self.request(op, f"{op_name(op)} to {topic!r}", topic=topic, client_id=self.client_id, seq=seq,
+                                ack_floor=seq if self._seqs is None else None, **fields)
         except SessionExpired as exc:
             expired_id = self.client_id
             self._new_session()
@@ -313,8 +359,11 @@ class Client:
         Retries (NOT_LEADER, UNAVAILABLE, timeouts) reuse the same seq, so the message is stored
         exactly once. With `dedup`, a ``(client_id, seq)`` of the caller's (`ConsumedMessage.publish_key`)
         stands for this client's own: any publish under the same pair, from any process, stores
-        nothing more and gets the first one's Ack (``duplicate=True``). A `str` is sent as its UTF-8 bytes. The request carries the client's synced
-        send time (`ts`, default `now()`), which a cluster with a reorder window orders by.
+        nothing more and gets the first one's Ack (``duplicate=True``). A `str` is sent as its UTF-8
+        bytes. The request carries the client's synced send time (`ts`), which a cluster with a
+        reorder window orders by: by default the cluster's time as this client knows it from earlier
+        replies; the first publish of a client that has not synced (`sync_clock`) carries none and is
+        stored as it arrives, so it waits on no clock sync.
 
         Raises:
             SessionExpired: a retry came too late for the cluster to know whether it was stored (the
@@ -324,11 +373,11 @@ class Client:
             BadRequest, TooLarge: the request itself is wrong.
         """
         payload = data.encode() if isinstance(data, str) else data
-        sent_at = self.now() if ts is None else ts
+        sent_at = self._send_time() if ts is None else ts
         if dedup is not None:  # the caller's key, not this client's session (ConsumedMessage.publish_key)
             client_id, seq = dedup
-            reply = self.request("PUB", topic=topic, data=payload, client_id=client_id, seq=seq,
-                                 lamport=self.lamport or None, ts=sent_at)
+            reply = self.request("PUB", f"publish to {topic!r}", topic=topic, data=payload, client_id=client_id,
+                                 seq=seq, lamport=self.lamport or None, ts=sent_at)
         else:
             reply = self._publish_once("PUB", topic, data=payload, lamport=self.lamport or None, ts=sent_at)
         ack = Ack.from_reply(reply)
@@ -345,8 +394,8 @@ class Client:
     def history(self, topic: str, from_offset: int | None = None, last: int | None = None, limit: int = 100,
                 consistency: str = "local") -> History:
         """Read stored messages of a topic in offset order (docs/design.md section 3 HISTORY)."""
-        reply = self.request("HISTORY", topic=topic, from_offset=from_offset, last=last, limit=limit,
-                             consistency=consistency)
+        reply = self.request("HISTORY", f"history of {topic!r}", topic=topic, from_offset=from_offset, last=last,
+                             limit=limit, consistency=consistency)
         return self._history_from(reply)
 
     def _history_from(self, reply: dict[str, Any]) -> History:
@@ -425,3 +474,8 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def op_name(op: str) -> str:
+    """Returns: the user-facing name of a wire op in error messages (PUB_BATCH -> publish_batch)."""
+    return {"PUB": "publish", "PUB_BATCH": "publish_batch"}.get(op, op)

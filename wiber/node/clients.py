@@ -265,6 +265,7 @@ class ClientHandlers:
             "term": self.node.raft.term,
             "leader": self.node.raft.leader_id,
             "time": self.node.synced.now(),
+            "max_message_bytes": self.node.config.cluster.max_message_bytes,
         }
 
     def on_status(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:
