@@ -8,6 +8,8 @@
     wiber pub     TOPIC [MESSAGE] [--batch N] [--linger-ms MS] [--window N]
     wiber sub     TOPIC|PATTERN [--from N] [--count N] [--json]   (PATTERN: orders.* or orders.>)
     wiber history TOPIC [--from N | --last N] [--limit N] [--all] [--linearizable] [--json]
+    wiber consume GROUP PATTERN [--count N] [--json] [--ack-wait-ms MS] [--from-start] [--member NAME]
+    wiber consumers [--json] [--delete GROUP]   the durable consumer groups: pattern, pending, lag
     wiber bench pub TOPIC [--messages N] [--size B] [--window N] [--batch N] [--linger-ms MS] [--publishers P]
     wiber bench sub TOPIC [--messages N] [--from N]
 
@@ -15,8 +17,8 @@ Every client command (and `up`) also takes `--config PATH | --addr HOST:PORT ...
 and `--key PATH` (default $WIBER_KEY: the client's secret key, for a config with a security section).
     wiber keygen  NAME [--dir DIR] [--force]   write NAME.key and NAME.key_secret (0600)
 One module per group of commands: `node` (node, up), `info` (ping, status, topics), `pub`,
-`read` (sub, history), `bench`, `keygen`; `common` holds what they share. This module wires them into one
-parser and maps errors to exit statuses.
+`read` (sub, history), `consume` (consume, consumers), `bench`, `keygen`; `common` holds what they
+share. This module wires them into one parser and maps errors to exit statuses.
 
 Output formats, made for pipes and scripts: see `wiber.cli.read`. Summaries and progress go to
 stderr, so stdout holds only the data.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from wiber.cli import bench, info, keygen, node, pub, read
+from wiber.cli import bench, consume, info, keygen, node, pub, read
 from wiber.cli.common import UsageError, fail
 from wiber.cli.info import format_status_table
 from wiber.cli.node import node_main, run_node
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "then talk to it with the other commands.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (node, info, pub, read, bench, keygen):
+    for group in (node, info, pub, read, consume, bench, keygen):
         group.register(sub)
     return parser
 
