@@ -5,13 +5,14 @@ sync before a first publish."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from tests.conftest import ClusterHarness, free_port
-from wiber.client import Client, Timeouts
+from wiber.client import HEARTBEAT_SILENCE_S, Client, Timeouts
 from wiber.errors import ClientError, TooLarge
 
 
@@ -86,3 +87,22 @@ def test_the_size_limit_is_the_clusters(cluster_factory: Callable[..., ClusterHa
     small = cluster.client()
     small.publish("big", b"first")  # no PING: a publish's reply does not carry the limit
     assert small.history("big", from_offset=0).messages[0].data == b"x" * (2 << 20)
+
+
+def test_a_subscriber_away_longer_than_the_heartbeat_silence_does_not_fail_over(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(3)
+    publisher = cluster.client()
+    publisher.publish("slow", b"m0")
+    subscription = cluster.client().subscribe("slow", from_offset=0)
+    first = subscription.get(timeout=10)
+    assert first is not None and first.data == b"m0"
+    for away in range(3):
+        # The subscriber is busy elsewhere (a starved or slow thread) for twice the heartbeat silence,
+        # while its node stays up and publishing goes on: that is the behaviour under test, not a wait.
+        time.sleep(2 * HEARTBEAT_SILENCE_S)
+        publisher.publish("slow", f"m{away + 1}".encode())
+        message = subscription.get(timeout=10)
+        assert message is not None and message.data == f"m{away + 1}".encode()
+    assert subscription.failovers == 0, "a healthy node was abandoned because the subscriber was away"
+    subscription.close()

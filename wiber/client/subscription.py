@@ -36,7 +36,9 @@ class Subscription:
     It subscribes first (SUB on the node's PUB socket), then fills from HISTORY, drops what it
     already has, fetches any gap it sees (PUB drops under pressure and before a subscription has
     settled), catches up when a heartbeat shows the node committed more than it has seen, and moves
-    to another node when three heartbeats in a row are missed. A client whose key the PUB port
+    to another node when three heartbeats in a row are missed: when the node sent nothing for
+    HEARTBEAT_SILENCE_S, judged by what arrived in the socket (libzmq receives while this thread is
+    not scheduled), never by how long the subscriber itself was away. A client whose key the PUB port
     refuses (it may not subscribe to every topic: docs/design.md section 10) reads by polling
     HISTORY every HISTORY_POLL_S instead. An error the cluster answers (FORBIDDEN, BAD_REQUEST)
     is raised from `get`: trying again cannot change it.
@@ -156,6 +158,11 @@ class Subscription:
                     continue
                 if self._behind and self._sock is not None:
                     self._catch_up(deadline)
+                    continue
+                if self._sock is not None and now - self._last_heard > HEARTBEAT_SILENCE_S and self._sock.poll(0):
+                    # Frames wait in the socket: the node spoke while this thread was not running (a
+                    # slow or starved subscriber). Judge the node by what it sent, not by our wake-ups.
+                    self._poll_once(now, deadline)
                     continue
                 if self._sock is None or now - self._last_heard > HEARTBEAT_SILENCE_S:
                     if self._sock is not None:
