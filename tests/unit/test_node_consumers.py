@@ -140,3 +140,14 @@ def test_a_consumer_error_crosses_the_wire_as_its_own_class(error: ConsumerError
 def test_an_unknown_reason_is_still_a_consumer_error() -> None:
     again = error_from_reply({"ok": False, "error": "BAD_REQUEST", "message": "m", "reason": "FUTURE"})
     assert type(again) is ConsumerError
+
+
+def test_a_delivered_message_that_retention_removed_is_listed_without_data() -> None:
+    log = Log()
+    log.one(CreateGroupOp("g", "t", from_start=True))
+    log.publish("t", 4)
+    deliveries = fetched(log, 4)
+    log.broker.store.trim(log.broker.topic_states()["t"].id, 2)  # as retention would, before the reply is built
+    log.broker.topic_states()["t"].first = 2
+    items = deliveries_to_wire(log.broker, deliveries, 10_000)
+    assert [(item["offset"], "data" in item) for item in items] == [(0, False), (1, False), (2, True), (3, True)]

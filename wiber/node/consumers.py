@@ -82,12 +82,14 @@ def deliveries_to_wire(broker: Broker, deliveries: Iterable[Delivered], max_byte
     """Returns: each delivery as a FETCH reply item: a HISTORY item plus ``delivery`` (its count).
 
     Data is read in runs of consecutive offsets of one topic, until `max_bytes` of it (at least one
-    message's); the items past that carry only ``topic``, ``offset`` and ``delivery``.
+    message's); the items past that, and any whose message retention removed meanwhile, carry only
+    ``topic``, ``offset`` and ``delivery``.
     """
     items: list[dict[str, Any]] = []
     pending = list(deliveries)
     topics = broker.topic_states()
     budget = max_bytes
+    given = False  # whether an item carries data yet: the first one always may
     position = 0
     while position < len(pending):
         first = pending[position]
@@ -96,17 +98,24 @@ def deliveries_to_wire(broker: Broker, deliveries: Iterable[Delivered], max_byte
                and pending[stop].offset == pending[stop - 1].offset + 1):
             stop += 1
         topic = topics.get(first.topic)
-        records = []
-        if topic is not None and (budget > 0 or not items):
-            records = broker.store.read(topic.id, first.offset, first.offset + (stop - position), max(budget, 1))
-        for delivered, record in zip(pending[position:stop], records):
+        records: dict[int, Any] = {}
+        if topic is not None and (budget > 0 or not given):
+            low = max(first.offset, topic.first)  # what retention left of the run
+            high = min(pending[stop - 1].offset + 1, topic.end)
+            if low < high:
+                records = {record[1]: record for record in broker.store.read(topic.id, low, high, max(budget, 1))}
+        for delivered in pending[position:stop]:
+            record = records.get(delivered.offset)
+            if record is None or (budget <= 0 and given):
+                items.append({"topic": delivered.topic, "offset": delivered.offset, "delivery": delivered.delivery_count})
+                if topic is not None and delivered.offset >= topic.first:
+                    budget = 0  # cut by the budget, not by retention: no later run is read either
+                continue
             item = record_to_wire(record)
             item["delivery"] = delivered.delivery_count
             budget -= len(record[2])
+            given = True
             items.append(item)
-        for delivered in pending[position + len(records):stop]:
-            items.append({"topic": delivered.topic, "offset": delivered.offset, "delivery": delivered.delivery_count})
-            budget = 0  # later runs are not read either: the reply keeps its offset order
         position = stop
     return items
 
