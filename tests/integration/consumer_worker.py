@@ -1,4 +1,4 @@
-"""A consumer-group member in its own process, for tests that kill it with -9 (tests/integration/test_consumers.py).
+"""A consumer-group member in its own process, for tests that kill it with -9 (tests/integration/test_consumer_groups.py).
 
     python -m tests.integration.consumer_worker --addr A --addr B ... --group G --pattern P [--out TOPIC]
         [--ack-wait-ms MS] [--batch N] [--hold N] [--limit N]
