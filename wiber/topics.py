@@ -124,6 +124,23 @@ def matches(pattern: Sequence[str], topic: Sequence[str]) -> bool:
     return len(topic) == len(pattern)
 
 
+def covers(outer: Sequence[str], inner: Sequence[str]) -> bool:
+    """Returns: whether every topic that pattern `inner` matches is matched by pattern `outer` (both
+    as tokens): what a client's read right must do for a consumer group's pattern. Matching `inner`
+    as if it were a topic name is not enough: ``orders.*`` would then let a group read ``orders.>``."""
+    for position, token in enumerate(outer):
+        if token == WILDCARD_REST:
+            return len(inner) > position  # whatever inner has from here on, one token or more
+        if position >= len(inner):
+            return False
+        held = inner[position]
+        if held == WILDCARD_REST:
+            return False  # inner goes on for any number of tokens; outer does not
+        if token != WILDCARD_ONE and token != held:
+            return False  # a literal of outer needs the same literal in inner (inner's * could be anything)
+    return len(inner) == len(outer)
+
+
 @dataclass(frozen=True, slots=True)
 class TopicPattern:
     """One pattern, split once: what a wildcard subscription matches each received topic against."""

@@ -265,6 +265,8 @@ def test_group_settings_errors_and_deletion(cluster_factory: object) -> None:
     assert consumer.delete() and not consumer.delete()
     with pytest.raises(UnknownGroup):
         client.request("FETCH", group="g", member="m")
+    with pytest.raises(UnknownGroup):  # a member's fetch does not bring a deleted group back
+        consumer.fetch(1, timeout=0.2)
     assert "g" not in client.groups()
 
 

@@ -156,13 +156,16 @@ def test_consumer_groups_need_the_read_right_on_their_pattern(
             Client.from_config(cluster.config, client_key=key(cluster, "app"), timeouts=timeouts) as app:
         everything = reader.consumer("audit", ">", from_start=True)  # reader may read every topic
         orders = app.consumer("orders-workers", "orders.*", from_start=True)
-        with pytest.raises(Forbidden, match="client app may not read topic 'payments.>'"):
+        with pytest.raises(Forbidden, match="client app may not read every topic of pattern 'payments.>'"):
             app.consumer("payments-workers", "payments.>")
-        with pytest.raises(Forbidden, match="client app may not read topic '>'"):  # another client's group
+        with pytest.raises(Forbidden, match="of pattern 'orders'"):  # orders.> does not match orders itself
+            app.consumer("bare-orders", "orders")
+        assert app.consumer("deep-orders", "orders.*.>").created  # within orders.>
+        with pytest.raises(Forbidden, match="of pattern '>'"):  # another client's group
             app.request("FETCH", group="audit", member="intruder")
         app.publish("orders.eu", b"o1")
         (delivered,) = orders.fetch(1, timeout=10)
         assert (delivered.topic, delivered.data) == ("orders.eu", b"o1") and delivered.ack()
         assert [m.data for m in everything.fetch(5, timeout=10)] == [b"o1"]
-        assert set(app.groups()) == {"orders-workers"}, "GROUPS lists only the groups app may read"
-        assert set(reader.groups()) == {"audit", "orders-workers"}
+        assert set(app.groups()) == {"orders-workers", "deep-orders"}, "GROUPS lists only the groups app may read"
+        assert set(reader.groups()) == {"audit", "orders-workers", "deep-orders"}

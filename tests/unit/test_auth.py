@@ -196,3 +196,16 @@ def test_the_sender_of_a_transfer_frame() -> None:
     assert claimed_sender(Request("n" * 64, 5, "seg-1", 0, 100).encode()) == "n" * 64
     for bad in (b"\xc1X", b"\xc1X\x93", b"\xc1X\x93\x04\x05\x05", b"\xc1X\x93\x04\xc4\x01a"):
         assert claimed_sender(bad) is None
+
+
+def test_a_consumer_group_needs_read_rights_covering_its_whole_pattern() -> None:
+    app = Rights.of(ClientRights("app", subscribe=("orders.*", "audit")))
+    assert app.group_refusal("orders.*") is None and app.group_refusal("orders.eu") is None
+    assert app.group_refusal("audit") is None
+    refusal = app.group_refusal("orders.>")  # it would read orders.eu.x, which HISTORY refuses app
+    assert refusal is not None and "may not read every topic of pattern 'orders.>'" in refusal
+    assert app.group_refusal(">") is not None and app.group_refusal("audit.>") is not None
+    star = Rights.of(ClientRights("star", subscribe=("*",)))
+    assert star.group_refusal("x") is None and star.group_refusal(">") is not None
+    assert Rights.of(ClientRights("all", subscribe=(">",))).group_refusal("a.>") is None
+    assert Rights.of(ClientRights("ops", admin=True)).group_refusal(">") is None

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wiber.topics import TopicPattern, is_pattern, matches, name_problem, pattern_problem, publish_problem
+from wiber.topics import TopicPattern, covers, is_pattern, matches, name_problem, pattern_problem, publish_problem
 
 
 @pytest.mark.parametrize(("pattern", "topic", "expected"), [
@@ -84,3 +84,24 @@ def test_the_matcher_agrees_with_a_regular_expression_model(topic_tokens: list[s
     assert TopicPattern.parse(pattern).matches(topic) is bool(_model(pattern).fullmatch(topic))
     if TopicPattern.parse(pattern).matches(topic):
         assert topic.startswith(TopicPattern.parse(pattern).literal_prefix)
+
+
+@pytest.mark.parametrize(("outer", "inner", "covered"), [
+    ("orders.*", "orders.eu", True),
+    ("orders.*", "orders.*", True),
+    ("orders.*", "orders.>", False),  # orders.eu.x is not within orders.*
+    ("orders.>", "orders.*", True),
+    ("orders.>", "orders.>", True),
+    ("orders.>", "orders.*.x", True),
+    ("orders.>", "orders", False),
+    ("*", ">", False),
+    (">", ">", True),
+    (">", "a.b.*", True),
+    ("*.eu", "orders.eu", True),
+    ("*.eu", "*.eu", True),
+    ("orders.eu", "orders.*", False),
+    ("orders.eu", "orders.eu", True),
+    ("orders.*.x", "orders.*.*", False),
+])
+def test_a_pattern_covers_another_only_when_every_topic_of_it_matches(outer: str, inner: str, covered: bool) -> None:
+    assert covers(outer.split("."), inner.split(".")) is covered

@@ -34,6 +34,11 @@ __all__ = ["ConsumedMessage", "Consumer", "default_member"]
 #: Longest a FETCH waits on the node for messages, as a share of the client's per-try timeout: the
 #: answer must come back within that timeout, or the client would take the node for dead.
 WAIT_SHARE = 0.5
+#: How long a FETCH answered NO_GROUP is asked again before the group is taken for deleted (a new
+#: leader answers NO_GROUP for a group whose creation it has committed but not yet applied).
+UNKNOWN_GROUP_GRACE_S = 1.0
+#: Pause between those asks.
+UNKNOWN_GROUP_PAUSE_S = 0.05
 #: Messages one FETCH of an iteration asks for: few, so a slow loop does not hold many past ack_wait_ms.
 ITERATION_BATCH = 10
 
@@ -140,20 +145,26 @@ class Consumer:
 
         Raises:
             PendingCapReached: the group holds as many unacked deliveries as it may: ack some first.
+            UnknownGroup: the group was deleted (it is not created again: `Client.consumer` does that).
             ClientError: the cluster did not answer in time.
         """
         deadline = time.monotonic() + max_zero(timeout)
-        recreated = False
+        unknown_since: float | None = None
         while True:
             remaining = deadline - time.monotonic()
             wait_ms = int(max_zero(min(remaining, self.client.timeouts.per_try_s * WAIT_SHARE)) * 1000)
             try:
-                reply = self.client.request("FETCH", group=self.group, member=self.member, max=max, wait_ms=wait_ms)
+                reply = self.client.request("FETCH", f"fetch from group {self.group!r}", group=self.group,
+                                            member=self.member, max=max, wait_ms=wait_ms)
             except UnknownGroup:
-                if recreated:
+                # A new leader may not have applied the group's creation yet: ask again for a while. A
+                # group that stays unknown was deleted: never recreated here, since a new group would
+                # start at the end and skip what was published since the delete.
+                now = time.monotonic()
+                unknown_since = now if unknown_since is None else unknown_since
+                if now - unknown_since >= UNKNOWN_GROUP_GRACE_S:
                     raise
-                self._create()  # deleted, or a new leader has not applied its creation yet
-                recreated = True
+                time.sleep(UNKNOWN_GROUP_PAUSE_S)
                 continue
             messages = self._messages(reply["messages"])
             if messages or time.monotonic() >= deadline:
@@ -208,8 +219,8 @@ class Consumer:
         refs = [[message.topic, message.offset] for message in messages]
         done = 0
         for start in range(0, len(refs), protocol.ACK_REFS_MAX):
-            reply = self.client.request(op, group=self.group, member=self.member,
-                                        refs=refs[start:start + protocol.ACK_REFS_MAX])
+            reply = self.client.request(op, f"{op.lower()} to group {self.group!r}", group=self.group,
+                                        member=self.member, refs=refs[start:start + protocol.ACK_REFS_MAX])
             done += int(reply[counted])
         return done
 

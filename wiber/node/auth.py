@@ -39,7 +39,7 @@ from zmq.utils import z85
 
 from wiber.config import ClientRights, Config
 from wiber.errors import NodeStartError
-from wiber.topics import WILDCARD_ONE, WILDCARD_REST, matches
+from wiber.topics import WILDCARD_ONE, WILDCARD_REST, covers, matches
 
 __all__ = [
     "DOMAIN_CLIENT",
@@ -214,6 +214,15 @@ class TopicPatterns:
         self._wild = wild
         self._verdicts: dict[str, bool] = {}
 
+    def cover(self, pattern: str) -> bool:
+        """Returns: whether every topic `pattern` (a pattern or a name) matches is within these patterns."""
+        if self.everything or pattern in self._exact:
+            return True
+        tokens = pattern.split(".")
+        if WILDCARD_ONE not in tokens and WILDCARD_REST not in tokens:
+            return pattern in self
+        return any(covers(p, tokens) for p in self._wild)
+
     def __contains__(self, topic: str) -> bool:
         if self.everything or topic in self._exact:
             return True
@@ -266,6 +275,14 @@ class Rights:
                 return None
             return f"client {self.name} may not read topic {topic!r} (its subscribe patterns)"
         return f"client {self.name} may not send {op}: it needs admin: true in security.clients"
+
+    def group_refusal(self, pattern: str) -> str | None:
+        """Returns: why this client may not use a consumer group on `pattern`, or None when it may: its
+        subscribe patterns must cover every topic the group's pattern matches."""
+        if self.admin or self.read.cover(pattern):
+            return None
+        return (f"client {self.name} may not read every topic of pattern {pattern!r} (its subscribe patterns "
+                f"must cover the consumer group's pattern)")
 
     def may_see(self, topic: str) -> bool:
         """Returns: whether TOPICS shows `topic` to this client (it may publish to it or read it)."""

@@ -96,8 +96,9 @@ class ClientHandlers:
         op = msg["op"]
         if rights is None:
             problem: str | None = f"connection authenticated as {request.user!r}, not a client of security.clients"
-        elif op in protocol.CONSUMER_OPS and not rights.admin:  # reading a group is reading its pattern
-            problem = rights.refusal(op, group_pattern(self.node.broker, msg))
+        elif op in protocol.CONSUMER_OPS and not rights.admin:  # reading a group is reading all of its pattern
+            self.writable()  # NOT_LEADER first: a follower (or a new leader) may not know the group yet
+            problem = rights.group_refusal(group_pattern(self.node.broker, msg))
         else:
             problem = rights.refusal(op, msg.get("topic"))
         if problem is not None:
@@ -195,7 +196,7 @@ class ClientHandlers:
             rights = security.rights.get(request.user)
         listed: dict[str, dict[str, Any]] = {}
         for name in sorted(groups.groups):
-            if rights is not None and not rights.admin and groups.groups[name].pattern.text not in rights.read:
+            if rights is not None and rights.group_refusal(groups.groups[name].pattern.text) is not None:
                 continue
             listed[name] = groups.describe(name)
         return {"groups": listed}
