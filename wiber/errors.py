@@ -18,6 +18,7 @@ Tree::
         ├── Unavailable        UNAVAILABLE
         ├── StorageError       STORAGE
         ├── SessionExpired     SESSION_EXPIRED
+        ├── OutOfSequence      OUT_OF_SEQUENCE
         └── Forbidden          FORBIDDEN
 
 Local versus remote (as in h11): a WireError raised while handling a request is answered to that
@@ -170,6 +171,13 @@ class SessionExpired(WireError):
     code = "SESSION_EXPIRED"
 
 
+class OutOfSequence(WireError):
+    """An `ordered` PUB whose seq is past the next one its session stores: not stored; send the
+    earlier seqs first (docs/design.md section 3)."""
+
+    code = "OUT_OF_SEQUENCE"
+
+
 class Forbidden(WireError):
     """The client's key does not give it this op or topic (security.clients of the config)."""
 
@@ -178,7 +186,8 @@ class Forbidden(WireError):
 
 WIRE_ERRORS: dict[str, type[WireError]] = {
     cls.code: cls
-    for cls in (BadRequest, TooLarge, UnknownOp, NotLeader, Unavailable, StorageError, SessionExpired, Forbidden)
+    for cls in (BadRequest, TooLarge, UnknownOp, NotLeader, Unavailable, StorageError, SessionExpired,
+                OutOfSequence, Forbidden)
 }
 
 

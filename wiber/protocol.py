@@ -520,6 +520,7 @@ _SESSION_AND_TIME = (
     FieldSpec("client_id", _string(1, CLIENT_ID_MAX_CHARS), requires=("seq",)),
     FieldSpec("seq", _int_in(1, _INT63_MAX), requires=("client_id",)),
     FieldSpec("ack_floor", _int_in(1, _INT63_MAX), requires=("client_id",), at_most="seq"),
+    FieldSpec("ordered", _check_bool, requires=("client_id",)),
     FieldSpec("lamport", _int_in(0, _INT63_MAX)),
     FieldSpec("ts", _check_timestamp),
 )
@@ -723,6 +724,11 @@ def _plain_pub(msg: dict[Any, Any], limits: Limits) -> dict[str, Any] | None:
             if type(ack_floor) is not int or not 1 <= ack_floor <= seq:
                 return None
             out["ack_floor"] = ack_floor
+    ordered = get("ordered")
+    if ordered is not None:
+        if type(ordered) is not bool or client_id is None:
+            return None
+        out["ordered"] = ordered
     lamport = get("lamport")
     if lamport is not None:
         if type(lamport) is not int or not 0 <= lamport <= _INT63_MAX:

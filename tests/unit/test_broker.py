@@ -724,7 +724,7 @@ def test_decode_refuses_malformed_entries() -> None:
 def test_fast_constructors_build_ordinary_instances() -> None:
     from wiber.broker import entry, records
 
-    made = entry._make_pub_op("t", (b"x",), False, None, None, None, 0, False)
+    made = entry._make_pub_op("t", (b"x",), False, None, None, None, 0, False, False)
     assert made == pub("t") and type(made) is PubOp and repr(made) == repr(pub("t"))
     result = records.make_result(None, False, None, ())
     assert type(result) is PubResult and result == PubResult(None, False, None, ()) and result.reply is None

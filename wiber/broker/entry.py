@@ -12,14 +12,16 @@ Entry format (msgpack, ``use_bin_type``; arrays, not maps, so 1,000 small ops pa
     op = [topic, payload, flags, lamport]                                  no client_id
        | [topic, payload, flags, lamport, client_id, seq, ack_floor|nil]    with a session
     payload = bin (PUB: one message) | array of 1-10,000 bin (PUB_BATCH)
-    flags   = bit 0: late
+    flags   = bit 0: late; bit 1: ordered (only with a client_id)
        | [kind, ...]       a consumer op (`wiber.broker.consumers`): kind is an int, a PUB op's first item a str
          CREATE [1, group, pattern, ack_wait_ms, from_start]   FETCH [2, group, member, max]
          ACK [3, group, member, [[topic, offset], ...]]        NAK [4, group, member, [[topic, offset], ...]]
          DELETE [5, group]
 
 PUB ops and consumer ops of one loop turn share an entry, in the order they came; an entry of PUB
-ops only is byte for byte what it was before consumer ops existed.
+ops only is byte for byte what it was before consumer ops existed, and an op without ``ordered`` what
+it was before that flag existed (a node of an older version refuses an entry with it: upgrade every
+node before clients send ``ordered``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ INT63_MAX: Final = 2**63 - 1
 LATE: Final = 1
 """Bit of an op's ``flags``: the reorder buffer appended it after its slot had passed."""
 
+ORDERED: Final = 2
+"""Bit of an op's ``flags``: the request's ``ordered``: stored only as its session's next seq."""
+
 
 class MalformedEntry(WiberError):
     """A log entry's data is not a broker command this version can read (a bug or a corruption)."""
@@ -75,6 +80,8 @@ class PubOp(NamedTuple):
             client_id is, and ack_floor (optional) is at most seq.
         lamport: the publisher's Lamport clock (0 = none sent); stored lamports exceed it.
         late: set by the leader's reorder buffer when the op arrived after its slot (section 5).
+        ordered: the request's ``ordered``: stored only when seq is the next its session stores
+            (`wiber.broker.sessions.Session.next_seq`), else refused OUT_OF_SEQUENCE.
     """
 
     topic: str
@@ -85,6 +92,7 @@ class PubOp(NamedTuple):
     ack_floor: int | None = None
     lamport: int = 0
     late: bool = False
+    ordered: bool = False
 
 
 
@@ -125,10 +133,10 @@ def pub_op_from_request(req: Mapping[str, Any]) -> PubOp:
     get = req.get
     if op == "PUB":
         return _make_pub_op(req["topic"], (req["data"],), False, get("client_id"), get("seq"), get("ack_floor"),
-                            get("lamport", 0), False)
+                            get("lamport", 0), False, get("ordered") is True)
     if op == "PUB_BATCH":
         return _make_pub_op(req["topic"], tuple(req["messages"]), True, get("client_id"), get("seq"),
-                            get("ack_floor"), get("lamport", 0), False)
+                            get("ack_floor"), get("lamport", 0), False, get("ordered") is True)
     raise ValueError(f"a PubOp is made from a PUB or PUB_BATCH request, got op {op!r}")
 
 
@@ -176,13 +184,15 @@ def _op_problem(
                 return f"a batch message is a {type(message).__name__}, not bytes"
     elif type(payload) is not bytes:
         return f"payload is a {type(payload).__name__}, not bytes or an array of bytes"
-    if type(flags) is not int or flags & ~LATE or flags < 0:
-        return f"flags must be 0 or {LATE}, got {flags!r}"
+    if type(flags) is not int or flags & ~(LATE | ORDERED) or flags < 0:
+        return f"flags must be a combination of {LATE} (late) and {ORDERED} (ordered), got {flags!r}"
     if type(lamport) is not int or not 0 <= lamport <= INT63_MAX:
         return f"lamport must be an integer from 0 to 2**63-1, got {lamport!r}"
     if client_id is None:
         if seq is not None or ack_floor is not None:
             return "seq and ack_floor need a client_id"
+        if flags & ORDERED:
+            return "ordered needs a client_id"
         return None
     if type(client_id) is not str or not 1 <= len(client_id) <= CLIENT_ID_MAX_CHARS:
         return f"client_id must be a str of 1 to {CLIENT_ID_MAX_CHARS} characters"
@@ -230,7 +240,7 @@ def encode_entry(ts: float, ops: Sequence[EntryOp]) -> bytes:
             payload = messages[0]
         else:
             raise ValueError(f"op {position}: a PUB carries exactly one message, got {len(messages)}")
-        flags = LATE if op.late else 0
+        flags = (LATE if op.late else 0) | (ORDERED if op.ordered else 0)
         client_id = op.client_id
         problem = _op_problem(
             op.topic, payload, flags, op.lamport, client_id, op.seq, op.ack_floor, good_topics
@@ -292,10 +302,12 @@ def decode_entry(data: bytes) -> tuple[float, list[EntryOp]]:
         problem = _op_problem(topic, payload, flags, lamport, client_id, seq, ack_floor, good_topics)
         if problem is not None:
             raise MalformedEntry(f"op {position}: {problem}")
+        late = bool(flags & LATE)
+        ordered = bool(flags & ORDERED)
         if type(payload) is bytes:
-            append(_make_pub_op(topic, (payload,), False, client_id, seq, ack_floor, lamport, flags == LATE))
+            append(_make_pub_op(topic, (payload,), False, client_id, seq, ack_floor, lamport, late, ordered))
         else:
-            append(_make_pub_op(topic, payload, True, client_id, seq, ack_floor, lamport, flags == LATE))
+            append(_make_pub_op(topic, payload, True, client_id, seq, ack_floor, lamport, late, ordered))
     return float(ts), ops
 
 

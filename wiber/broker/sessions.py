@@ -8,6 +8,16 @@ answer dropped to keep the session within ``session_window``. At most ``max_sess
 kept; a new one evicts the least recently active (lowest log index of its last request, then lowest
 client_id). A request from a client without a session is SessionExpired when its id is among the
 last ``max_sessions`` evicted; no session is created then, so retrying it again can never store it.
+
+A request marked ``ordered`` (the Publisher's) is stored only as the session's next seq
+(`Session.next_seq`: one past the highest answer kept, or the floor when none is): one past a gap
+gets `OutOfSequence` and stores nothing, as Kafka's idempotent producer refuses an out-of-sequence
+batch. So an earlier seq refused on its way (NOT_LEADER from a node that then became leader, a
+request its client could not send) can never be stored after a later one of the same client: the
+client sends it again, then the later ones. A client moves the floor past a seq it gave up on
+(``ack_floor``), which ends the gap. Requests without ``ordered`` (a `Client.publish` with
+``dedup``, which may number its publishes with gaps and out of order) are stored at any seq at or
+above the floor, as before.
 (An ``ack_floor > 1`` from an unknown client is not taken as proof of an evicted session: a client
 whose first publishes were refused or timed out before reaching the log legitimately starts its
 session above seq 1.)
@@ -32,10 +42,10 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from wiber.broker.records import Answer
-from wiber.errors import SessionExpired
+from wiber.errors import OutOfSequence, SessionExpired
 
 __all__ = ["MAX_SESSIONS_BYTES", "MAX_SESSION_BYTES", "Session", "Sessions", "answer_bytes", "expired",
-           "session_bytes"]
+           "out_of_sequence", "session_bytes"]
 
 ANSWER_OVERHEAD_BYTES = 256
 """What one kept answer costs beside its topic name (the tuple, its numbers, the dict and deque slots)."""
@@ -75,6 +85,13 @@ class Session:
         self.seqs: deque[int] = deque()
         self.nbytes = 0
         """Bytes of the kept answers (`answer_bytes`)."""
+
+    def next_seq(self) -> int:
+        """Returns: the only seq an ``ordered`` request may store now: one past the highest answer
+        kept, or the floor when none is (answers leave only from the low end, so the highest kept is
+        the highest stored at or above the floor)."""
+        seqs = self.seqs
+        return seqs[-1] + 1 if seqs else self.floor
 
     def raise_floor(self, floor: int) -> None:
         """Move the floor up to `floor` (never down) and drop the answers below it."""
@@ -196,6 +213,14 @@ class Sessions:
         self.activity = [(session.last_index, cid) for cid, session in self.by_client.items()]
         heapq.heapify(self.activity)
         self.nbytes = sum(session_bytes(cid) + session.nbytes for cid, session in self.by_client.items())
+
+
+def out_of_sequence(client_id: str, seq: int, expected: int) -> OutOfSequence:
+    """Returns: the OutOfSequence for an ``ordered`` request past its session's next seq."""
+    return OutOfSequence(
+        f"seq {seq} of client {client_id!r} is not stored: its session stores seq {expected} next "
+        f"(ordered); send seq {expected} and the ones after it again, in order"
+    )
 
 
 def expired(client_id: str, seq: int, floor: int | None) -> SessionExpired:

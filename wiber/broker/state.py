@@ -41,6 +41,8 @@ Invariants (checked by the tests after every apply)
 * A (client_id, seq) is stored at most once while its session lives; once its answer is gone it is
   never stored again (SessionExpired), except after its evicted id left the bounded record (that
   takes ``max_sessions`` further evictions).
+* The ``ordered`` requests of one client_id are stored in seq order: each only as its session's
+  next seq (`Session.next_seq`), otherwise refused OUT_OF_SEQUENCE without storing anything.
 
 Cost
 ----
@@ -76,7 +78,7 @@ from wiber.broker.records import (
     make_result,
     record_to_wire,
 )
-from wiber.broker.sessions import MAX_SESSIONS_BYTES, Session, Sessions, expired
+from wiber.broker.sessions import MAX_SESSIONS_BYTES, Session, Sessions, expired, out_of_sequence
 from wiber.config import ClusterConfig, RetentionConfig
 from wiber.errors import BadRequest, InvariantError
 
@@ -419,6 +421,8 @@ class Broker:
                 results.append(make_result(answer, True, None, ()))
             elif seq < session.floor:
                 results.append(make_result(None, False, expired(client_id, seq, session.floor), ()))
+            elif op[8] and seq != session.next_seq():  # op.ordered: only the session's next seq
+                results.append(make_result(None, False, out_of_sequence(client_id, seq, session.next_seq()), ()))
             else:
                 results.append(self._store(op, index, ts, touched, session))
 
@@ -444,7 +448,7 @@ class Broker:
 
         Returns: the op's PubResult.
         """
-        op_topic, messages, batch, _, seq, _, op_lamport, late = op  # one unpack, not eight lookups
+        op_topic, messages, batch, _, seq, _, op_lamport, late, _ = op  # one unpack, not nine lookups
         lamport = self._last_lamport + 1
         if op_lamport >= lamport:
             if op_lamport - self._last_lamport > LAMPORT_MAX_AHEAD:
