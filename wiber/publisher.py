@@ -6,12 +6,20 @@ sent as one PUB_BATCH (or a PUB for a single message) over a DEALER socket, with
 requests in flight. Each message gets a `PublishFuture` that resolves to its `Ack` (its own offset).
 
 Exactly once, in order: every request carries this publisher's `client_id` and its own `seq`, and
-`ack_floor` = the lowest seq still in flight. On NOT_LEADER, UNAVAILABLE, STORAGE or a timeout,
-every request still in flight is sent again, in seq order, with the same seqs (to the leader
-named, or the next node): the node's session answers those already stored with their first answer
-(`duplicate: True`), so each message is stored once. Requests on one connection are proposed in the
-order they arrive and Raft commits in log order, so a topic's messages keep the order they were
-handed in.
+`ack_floor` = the lowest seq of that client_id still in flight. On NOT_LEADER, UNAVAILABLE,
+OUT_OF_SEQUENCE, STORAGE or a timeout, every request still in flight is sent again, in seq order,
+with the same seqs (to the leader named, or the next node): the node's session answers those
+already stored with their first answer (`duplicate: True`), so each message is stored once.
+
+Order needs more than sending in order, because a request can be refused while later ones of the
+same stream are not: a node answers NOT_LEADER to seqs 1..k of a stream, becomes leader and takes
+k+1.. from the rest of it (seen on a loaded machine: the resent 1..k then landed after them), and a
+connection that ends while requests are still queued for it leaves the later ones reaching the
+leader after the earlier ones' resends. So every request is sent `ordered`: the cluster stores it
+only as its session's next seq and refuses one past a gap with OUT_OF_SEQUENCE (docs/design.md
+section 3), as Kafka's idempotent producer refuses an out-of-sequence batch; and no request goes
+out on a connection after an earlier one that could not be sent on it. A topic's messages are
+stored in the order they were handed in.
 
 Single-threaded: the publisher does I/O only inside its own calls (`publish`, `poll`, `flush`,
 `PublishFuture.result`, `close`). A message waits at most `linger_s` past the next such call;
@@ -51,6 +59,7 @@ from wiber.client.curve import (
 from wiber.errors import (
     ClientError,
     NotLeader,
+    OutOfSequence,
     SessionExpired,
     StorageError,
     Unavailable,
@@ -215,6 +224,7 @@ class Publisher:
         self._callbacks_due: deque[PublishFuture] = deque()
         self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack  # packb makes one per call
         self._running_callbacks = False
+        self._stalled = False  # a request could not be sent on this socket: none after it may go out on it
         self.resends = 0
         self.failovers = 0
 
@@ -360,9 +370,15 @@ class Publisher:
         self._transmit(request)
 
     def _transmit(self, request: _Request) -> None:
-        floor = next(iter(self._in_flight))
+        """Send one request on the socket (made if need be), unless an earlier one could not be sent on
+        it: a later seq must never reach a node before an earlier one of this publisher."""
+        request.sent_at = time.monotonic()  # the per-try clock runs from here, sent or not
+        if self._stalled:
+            return
+        oldest = next(iter(self._in_flight.values()))
+        floor = oldest.seq if oldest.client_id == request.client_id else self._floor_of(request.client_id)
         msg: dict[str, Any] = {"topic": request.topic, "client_id": request.client_id, "seq": request.seq,
-                               "ack_floor": floor, "id": request.seq}
+                               "ack_floor": floor, "ordered": True, "id": request.seq}
         if self.lamport:
             msg["lamport"] = self.lamport
         if len(request.messages) == 1:
@@ -371,8 +387,6 @@ class Publisher:
         else:
             msg["op"] = "PUB_BATCH"
             msg["messages"] = request.messages
-        request.sent_at = time.monotonic()
-        request.attempts += 1
         size = len(request.messages[0]) if len(request.messages) == 1 else sum(map(len, request.messages))
         # The reused Packer keeps its largest buffer for good: only requests of ordinary size use it.
         body = self._pack(msg) if size <= protocol.REUSED_PACKER_MAX_BYTES else protocol.pack(msg)
@@ -384,6 +398,7 @@ class Publisher:
             zmqcalls.send(sock, b"", zmqcalls.MORE_NOBLOCK)
         except zmq.Again:
             log.debug("publisher: no connection to %s to send request %d on", self._address, request.seq)
+            self._stalled = True
             return
         # Zero-copy only pays for big frames: small ones would cost a trip through zmq's GC thread.
         # The connection may end between the two frames: libzmq then rolls the first back and
@@ -395,11 +410,20 @@ class Publisher:
                 sock.send(body, zmqcalls.NOBLOCK, copy=False)
         except zmq.Again:
             log.debug("publisher: the connection to %s ended while sending request %d", self._address, request.seq)
+            self._stalled = True
+            return
+        request.attempts += 1
+
+    def _floor_of(self, client_id: str) -> int:
+        """Returns: the lowest seq in flight under `client_id` (after a SessionExpired, requests of the
+        old session may still be ahead of it), which an ordered request's session starts from."""
+        return next(seq for seq, request in self._in_flight.items() if request.client_id == client_id)
 
     def _resend_all(self, address: str | None) -> None:
         """Reconnect (to `address`, or the next node) and send every request in flight again, in order."""
         self._refused = self._watch.check() if self._watch is not None else None
         self._close_socket()
+        self._stalled = False
         self._address = normalize_address(address) if address else next(self._rotation)
         self.failovers += 1
         now = time.monotonic()
@@ -446,6 +470,9 @@ class Publisher:
             if isinstance(err, NotLeader):
                 time.sleep(0.0 if err.leader_addr else 0.05)  # no leader yet: an election is under way
                 self._resend_all(err.leader_addr)
+                return
+            if isinstance(err, OutOfSequence):  # an earlier seq was refused on its way: send them all again
+                self._resend_all(self._address)
                 return
             if isinstance(err, (Unavailable, StorageError)):
                 time.sleep(0.02)
