@@ -11,10 +11,13 @@ import msgpack
 from tests.fuzz import mutate, values
 from tests.fuzz.sample import CLIENT, Context, Sample
 
-OPS: Final = ("PING", "PUB", "PUB_BATCH", "HISTORY", "SUB", "TOPICS", "STATUS")
+OPS: Final = ("PING", "PUB", "PUB_BATCH", "HISTORY", "SUB", "TOPICS", "STATUS",
+               "GROUP_CREATE", "GROUP_DELETE", "GROUPS", "FETCH", "ACK", "NAK")
 """Every op of the contract (wiber/protocol.py's table); a unit test keeps the two equal."""
 
 TOPICS: Final = ("fuzz", "fuzz.a", "fuzz.b.c", "orders.eu", "é.topic", "x" * 255)
+PATTERNS: Final = ("fuzz.*", "fuzz.>", ">", "orders.eu", "*.eu")
+GROUPS: Final = ("g1", "g2", "workers", "é-group")
 
 LAST_LAMPORTS: Final = 2**63 - 2**20
 """A stored lamport from here to 2**63 - 1 would leave the cluster's Lamport clock (almost) no room:
@@ -84,6 +87,23 @@ def valid_request(rng: random.Random, ctx: Context) -> dict[str, Any]:
             req["consistency"] = rng.choice(("local", "linearizable"))
     elif op == "SUB":
         req["topic"] = topic
+    elif op in ("GROUP_CREATE", "GROUP_DELETE", "FETCH", "ACK", "NAK"):
+        req["group"] = rng.choice(GROUPS)
+        if op == "GROUP_CREATE":
+            req["pattern"] = rng.choice(PATTERNS)
+            if rng.random() < 0.5:
+                req["ack_wait_ms"] = rng.choice((1, 100, 30_000, 86_400_000))
+            if rng.random() < 0.5:
+                req["from_start"] = rng.random() < 0.5
+        elif op != "GROUP_DELETE":
+            req["member"] = rng.choice(("m1", "m2"))
+        if op == "FETCH":
+            req["max"] = rng.choice((1, 10, 1000))
+            if rng.random() < 0.3:
+                req["wait_ms"] = rng.choice((0, 10, 100))
+        elif op in ("ACK", "NAK"):
+            req["refs"] = [[rng.choice(TOPICS), rng.choice((0, rng.randrange(100), 2**63 - 1))]
+                           for _ in range(rng.choice((1, 3, 1000)))]
     return req
 
 
