@@ -36,7 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         publisher.flush(timeout=args.total)
         failed = [repr(f.exception()) for f in futures if f.exception() is not None]
         offsets = [f.result(timeout=0).offset for f in futures if f.exception() is None]
-        report = {"acked": len(offsets), "failed": failed[:3], "offsets_in_order": offsets == list(range(len(offsets))),
+        report = {"acked": len(offsets), "failed": failed[:3],
+                  "offsets_in_order": offsets == list(range(len(offsets))),
                   "resends": publisher.resends, "failovers": publisher.failovers}
     sys.stdout.write(json.dumps(report) + "\n")
     sys.stdout.flush()

@@ -44,6 +44,7 @@ import zmq
 
 from tests.conftest import REPO, ClusterHarness, wait_for
 from tests.integration.test_election import agreed_leader
+from tests.integration.test_publisher import read_all
 from wiber import zmqcalls
 from wiber.client import Client, Timeouts
 from wiber.publisher import Publisher
@@ -55,16 +56,9 @@ def payload(i: int) -> bytes:
     return b"%06d" % i
 
 
-def read_all(client: Client, topic: str) -> list[bytes]:
-    """Returns: the data of every message of `topic`, paging a linearizable HISTORY to its end."""
-    datas: list[bytes] = []
-    offset = 0
-    while True:
-        history = client.history(topic, from_offset=offset, limit=1000, consistency="linearizable")
-        datas.extend(m.data for m in history.messages)
-        if history.next_offset >= history.end_offset or not history.messages:
-            return datas
-        offset = history.next_offset
+def stored(client: Client, topic: str) -> list[bytes]:
+    """Returns: the data of every message of `topic` (linearizable HISTORY, paged to its end)."""
+    return [m.data for m in read_all(client, topic)]
 
 
 def first_disorder(datas: list[bytes], total: int) -> str | None:
@@ -72,7 +66,8 @@ def first_disorder(datas: list[bytes], total: int) -> str | None:
     expected = [payload(i) for i in range(total)]
     if datas == expected:
         return None
-    jumps = [(k, datas[k - 1], datas[k]) for k in range(1, len(datas)) if int(datas[k]) != int(datas[k - 1]) + 1]
+    jumps = [(k, datas[k - 1], datas[k]) for k in range(1, len(datas))
+             if int(datas[k]) != int(datas[k - 1]) + 1]
     return f"{len(datas)} messages ({len(set(datas))} distinct) for {total}; first jumps {jumps[:4]}"
 
 
@@ -141,7 +136,9 @@ class RawStream:
     def stored_past_a_refusal(self) -> list[int]:
         """Returns: the seqs stored although an earlier seq of this stream was answered NOT_LEADER."""
         refused = [seq for seq, answer in self.answers.items() if answer == "NOT_LEADER"]
-        return [seq for seq, answer in self.answers.items() if answer == "ok" and refused and seq > min(refused)]
+        if not refused:
+            return []
+        return [seq for seq, answer in self.answers.items() if answer == "ok" and seq > min(refused)]
 
 
 @pytest.mark.timeout(60)
@@ -215,17 +212,20 @@ class StandIn:
 
     def answer(self, identity: bytes, request: dict[str, Any], error: str | None = None) -> None:
         if error is None:
-            reply = {"ok": True, "topic": request["topic"], "offset": request["seq"] - 1, "index": request["seq"],
-                     "lamport": request["seq"], "ts": 1.0, "duplicate": False, "id": request["id"]}
+            seq = request["seq"]
+            reply = {"ok": True, "topic": request["topic"], "offset": seq - 1, "index": seq, "lamport": seq,
+                     "ts": 1.0, "duplicate": False, "id": request["id"]}
         else:
             reply = {"ok": False, "error": error, "message": "stand-in", "id": request["id"]}
         self.sock.send_multipart([identity, b"", msgpack.packb(reply)])
 
 
 @pytest.mark.timeout(30)
-def test_out_of_sequence_makes_the_publisher_send_everything_in_flight_again_in_order(zmq_ctx: zmq.Context) -> None:
+def test_out_of_sequence_makes_the_publisher_send_everything_in_flight_again_in_order(
+        zmq_ctx: zmq.Context) -> None:
     node = StandIn(zmq_ctx)
-    with Publisher([node.addr], window=10, batch_size=1, timeouts=Timeouts(per_try_s=5.0, total_s=20.0)) as publisher:
+    timeouts = Timeouts(per_try_s=5.0, total_s=20.0)
+    with Publisher([node.addr], window=10, batch_size=1, timeouts=timeouts) as publisher:
         futures = [publisher.publish("t", payload(i)) for i in range(5)]
         first = node.take(5, publisher)
         assert [r["seq"] for _, r in first] == [1, 2, 3, 4, 5]
@@ -260,7 +260,8 @@ def test_nothing_goes_out_on_a_connection_after_a_request_that_could_not_be_sent
         return real_send(sock, frame, flags)
 
     monkeypatch.setattr(zmqcalls, "send", send)
-    with Publisher([node.addr], window=10, batch_size=1, timeouts=Timeouts(per_try_s=0.3, total_s=20.0)) as publisher:
+    timeouts = Timeouts(per_try_s=0.3, total_s=20.0)
+    with Publisher([node.addr], window=10, batch_size=1, timeouts=timeouts) as publisher:
         futures = [publisher.publish("t", payload(i)) for i in range(4)]
         first = node.take(1, publisher)
         assert [r["seq"] for _, r in first] == [1]
@@ -284,7 +285,8 @@ class Watcher:
     """A subscription in its own thread, reading `total` messages of a topic from offset 0."""
 
     def __init__(self, cluster: ClusterHarness, topic: str, total: int, node: str) -> None:
-        self.client = cluster.client([node, *[n for n in cluster.nodes if n != node]], per_try_s=1.0, total_s=30.0)
+        others = [n for n in cluster.nodes if n != node]
+        self.client = cluster.client([node, *others], per_try_s=1.0, total_s=30.0)
         self.subscription = self.client.subscribe(topic, from_offset=0)
         self.datas: list[bytes] = []
         self.total = total
@@ -317,7 +319,7 @@ def test_forced_resends_under_cpu_starvation_keep_the_order_handed_in(
     assert resends > 0, "no resend was forced"
     failed = [(k, f.exception()) for k, f in enumerate(futures) if f.exception() is not None]
     assert not failed, f"{len(failed)} publishes failed, first {failed[:2]}"
-    problem = first_disorder(read_all(cluster.client(total_s=30.0), "load"), TOTAL)
+    problem = first_disorder(stored(cluster.client(total_s=30.0), "load"), TOTAL)
     assert problem is None, f"HISTORY is not the order handed in ({resends} resends): {problem}"
     assert [f.result(timeout=0).offset for f in futures] == list(range(TOTAL))
     for k, watcher in enumerate(watchers):
@@ -332,9 +334,9 @@ def test_a_starved_publisher_keeps_the_order_across_leader_changes(
     cluster = cluster_factory(3)
     wait_for(lambda: agreed_leader(cluster), 10, "a leader")
     args = [arg for addr in cluster.addrs() for arg in ("--addr", addr)]
-    worker = subprocess.Popen([sys.executable, "-m", "tests.integration.publisher_worker", *args, "--topic", "led",
-                               "--count", str(TOTAL), "--per-try", "0.1"], stdout=subprocess.PIPE, text=True,
-                              cwd=str(REPO))
+    worker = subprocess.Popen([sys.executable, "-m", "tests.integration.publisher_worker", *args,
+                               "--topic", "led", "--count", str(TOTAL), "--per-try", "0.1"],
+                              stdout=subprocess.PIPE, text=True, cwd=str(REPO))
     stop = threading.Event()
     changes: list[str] = []
 
@@ -377,6 +379,7 @@ def test_a_starved_publisher_keeps_the_order_across_leader_changes(
     assert changes, "the leader never changed while the publisher ran"
     assert report["failed"] == [] and report["acked"] == TOTAL, report
     wait_for(lambda: agreed_leader(cluster), 10, "a leader after the changes")
-    problem = first_disorder(read_all(cluster.client(total_s=30.0), "led"), TOTAL)
-    assert problem is None, f"HISTORY is not the order handed in ({len(changes)} leader changes, {report}): {problem}"
+    problem = first_disorder(stored(cluster.client(total_s=30.0), "led"), TOTAL)
+    assert problem is None, f"HISTORY is not the order handed in ({len(changes)} leader changes, {report}): " \
+        f"{problem}"
     assert report["offsets_in_order"], report

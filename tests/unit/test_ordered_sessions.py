@@ -19,8 +19,16 @@ import msgpack
 import pytest
 
 from tests.unit.test_broker import T0, Log, batch, pub
-from wiber.broker import ENTRY_FORMAT, Broker, BrokerSettings, MalformedEntry, PubOp, decode_entry, encode_entry
-from wiber.broker import pub_op_from_request
+from wiber.broker import (
+    ENTRY_FORMAT,
+    Broker,
+    BrokerSettings,
+    MalformedEntry,
+    PubOp,
+    decode_entry,
+    encode_entry,
+    pub_op_from_request,
+)
 from wiber.errors import BadRequest, OutOfSequence, SessionExpired, error_from_reply
 from wiber.protocol import Limits, error_reply, parse_reply, validate_request
 

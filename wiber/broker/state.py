@@ -422,7 +422,8 @@ class Broker:
             elif seq < session.floor:
                 results.append(make_result(None, False, expired(client_id, seq, session.floor), ()))
             elif op[8] and seq != session.next_seq():  # op.ordered: only the session's next seq
-                results.append(make_result(None, False, out_of_sequence(client_id, seq, session.next_seq()), ()))
+                refusal = out_of_sequence(client_id, seq, session.next_seq())
+                results.append(make_result(None, False, refusal, ()))
             else:
                 results.append(self._store(op, index, ts, touched, session))
 
