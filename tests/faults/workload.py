@@ -127,7 +127,8 @@ def run_pipelined_publisher(addrs: Sequence[str], topics: Sequence[str], process
 
     with HistoryWriter(out, process) as history:
         publisher = Publisher(list(addrs), window=100, batch_size=50, linger_s=0.005,
-                              timeouts=Timeouts(per_try_s, total_s))
+                              timeouts=Timeouts(per_try_s, total_s),
+                              io_thread=False)  # callbacks (history records) in this thread
         history.record(INFO, "client", detail=f"client_id={publisher.client_id} pipelined")
 
         def done(future: PublishFuture, topic: str, value: str) -> None:

@@ -267,8 +267,10 @@ def test_a_callback_may_publish_and_every_message_keeps_its_hand_in_order(
     handed: list[bytes] = []
     futures: list[PublishFuture] = []
 
+    # Single-threaded: a callback then runs inside publish, so `handed` is in the publisher's order
+    # (with the I/O thread, see test_publisher_thread.py).
     with Publisher(cluster.addrs(), batch_size=1000, window=1, linger_s=5.0, max_message_bytes=64,
-                   timeouts=PUBLISHER_TIMEOUTS) as publisher:
+                   timeouts=PUBLISHER_TIMEOUTS, io_thread=False) as publisher:
 
         def hand_in(data: bytes, callback: Callable[[PublishFuture], None] | None) -> None:
             handed.append(data)

@@ -152,6 +152,7 @@ def _pub_stream(args: argparse.Namespace, fd: int) -> int:
         max_message_bytes=max_bytes,
         # A stream rides out a leader failover (about 1.5 s): a message fails after ten tries' time.
         timeouts=Timeouts(per_try_s=args.timeout, total_s=10 * args.timeout), ctx=ctx, **key_options(args),
+        io_thread=False,  # this loop does the I/O between reads of stdin; ctx.destroy below ends it
     )
 
     def hand_in(line: bytes) -> bool:
