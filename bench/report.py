@@ -62,6 +62,9 @@ ROWS: list[Row] = [
         {"raw": "oneway_rate", "wiber_curve": "pipelined_rate", "nats_always": "pipelined_rate",
          "nats_default": "pipelined_rate", "pysyncobj": "pipelined_rate"}, "msg/s"),
     Row("  same, PySyncObj unbatched", "pipelined_rate", {"pysyncobj": "pipelined_nobatch_rate"}, "msg/s"),
+    Row("asyncio: 1000 tasks, each awaits", "aio_gathered_rate",
+        {"wiber_curve": "aio_gathered_rate", "nats_always": "aio_gathered_rate", "nats_default": "aio_gathered_rate"},
+        "msg/s"),
     Row("auto-batching (1000, 2 ms)", "batched_rate",
         {"raw": "oneway_batch_rate", "wiber_curve": "batched_rate", "nats_always": "pipelined_rate",
          "nats_default": "pipelined_rate", "pysyncobj": "pipelined_rate"}, "msg/s"),
@@ -79,6 +82,8 @@ MATCHING_NOTES = [
     ("raw: sequential rows = DEALER->ROUTER round trip; pipelined and subscriber = PUSH->PULL 1 msg/frame; "
      "auto-batching and replay = PUSH->PULL 100 msgs/frame."),
     "NATS has no client-side batching: the auto-batching row compares with its pipelined publish_async.",
+    ("asyncio: 1000 tasks share one client and each awaits its publish before the next (wiber.aio.Client.publish / "
+     "nats-py js.publish): 1000 in flight, the way an asyncio application with many producers publishes."),
     "PySyncObj runs its load inside the leader process (no client hop) and keeps its log in memory.",
     ("consume-and-ack: Wiber fetches 100 and acks the batch with one ACK request, answered once committed; "
      "NATS fetches 100 and acks each message with a fire-and-forget msg.ack(), its clock stopping when "

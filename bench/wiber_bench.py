@@ -4,6 +4,7 @@ Workloads (100-byte payloads; each bounded by a count and `Bounds.seconds`):
 
 * ``seq``: `Client.publish`, each waiting its ack (a majority has it on disk): p50, p99, rate.
 * ``pipelined``: `Publisher(window=1000, batch_size=1)`: 1,000 PUBs in flight, throughput.
+* ``aio``: `wiber.aio.Client` shared by 1,000 asyncio tasks, each awaiting its publish (`bench.aio_bench`).
 * ``batched``: `Publisher(window=BATCH_WINDOW, batch_size=1000, linger_s=0.002)`: throughput.
 * ``subscriber``: `Client.subscribe` on a follower, in its own process, while an auto-batching
   Publisher publishes; messages per second received (last received - publishing started).
@@ -15,7 +16,7 @@ Workloads (100-byte payloads; each bounded by a count and `Bounds.seconds`):
 * ``failover``: kill -9 of the leader (found through PING's `leader`) to the next acknowledged
   publish of a `Client` with per-try 0.25 s; the killed node is restarted and caught up between kills.
 
-``wiber_curve`` (`run_curve`) runs the publish workloads (seq, pipelined, batched) again on a cluster
+``wiber_curve`` (`run_curve`) runs the publish workloads (seq, pipelined, aio, batched) again on a cluster
 with a `security` section: every node and the benchmark's admin client hold CURVE keys, so every
 frame between client and node and between nodes is encrypted, and each request passes the client's
 rights check. Beside ``wiber`` in the same run, it is what CURVE costs.
@@ -36,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from bench import aio_bench
 from bench.common import (
     CHILDREN,
     PAYLOAD,
@@ -377,6 +379,8 @@ def run(bounds: Bounds, progress: bool = True, secure: bool = False) -> Section:
         leader = cluster.leader(30)
         _sequential(section, cluster, leader, bounds, progress)
         _pipelined(section, cluster, leader, bounds, progress)
+        aio_bench.wiber(section, [cluster.addr[leader], *(cluster.addr[f] for f in cluster.followers(leader))],
+                        bounds, progress, cluster.client_options)
         topic_size = _batched(section, cluster, leader, bounds, progress)
         if not secure:
             _subscriber(section, cluster, leader, bounds, progress)
