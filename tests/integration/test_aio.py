@@ -245,13 +245,11 @@ async def _true(value: bool) -> bool:
 
 def test_curve_keys_secure_every_socket(cluster_factory: Callable[..., ClusterHarness]) -> None:
     cluster = cluster_factory(3, security=[{"name": "app", "publish": [">"], "subscribe": [">"]}])
-    servers = {}
-    for node in cluster.config.nodes:
-        servers[node.client_addr] = servers[node.pub_addr] = cluster.keys[node.id][0]
 
     async def main() -> tuple[list[int], list[int]]:
-        async with Client(cluster.addrs(), Timeouts(per_try_s=1.0, total_s=10.0), client_key=cluster.keys["app"],
-                          server_keys=servers) as client:
+        # The nodes' keys from the config's keys_dir, for their client and PUB ports alike.
+        async with Client.from_config(cluster.config, cluster.keys["app"], Timeouts(per_try_s=1.0, total_s=10.0)) \
+                as client:
             acks = await asyncio.gather(*(client.publish("secret", b"%d" % i) for i in range(20)))
             got = []
             async for message in client.subscribe("secret", from_offset=0):
