@@ -27,7 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.common import CHILDREN, PAYLOAD_BYTES, REPO, Bounds, Figure, Section, install_signal_handlers, median, say
+from bench.common import (
+    CHILDREN,
+    PAYLOAD_BYTES,
+    REPO,
+    Bounds,
+    Figure,
+    Section,
+    install_signal_handlers,
+    median,
+    raise_fd_limit,
+    say,
+)
 
 SYSTEMS = ["raw", "wiber", "wiber_curve", "nats_default", "nats_always", "pysyncobj"]
 ALIASES = {"nats": ["nats_default", "nats_always"], "all": SYSTEMS}
@@ -244,8 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     load: dict[str, Any] = {"start": list(os.getloadavg()), "sections": {}}
     per_round: dict[str, list[Section]] = {system: [] for system in args.systems}
+    fd_before, fd_now = raise_fd_limit()  # before any server starts: they inherit it
     say(f"bench: {', '.join(args.systems)}; {bounds}; {args.rounds} round(s); "
-        f"load average {load['start'][0]:.2f} on {os.cpu_count()} CPUs")
+        f"load average {load['start'][0]:.2f} on {os.cpu_count()} CPUs; open files soft limit "
+        + (f"raised from {fd_before} to {fd_now}" if fd_now != fd_before else f"{fd_now}"))
     try:
         for k in range(args.rounds):
             round_bounds = _round_bounds(bounds, args.rounds, k)
@@ -273,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     document = _document(
         started, t_start, commit, load,
         settings={"payload_bytes": PAYLOAD_BYTES, "quick": args.quick, "systems": args.systems,
-                  "rounds": args.rounds,
+                  "rounds": args.rounds, "open_files_soft_limit": {"before": fd_before, "run": fd_now},
                   "bounds": {"messages": bounds.messages, "sequential": bounds.sequential,
                              "batched": bounds.batched, "seconds": bounds.seconds, "kills": bounds.kills}},
         rows=rows,

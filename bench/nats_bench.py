@@ -10,6 +10,7 @@ Workloads (100-byte payloads; each bounded by a count and `Bounds.seconds`):
 * ``pipelined``: ``publish_async`` with 1,000 acks outstanding (``publish_async_max_pending=1000``,
   no ``wait_stall``, which BASELINES found cuts throughput about 4x): throughput.
 * ``aio``: 1,000 asyncio tasks on one connection, each awaiting ``js.publish`` (`bench.aio_bench`).
+* ``clients``: 1,000 nats-py connections, each doing 10 ``js.publish`` (`bench.clients_bench`).
 * ``subscriber``: an ordered push consumer in its own process, connected to a server that is not
   the stream leader, while a pipelined publisher publishes; messages per second received.
 * ``replay``: a pull consumer (ack none) fetching batches of 1,000 over a subject filled beforehand.
@@ -41,7 +42,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
-from bench import aio_bench
+from bench import aio_bench, clients_bench
 from bench.common import (
     CHILDREN,
     PAYLOAD,
@@ -435,6 +436,9 @@ async def _run_async(section: Section, cluster: NatsCluster, bounds: Bounds, pro
         section.add("pipelined_rate", rate(acked, elapsed), "msg/s", acked,
                     note=f"publish_async, 1000 acks outstanding, no wait_stall{f'; {failed} failed' if failed else ''}")
         await aio_bench.nats(section, js, bounds, progress)
+        urls = [cluster.url(n) for n in sorted(cluster.names, key=lambda n: n != leader)]
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: clients_bench.nats(section, urls, bounds.seconds, progress))
         await _subscriber(section, nc, cluster, leader, bounds, progress)
         await _replay(section, nc, bounds, progress)
         await _consume(section, nc, bounds, progress)

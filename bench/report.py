@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench import clients_bench
 from bench.common import Figure, Section
 
 #: column order of the table, and the short durability label shown under each column head
@@ -65,6 +66,12 @@ ROWS: list[Row] = [
     Row("asyncio: 1000 tasks, each awaits", "aio_gathered_rate",
         {"wiber_curve": "aio_gathered_rate", "nats_always": "aio_gathered_rate", "nats_default": "aio_gathered_rate"},
         "msg/s"),
+    Row("1000 clients x 10 publishes p50", "clients_p50_ms",
+        {"nats_always": "clients_p50_ms", "nats_default": "clients_p50_ms"}, "ms", "lower"),
+    Row("  same, p99", "clients_p99_ms",
+        {"nats_always": "clients_p99_ms", "nats_default": "clients_p99_ms"}, "ms", "lower"),
+    Row("  same, p99 of first publishes", "clients_first_p99_ms",
+        {"nats_always": "clients_first_p99_ms", "nats_default": "clients_first_p99_ms"}, "ms", "lower"),
     Row("auto-batching (1000, 2 ms)", "batched_rate",
         {"raw": "oneway_batch_rate", "wiber_curve": "batched_rate", "nats_always": "pipelined_rate",
          "nats_default": "pipelined_rate", "pysyncobj": "pipelined_rate"}, "msg/s"),
@@ -84,6 +91,10 @@ MATCHING_NOTES = [
     "NATS has no client-side batching: the auto-batching row compares with its pipelined publish_async.",
     ("asyncio: 1000 tasks share one client and each awaits its publish before the next (wiber.aio.Client.publish / "
      "nats-py js.publish): 1000 in flight, the way an asyncio application with many producers publishes."),
+    (f"{clients_bench.CLIENTS} clients: a wiber.Client / a nats-py connection each, {clients_bench.PER_CLIENT} "
+     f"publishes each awaiting its ack, {clients_bench.PROCESSES} processes x {clients_bench.WORKERS} workers "
+     f"({clients_bench.PROCESSES * clients_bench.WORKERS} in flight); a client's first publish is timed from its "
+     "creation, so its connection counts."),
     "PySyncObj runs its load inside the leader process (no client hop) and keeps its log in memory.",
     ("consume-and-ack: Wiber fetches 100 and acks the batch with one ACK request, answered once committed; "
      "NATS fetches 100 and acks each message with a fire-and-forget msg.ack(), its clock stopping when "

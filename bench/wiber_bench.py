@@ -5,6 +5,8 @@ Workloads (100-byte payloads; each bounded by a count and `Bounds.seconds`):
 * ``seq``: `Client.publish`, each waiting its ack (a majority has it on disk): p50, p99, rate.
 * ``pipelined``: `Publisher(window=1000, batch_size=1)`: 1,000 PUBs in flight, throughput.
 * ``aio``: `wiber.aio.Client` shared by 1,000 asyncio tasks, each awaiting its publish (`bench.aio_bench`).
+* ``clients``: 1,000 `Client`s, each its own connection, publishing 10 messages each: p50, p99
+  (`bench.clients_bench`).
 * ``batched``: `Publisher(window=BATCH_WINDOW, batch_size=1000, linger_s=0.002)`: throughput.
 * ``subscriber``: `Client.subscribe` on a follower, in its own process, while an auto-batching
   Publisher publishes; messages per second received (last received - publishing started).
@@ -37,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from bench import aio_bench
+from bench import aio_bench, clients_bench
 from bench.common import (
     CHILDREN,
     PAYLOAD,
@@ -383,6 +385,8 @@ def run(bounds: Bounds, progress: bool = True, secure: bool = False) -> Section:
                         bounds, progress, cluster.client_options)
         topic_size = _batched(section, cluster, leader, bounds, progress)
         if not secure:
+            clients_bench.wiber(section, [cluster.addr[leader], *(cluster.addr[f] for f in cluster.followers(leader))],
+                                bounds.seconds, progress)
             _subscriber(section, cluster, leader, bounds, progress)
             _replay(section, cluster, leader, topic_size, bounds, progress)
             _consume(section, cluster, leader, bounds, progress)
