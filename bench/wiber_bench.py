@@ -83,9 +83,10 @@ class WiberCluster:
 
     With `secure`, the config has a security section: a key pair per node and one for the
     benchmark's admin client (`BENCH_CLIENT`), all in the directory's ``keys``; `client_options`
-    are then the arguments that make a Client or Publisher use them."""
+    are then the arguments that make a Client or Publisher use them. `log_level` is the nodes'."""
 
-    def __init__(self, n: int = 3, secure: bool = False, **cluster_settings: Any) -> None:
+    def __init__(self, n: int = 3, secure: bool = False, log_level: str = "warning", **cluster_settings: Any) -> None:
+        self.log_level = log_level
         self.root = Path(tempfile.mkdtemp(prefix="wiber-bench-"))
         nodes = [{"id": f"n{i}", "host": "127.0.0.1", "port": free_port(), "raft_port": free_port(),
                   "pub_port": free_port()} for i in range(1, n + 1)]
@@ -111,7 +112,7 @@ class WiberCluster:
                 self.nodes[nid] = CHILDREN.spawn(
                     f"wiber {nid}",
                     [sys.executable, "-m", "wiber", "node", "--config", str(self.config_path), "--id", nid,
-                     "--log-level", "warning"],
+                     "--log-level", self.log_level],
                     self.root / f"{nid}.log")
 
     def kill(self, node_id: str) -> None:
