@@ -119,9 +119,12 @@ def _subscriber(k: int, nodes: list[tuple[str, str]], ctx: Any, messages: int, s
 
 
 def _worker(index: int, nodes: list[tuple[str, str]], messages: int, seconds: float, log_path: str,
-            out: Any) -> None:
-    """In a child process: `THREADS` subscriptions, numbered from ``index * THREADS``; report their results."""
+            nice: int, out: Any) -> None:
+    """In a child process (`nice` added to its niceness): `THREADS` subscriptions, numbered from
+    ``index * THREADS``; report their results."""
     die_with_parent()
+    if nice:
+        os.nice(nice)
     logging.basicConfig(filename=log_path, level=logging.INFO,
                         format="%(asctime)s %(threadName)s %(name)s %(levelname)s %(message)s")
     import zmq
@@ -200,22 +203,25 @@ class _Watch:
             for client in clients.values():
                 client.close()
 
-    def summary(self, t0: float, term: int) -> str:
+    def summary(self, t0: float, term: int, leader: str | None) -> str:
         """Returns: when a node first showed a term past `term` (seconds after `t0`), and, over the
-        2 s before, each node's slowest STATUS answer and the longest silence a node saw from a peer."""
+        2 s before, each node's slowest STATUS answer and the longest silence between `leader` (the
+        leader before) and each follower, as each side saw it."""
         moved = next((s for s in self.samples if s.get("term", term) > term), None)
         if moved is None:
             return f"STATUS every {WATCH_S:g} s saw no term past {term}"
         window = [s for s in self.samples if moved["t"] - 2.0 <= s["t"] <= moved["t"]]
         rtt = {nid: max((s["rtt_ms"] for s in window if s["node"] == nid), default=None) for nid in self._cluster.addr}
-        silence = {f"{s['node']}<-{peer}": ms for s in window for peer, ms in s.get("contact_ms", {}).items()
-                   if ms is not None}
         worst: dict[str, int] = {}
-        for pair, ms in silence.items():
-            worst[pair] = max(ms, worst.get(pair, 0))
+        for sample in window:
+            for peer, ms in sample.get("contact_ms", {}).items():
+                if ms is not None and leader in (sample["node"], peer):
+                    pair = f"{sample['node']}<-{peer}"
+                    worst[pair] = max(ms, worst.get(pair, 0))
         return (f"term {moved['term']} first seen at {moved['node']} (leader {moved.get('leader')}) "
                 f"{moved['t'] - t0:.1f} s after publishing started; over the 2 s before it, slowest STATUS "
-                f"answer per node (ms) {rtt}, longest silence seen from a peer (ms) {worst}")
+                f"answer per node (ms) {rtt}, longest silence between leader {leader} and a follower as "
+                f"'seen by<-from' (ms) {dict(sorted(worst.items()))}")
 
 
 def _cpu(pid: int) -> tuple[float, float]:
@@ -298,7 +304,8 @@ def run_once(run: int, args: argparse.Namespace, logs: Path) -> tuple[bool, bool
     subscriber claim held (none failed over; each got every message once, in order), and the elections."""
     from wiber.client import Client
 
-    cluster = WiberCluster(log_level="info")
+    settings = {"election_timeout_ms": args.election_timeout_ms} if args.election_timeout_ms else {}
+    cluster = WiberCluster(log_level="info", **settings)
     run_logs = logs / f"run{run}"
     run_logs.mkdir(parents=True, exist_ok=True)
     mpctx = mp.get_context("spawn")
@@ -311,7 +318,7 @@ def run_once(run: int, args: argparse.Namespace, logs: Path) -> tuple[bool, bool
         leader = cluster.leader(30)
         nodes = sorted(cluster.addr.items())
         procs = [mpctx.Process(target=_worker, args=(i, nodes, args.messages, args.seconds,
-                                                     str(run_logs / f"worker{i}.log"), out), daemon=True)
+                                                     str(run_logs / f"worker{i}.log"), args.nice, out), daemon=True)
                  for i in range(args.processes)]
         for proc in procs:
             proc.start()
@@ -361,7 +368,8 @@ def run_once(run: int, args: argparse.Namespace, logs: Path) -> tuple[bool, bool
     if published["errors"] or published["acked"] != args.messages:
         problems.append(f"publisher: {published['acked']} acked; e.g. {published['errors'][:1]}")
     if changed:
-        problems.append(f"(leader, term) per node before {before}, after {after}; {watch.summary(t0, term_before)}")
+        problems.append(f"(leader, term) per node before {before}, after {after}; "
+                        f"{watch.summary(t0, term_before, leader)}")
     if len(got["done"]) < len(procs):
         problems.append(f"only {len(got['done'])} of {len(procs)} worker processes reported")
     if failovers or moves:
@@ -406,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"subscriber processes of {THREADS} threads each (default {PROCESSES})")
     p.add_argument("--seconds", type=float, default=300.0,
                    help="deadline of a run's publishing, and of each subscriber from its attach (default 300)")
+    g = p.add_argument_group("experiments (the check itself runs with neither)")
+    g.add_argument("--election-timeout-ms", type=int, metavar="MS",
+                   help="the cluster's election_timeout_ms (default: the config's default)")
+    g.add_argument("--nice", type=int, default=0, metavar="N",
+                   help="niceness added to the subscriber processes (default 0): do the nodes keep their "
+                        "leader when the subscribers yield the CPUs to them?")
     args = p.parse_args(argv)
     if args.runs < 1 or args.messages < 1 or args.processes < 1 or args.seconds <= 0:
         p.error("--runs, --messages and --processes must be >= 1, --seconds > 0")
@@ -415,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix=f"soak-{datetime.now():%Y%m%d-%H%M%S}-", dir=RESULTS))
     say(f"subscribers soak: {args.runs} runs, {args.processes * THREADS} subscriptions ({args.processes} processes "
         f"x {THREADS} threads), {args.messages} messages each; open files soft limit {fd_before}"
-        + (f" -> {fd_now}" if fd_now != fd_before else ""), sys.stdout)
+        + (f" -> {fd_now}" if fd_now != fd_before else "")
+        + (f"; election_timeout_ms {args.election_timeout_ms}" if args.election_timeout_ms else "")
+        + (f"; subscriber processes at nice +{args.nice}" if args.nice else ""), sys.stdout)
     passed = held = changed = elections = 0
     try:
         for run in range(1, args.runs + 1):
