@@ -53,6 +53,7 @@ from wiber.node.auth import NodeSecurity, claimed_sender
 from wiber.node.checkpoints import Checkpoints
 from wiber.node.clients import ClientHandlers
 from wiber.node.consumers import ParkedFetches
+from wiber.node.cpuwait import CpuWaits
 from wiber.node.heap import HeapTrimmer
 from wiber.node.reorder import ReorderBuffer
 from wiber.node.shipping import Outgoing, Shipping
@@ -80,7 +81,8 @@ TRANSFER_GRACE_S = 0.6
 COMMIT_NOTICE_DELAY_S = 0.001
 #: A follower measures its clock offset to the leader this often (docs/design.md section 5).
 CLOCK_PROBE_S = 0.1
-#: A wait on the node's own disk this long or longer is taken off Raft's clock (Node._disk_waited).
+#: A wait on the node's own disk or for a CPU this long or longer is taken off Raft's clock
+#: (Node._take_off_clock).
 DISK_WAIT_PAUSES_S = TICK_MS / 1000
 #: At most this much Raft time, earned by ticks, is banked for taking disk waits off the clock.
 DISK_WAIT_CREDIT_MAX_S = 1.0
@@ -89,6 +91,12 @@ DISK_WAIT_CREDIT_MAX_S = 1.0
 MAX_ENTRY_BYTES = 16 << 20
 #: A wait on the disk this long or longer is logged as a warning: it risks elections on peers with other disks.
 DISK_WAIT_WARN_S = 0.1
+#: A turn whose timers fire this late asks the scheduler how much of the delay was a wait for a CPU
+#: (`wiber.node.cpuwait`), and takes that much off Raft's clock (Node._cpu_waited).
+CPU_WAIT_CHECK_S = 2 * TICK_MS / 1000
+#: Waits for a CPU this long or longer are logged as a warning, at most once per this many seconds.
+CPU_WAIT_WARN_S = 0.1
+CPU_WAIT_WARN_EVERY_S = 10.0
 
 #: What a consumer op costs in an entry besides its refs (names, numbers, headers), for `_by_size`.
 _CONSUMER_OP_BYTES = 600
@@ -190,7 +198,9 @@ class Node:
         self._peer_contact: dict[str, float | None] = {p: None for p in self.peer_ids}
         self._tick_s = TICK_MS / 1000.0
         self._next_tick = now + self._tick_s
-        self._pause_credit = 0.0  # Raft time ticked and not yet spent on disk waits (_disk_waited)
+        self._pause_credit = 0.0  # Raft time ticked and not yet taken off for waits (_take_off_clock)
+        self.cpu_waits = CpuWaits()  # the loop thread's waits for a CPU (_cpu_waited)
+        self._cpu_wait_warned = -math.inf
         self._next_pub_heartbeat = now
         self._next_clock_probe = now
         self._outbox: dict[str, list[bytes]] = {}
@@ -300,11 +310,13 @@ class Node:
             self._sort_out_fetches()
 
     def _fire_timers(self, now: float) -> None:
+        if now - self._next_tick >= CPU_WAIT_CHECK_S:
+            self._cpu_waited(now - self._next_tick)
         if now >= self._next_tick:
             ticks = int((now - self._next_tick) / self._tick_s) + 1
             # Every elapsed tick counts (a slow turn must not slow Raft's clock down), but after a
             # long stall (SIGSTOP) one election timeout's worth is all any timer needs; time spent
-            # waiting on the node's own disk is taken off beforehand (_disk_waited).
+            # waiting on the node's own disk or for a CPU is taken off beforehand (_take_off_clock).
             fired = min(ticks, self._max_catch_up_ticks) if self._storage_failure is None else 0
             for _ in range(fired):
                 self.raft.tick()
@@ -315,6 +327,7 @@ class Node:
             self._next_pub_heartbeat = now + PUB_HEARTBEAT_S
         if now >= self._next_clock_probe:
             self._next_clock_probe = now + CLOCK_PROBE_S
+            self.cpu_waits.mark()
             self._heap.maybe_trim(now)  # what a burst of large peer frames took goes back (wiber.node.heap)
             leader = self.raft.leader_id
             if leader is not None and leader != self.id and self._storage_failure is None:
@@ -553,27 +566,54 @@ class Node:
         On one shared disk every node stalls at once (0.1-0.9 s fsyncs, a few a minute on the
         benchmark machine): no leader sends, no follower answers, and the catch-up ticks afterwards
         counted that silence, so a follower campaigned (its peer, stalled too, was out of its lease
-        and granted the pre-vote) or the leader stepped down (CheckQuorum). The wait is taken off
-        the clock by moving the next tick later, as far as the credit allows: Raft time ticked
-        since, capped at `DISK_WAIT_CREDIT_MAX_S`. So the disk can never take off more Raft time
-        than was ticked (plus the cap): with waits up to an election timeout the clock runs at
-        least half as fast as real time; a longer wait beyond the credit counts one election
-        timeout at most, as any long stall does (`_fire_timers`). Either way a cut-off leader on a
-        disk slow at every write keeps ticking and still steps down, only later.
-
-        Only timing changes, never safety: reads use ReadIndex and no lease; the lease only keeps
-        a node that heard a leader recently from voting, and it lasts longer by what was taken off,
-        which can delay an election by that much. A SIGSTOP that lands inside an fsync is taken
-        off too: the clock cannot tell it from the disk.
+        and granted the pre-vote) or the leader stepped down (CheckQuorum). A SIGSTOP that lands
+        inside an fsync is taken off too: the clock cannot tell it from the disk.
         """
         if waited < DISK_WAIT_PAUSES_S:
             return
-        paused = min(waited, self._pause_credit)
-        self._pause_credit -= paused
-        self._next_tick += paused
+        paused = self._take_off_clock(waited)
         if waited >= DISK_WAIT_WARN_S:
             log.warning("node %s waited %.0f ms on its disk (%s); %.0f ms of it taken off Raft's timers",
                         self.id, waited * 1000, what, paused * 1000)
+
+    def _cpu_waited(self, late: float) -> None:
+        """Take the part of a late turn that the loop spent waiting for a CPU off Raft's clock.
+
+        Nodes that share their CPUs with busy clients stand in the run queue for hundreds of
+        milliseconds at a time, all of them in turn: a leader starved for 300 ms sent no
+        heartbeat, and a follower starved as long woke to an election timeout gone by and
+        campaigned (8 of 10 runs of 200 subscriber threads on two cores changed leader with every
+        node up). The scheduler says how long the thread was runnable and not running
+        (`wiber.node.cpuwait`); time the turn spent working still counts, as the test of
+        `_disk_waited` demands of a slow turn.
+        """
+        waited = min(late, self.cpu_waits.since_mark())
+        if waited < DISK_WAIT_PAUSES_S:
+            return
+        paused = self._take_off_clock(waited)
+        now = self.clock.monotonic()
+        if waited >= CPU_WAIT_WARN_S and now - self._cpu_wait_warned >= CPU_WAIT_WARN_EVERY_S:
+            self._cpu_wait_warned = now
+            log.warning("node %s waited %.0f ms for a CPU; %.0f ms of it taken off Raft's timers (the machine "
+                        "is overloaded: elections follow if it goes on)", self.id, waited * 1000, paused * 1000)
+
+    def _take_off_clock(self, waited: float) -> float:
+        """Move the next tick later by `waited`, as far as the credit allows; returns: what was taken off.
+
+        The credit is the Raft time ticked since, capped at `DISK_WAIT_CREDIT_MAX_S`. So waits can
+        never take off more Raft time than was ticked (plus the cap): with waits up to an election
+        timeout the clock runs at least half as fast as real time; a longer wait beyond the credit
+        counts one election timeout at most, as any long stall does (`_fire_timers`). Either way a
+        cut-off leader on a slow disk or a starved CPU keeps ticking and still steps down, only later.
+
+        Only timing changes, never safety: reads use ReadIndex and no lease; the lease only keeps
+        a node that heard a leader recently from voting, and it lasts longer by what was taken off,
+        which can delay an election by that much.
+        """
+        paused = min(waited, self._pause_credit)
+        self._pause_credit -= paused
+        self._next_tick += paused
+        return paused
 
     def _install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Replace the whole state by the leader's snapshot, whose files are staged: the core only
