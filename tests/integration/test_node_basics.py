@@ -350,7 +350,7 @@ class _SteppedNode:
         self.stall_s = 0.0
         self.cpu_waited_s = 0.0  # what the scheduler says the loop thread waited for a CPU so far
         from wiber.node.cpuwait import CpuWaits
-        node.cpu_waits = CpuWaits(lambda: self.cpu_waited_s)
+        node.raft_clock.cpu_waits = CpuWaits(lambda: self.cpu_waited_s)
         real_poll, real_tick = node.transport.poll, node.raft.tick
         node.transport.poll = lambda timeout_ms: real_poll(0)  # type: ignore[method-assign]  # fake time
 
@@ -411,7 +411,7 @@ def test_a_long_wait_on_the_disk_is_taken_off_raft_clock_but_a_slow_turn_is_not(
     try:
         for _ in range(5):  # earn the full credit: a second of Raft time
             stepped.idle(0.25)
-        assert node._pause_credit == DISK_WAIT_CREDIT_MAX_S
+        assert node.raft_clock.credit == DISK_WAIT_CREDIT_MAX_S
         assert stepped.publish(0.5) == 0  # 50 ticks' worth of fsync: none of it counts
         assert stepped.idle(1.5 * tick_s) == 1  # the clock runs again afterwards
         assert stepped.publish(0.49) == 0  # the rest of the credit
@@ -439,7 +439,7 @@ def test_a_wait_for_a_cpu_is_taken_off_raft_clock_but_work_is_not(
     try:
         for _ in range(5):
             stepped.idle(0.25)
-        assert node._pause_credit == DISK_WAIT_CREDIT_MAX_S
+        assert node.raft_clock.credit == DISK_WAIT_CREDIT_MAX_S
         stepped.cpu_waited_s += 0.4
         assert stepped.idle(0.4) <= 1  # 0.39 s late, all of it in the run queue: only the tick due counts
         assert stepped.idle(1.5 * tick_s) == 1  # the clock runs again afterwards

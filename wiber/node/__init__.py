@@ -9,10 +9,13 @@
 * `timesync`    the clock-sync frames exchanged beside Raft messages
 * `reorder`     the bounded reordering window (docs/design.md section 5)
 * `waiting`     clients parked until their entry commits or their read is confirmed
+* `raftclock`   Raft's clock: ticks as time passes, less the node's waits on its disk or for a CPU
+* `cpuwait`     how long the loop thread waited for a CPU (the scheduler's count)
 
 Nothing here is imported by the client side (`wiber.client`, `wiber.publisher`).
 """
 
-from wiber.node.loop import COMMIT_NOTICE_DELAY_S, DISK_WAIT_CREDIT_MAX_S, TICK_MS, Node, ms_to_ticks
+from wiber.node.loop import COMMIT_NOTICE_DELAY_S, Node
+from wiber.node.raftclock import DISK_WAIT_CREDIT_MAX_S, TICK_MS, ms_to_ticks
 
 __all__ = ["COMMIT_NOTICE_DELAY_S", "DISK_WAIT_CREDIT_MAX_S", "TICK_MS", "Node", "ms_to_ticks"]

@@ -4,7 +4,7 @@ On a machine whose CPUs are shared with busy clients (200 subscriber threads on 
 loop can stand in the run queue for hundreds of milliseconds. Its peers' messages wait in the
 sockets meanwhile, and its timers see an election timeout go by that it never had the CPU to
 watch. The node takes that time off Raft's clock as it does a wait on its own disk
-(`Node._take_off_clock`); this module says how much of a late turn was such a wait, so that time
+(`wiber.node.raftclock`); this module says how much of a late turn was such a wait, so that time
 the loop spent working still counts.
 
 Linux counts it per thread in `/proc/thread-self/schedstat` (the second field, in nanoseconds,

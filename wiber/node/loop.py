@@ -53,8 +53,8 @@ from wiber.node.auth import NodeSecurity, claimed_sender
 from wiber.node.checkpoints import Checkpoints
 from wiber.node.clients import ClientHandlers
 from wiber.node.consumers import ParkedFetches
-from wiber.node.cpuwait import CpuWaits
 from wiber.node.heap import HeapTrimmer
+from wiber.node.raftclock import RaftClock, ms_to_ticks
 from wiber.node.reorder import ReorderBuffer
 from wiber.node.shipping import Outgoing, Shipping
 from wiber.node.transport import Transport
@@ -69,8 +69,6 @@ log = logging.getLogger(__name__)
 
 #: Fan-out heartbeat period (docs/design.md section 3): subscribers tell a dead node from a quiet topic.
 PUB_HEARTBEAT_S = 0.25
-#: The Raft core counts time in ticks of this many milliseconds.
-TICK_MS = 10
 #: At most this many frames are drained from one socket per turn, so no socket starves the others.
 DRAIN_LIMIT = 10_000
 #: Peer frames whose failure is logged with its traceback; after these, every 1,000th is.
@@ -81,33 +79,14 @@ TRANSFER_GRACE_S = 0.6
 COMMIT_NOTICE_DELAY_S = 0.001
 #: A follower measures its clock offset to the leader this often (docs/design.md section 5).
 CLOCK_PROBE_S = 0.1
-#: A wait on the node's own disk or for a CPU this long or longer is taken off Raft's clock
-#: (Node._take_off_clock).
-DISK_WAIT_PAUSES_S = TICK_MS / 1000
-#: At most this much Raft time, earned by ticks, is banked for taking disk waits off the clock.
-DISK_WAIT_CREDIT_MAX_S = 1.0
 #: A turn's writes are proposed as several entries past this many bytes of messages: every append then
 #: fits a peer frame (`wiber.raft.wire.MAX_FRAME_BYTES`, 64 MiB), whatever the turn gathered.
 MAX_ENTRY_BYTES = 16 << 20
-#: A wait on the disk this long or longer is logged as a warning: it risks elections on peers with other disks.
-DISK_WAIT_WARN_S = 0.1
-#: A turn whose timers fire this late asks the scheduler how much of the delay was a wait for a CPU
-#: (`wiber.node.cpuwait`), and takes that much off Raft's clock (Node._cpu_waited); so does every
-#: clock probe, for the waits of the turns on time since the last.
-CPU_WAIT_CHECK_S = 2 * TICK_MS / 1000
-#: Waits for a CPU this long or longer are logged as a warning, at most once per this many seconds.
-CPU_WAIT_WARN_S = 0.1
-CPU_WAIT_WARN_EVERY_S = 10.0
 
 #: What a consumer op costs in an entry besides its refs (names, numbers, headers), for `_by_size`.
 _CONSUMER_OP_BYTES = 600
 #: What applying a Raft no-op gives: nothing to fan out or answer.
 _NOTHING_APPLIED = AppliedEntry([], [])
-
-
-def ms_to_ticks(ms: int) -> int:
-    """Returns: the number of core ticks (at least 1) closest to `ms` milliseconds."""
-    return max(1, round(ms / TICK_MS))
 
 
 class Node:
@@ -171,10 +150,6 @@ class Node:
         )
         # The node is the I/O layer: seeding the core's randomness from the OS belongs here.
         self.raft = Raft(raft_config, self.storage, rng or random.Random(os.urandom(16)))
-        # One election timeout of ticks at most per batch: one batch then crosses at most one
-        # CheckQuorum boundary, whose flags the peers' messages before a stall have set (two
-        # crossings with nothing stepped between deposed a healthy leader after a long stall).
-        self._max_catch_up_ticks = raft_config.election_ticks
         self.applied_index = self.broker.applied_index
         self.shipping = Shipping(node_id, self.peer_ids, self.checkpoints, self.clock.monotonic)
         self.checkpoints.hold_compaction = self.shipping.streaming
@@ -197,11 +172,7 @@ class Node:
         now = self.clock.monotonic()
         self._started = now
         self._peer_contact: dict[str, float | None] = {p: None for p in self.peer_ids}
-        self._tick_s = TICK_MS / 1000.0
-        self._next_tick = now + self._tick_s
-        self._pause_credit = 0.0  # Raft time ticked and not yet taken off for waits (_take_off_clock)
-        self.cpu_waits = CpuWaits()  # the loop thread's waits for a CPU (_cpu_waited)
-        self._cpu_wait_warned = -math.inf
+        self.raft_clock = RaftClock(node_id, now, raft_config.election_ticks, self.clock.monotonic)
         self._next_pub_heartbeat = now
         self._next_clock_probe = now
         self._outbox: dict[str, list[bytes]] = {}
@@ -272,7 +243,7 @@ class Node:
     def run_once(self) -> None:
         """One loop turn: poll until input or the next timer, drain inputs, fire timers, process Ready."""
         now = self.clock.monotonic()
-        deadline = min(self._next_tick, self._next_pub_heartbeat)
+        deadline = min(self.raft_clock.next_tick, self._next_pub_heartbeat)
         if self._reorder is not None:
             release_at = self._reorder.next_release()
             if release_at is not None:
@@ -311,26 +282,14 @@ class Node:
             self._sort_out_fetches()
 
     def _fire_timers(self, now: float) -> None:
-        if now - self._next_tick >= CPU_WAIT_CHECK_S:
-            self._cpu_waited(now - self._next_tick)
-        if now >= self._next_tick:
-            ticks = int((now - self._next_tick) / self._tick_s) + 1
-            # Every elapsed tick counts (a slow turn must not slow Raft's clock down), but after a
-            # long stall (SIGSTOP) one election timeout's worth is all any timer needs; time spent
-            # waiting on the node's own disk or for a CPU is taken off beforehand (_take_off_clock).
-            fired = min(ticks, self._max_catch_up_ticks) if self._storage_failure is None else 0
-            for _ in range(fired):
-                self.raft.tick()
-            self._next_tick = now + self._tick_s
-            self._pause_credit = min(DISK_WAIT_CREDIT_MAX_S, self._pause_credit + fired * self._tick_s)
+        for _ in range(self.raft_clock.ticks_due(now, running=self._storage_failure is None)):
+            self.raft.tick()
         if now >= self._next_pub_heartbeat:
             self.transport.publish(protocol.heartbeat_frames(self.clients.pub_heartbeat()))
             self._next_pub_heartbeat = now + PUB_HEARTBEAT_S
         if now >= self._next_clock_probe:
             self._next_clock_probe = now + CLOCK_PROBE_S
-            # Short waits add up as much as one long one: 60% of the time in the run queue, in waits
-            # of 20-100 ms, still let 300 ms of silence pass. What this span waited comes off too.
-            self._cpu_waited(math.inf)
+            self.raft_clock.probe()
             self._heap.maybe_trim(now)  # what a burst of large peer frames took goes back (wiber.node.heap)
             leader = self.raft.leader_id
             if leader is not None and leader != self.id and self._storage_failure is None:
@@ -561,66 +520,7 @@ class Node:
             self.storage.set_hard_state(rd.hard_state)
         if rd.must_sync:
             self.storage.sync()
-        self._disk_waited(on_disk + clock() - started, "log write and fsync")
-
-    def _disk_waited(self, waited: float, what: str) -> None:
-        """Take a long wait on this node's own disk (fsync, snapshot) off Raft's clock.
-
-        On one shared disk every node stalls at once (0.1-0.9 s fsyncs, a few a minute on the
-        benchmark machine): no leader sends, no follower answers, and the catch-up ticks afterwards
-        counted that silence, so a follower campaigned (its peer, stalled too, was out of its lease
-        and granted the pre-vote) or the leader stepped down (CheckQuorum). A SIGSTOP that lands
-        inside an fsync is taken off too: the clock cannot tell it from the disk.
-        """
-        if waited < DISK_WAIT_PAUSES_S:
-            return
-        paused = self._take_off_clock(waited)
-        if waited >= DISK_WAIT_WARN_S:
-            log.warning("node %s waited %.0f ms on its disk (%s); %.0f ms of it taken off Raft's timers",
-                        self.id, waited * 1000, what, paused * 1000)
-
-    def _cpu_waited(self, late: float) -> None:
-        """Take what the loop waited for a CPU since the last reading (at most `late`, how late the
-        timers are) off Raft's clock: read on a late turn, and every clock probe.
-
-        Nodes that share their CPUs with busy clients stand in the run queue for hundreds of
-        milliseconds at a time, all of them in turn: a leader starved for 300 ms sent no
-        heartbeat, and a follower starved as long woke to an election timeout gone by and
-        campaigned; a leader whose followers were starved stepped down (CheckQuorum). 8 of 10 runs
-        of 200 subscriber threads on two cores changed leader with every node up, the nodes' loops
-        60% of the time in the run queue. The scheduler says how long the thread was runnable and
-        not running (`wiber.node.cpuwait`); time the turn spent working still counts, as the test
-        of `_disk_waited` demands of a slow turn. On a starved machine Raft's clock so runs slower,
-        never below half speed (`_take_off_clock`): a dead node is noticed later, a live one is
-        not deposed.
-        """
-        waited = min(late, self.cpu_waits.since_mark())
-        if waited < DISK_WAIT_PAUSES_S:
-            return
-        paused = self._take_off_clock(waited)
-        now = self.clock.monotonic()
-        if waited >= CPU_WAIT_WARN_S and now - self._cpu_wait_warned >= CPU_WAIT_WARN_EVERY_S:
-            self._cpu_wait_warned = now
-            log.warning("node %s waited %.0f ms for a CPU; %.0f ms of it taken off Raft's timers (the machine "
-                        "is overloaded: elections follow if it goes on)", self.id, waited * 1000, paused * 1000)
-
-    def _take_off_clock(self, waited: float) -> float:
-        """Move the next tick later by `waited`, as far as the credit allows; returns: what was taken off.
-
-        The credit is the Raft time ticked since, capped at `DISK_WAIT_CREDIT_MAX_S`. So waits can
-        never take off more Raft time than was ticked (plus the cap): with waits up to an election
-        timeout the clock runs at least half as fast as real time; a longer wait beyond the credit
-        counts one election timeout at most, as any long stall does (`_fire_timers`). Either way a
-        cut-off leader on a slow disk or a starved CPU keeps ticking and still steps down, only later.
-
-        Only timing changes, never safety: reads use ReadIndex and no lease; the lease only keeps
-        a node that heard a leader recently from voting, and it lasts longer by what was taken off,
-        which can delay an election by that much.
-        """
-        paused = min(waited, self._pause_credit)
-        self._pause_credit -= paused
-        self._next_tick += paused
-        return paused
+        self.raft_clock.disk_waited(on_disk + clock() - started, "log write and fsync")
 
     def _install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
         """Replace the whole state by the leader's snapshot, whose files are staged: the core only
@@ -644,14 +544,14 @@ class Node:
             if checkpoints.running:
                 job = checkpoints.poll()
                 if job is not None:
-                    self._disk_waited(self.clock.monotonic() - started, "log compaction")
+                    self.raft_clock.disk_waited(self.clock.monotonic() - started, "log compaction")
                     if job.export_dir is not None and self.raft.role is Role.LEADER:
                         self._send_frames(self.shipping.export_ready(self.storage.last_snapshot_index,
                                                                      self.raft.term))
                         self._flush_outbox()
             elif checkpoints.due(self.applied_index):
                 checkpoints.start(self.broker)
-                self._disk_waited(self.clock.monotonic() - started, "checkpoint flush")
+                self.raft_clock.disk_waited(self.clock.monotonic() - started, "checkpoint flush")
         except StorageFailure as exc:
             self._on_storage_failure(exc)
 
