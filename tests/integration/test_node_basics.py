@@ -192,7 +192,10 @@ def test_bad_config_refuses_to_start_with_exit_2(tmp_path: Any) -> None:
 
 
 def test_cli_status_prints_one_row_per_node(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    from tests.integration.test_election import agreed_leader
+
     cluster = cluster_factory(3)
+    wait_for(lambda: agreed_leader(cluster), 10, "a leader")  # exit 0 needs one; without it, 3
     out = subprocess.run([sys.executable, "-m", "wiber", "status", "--config", str(cluster.config_path)],
                          capture_output=True, text=True, timeout=30, cwd=str(REPO))
     assert out.returncode == 0, out.stdout + out.stderr
@@ -202,11 +205,14 @@ def test_cli_status_prints_one_row_per_node(cluster_factory: Callable[..., Clust
 
 
 def test_cli_ping_reports_a_down_node(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    from tests.integration.test_election import agreed_leader
+
     cluster = cluster_factory(3)
-    cluster.kill("n3")
+    leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
+    cluster.kill(next(nid for nid in cluster.nodes if nid != leader))  # the leader's loss would be exit 3
     out = subprocess.run([sys.executable, "-m", "wiber", "ping", "--config", str(cluster.config_path),
                           "--timeout", "0.3"], capture_output=True, text=True, timeout=30, cwd=str(REPO))
-    assert out.returncode == 1
+    assert out.returncode == 1  # some nodes down, a quorum with its leader left
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 3
     assert sum("DOWN" in line for line in lines) == 1
