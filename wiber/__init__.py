@@ -6,6 +6,7 @@ Public API: `Client` (with `Consumer` and `ConsumedMessage` of consumer groups),
 
 from __future__ import annotations
 
+import importlib.metadata as _metadata
 import logging
 
 from wiber.client import Client, ConsumedMessage, Consumer, Timeouts
@@ -30,7 +31,10 @@ from wiber.errors import (
     WireError,
 )
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version (pyproject.toml): one place to change it
+    __version__ = _metadata.version("wiber")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

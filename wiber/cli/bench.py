@@ -20,9 +20,17 @@ def register(sub: Subcommands) -> None:
     p = sub.add_parser("bench", help="load-generate against a running cluster (pub or sub)",
                        description="Measure a running cluster: `bench pub` publishes and reports msg/s and "
                                    "the publish-to-acknowledgement latency histogram; `bench sub` subscribes "
-                                   "and reports the delivery rate and end-to-end latency (leader ts to delivery).")
+                                   "and reports the delivery rate and end-to-end latency (leader ts to delivery).",
+                       epilog="examples:\n  wiber bench pub load --messages 100000 --size 100\n"
+                              "  wiber bench sub load --messages 100000 --from 0")
     bench = p.add_subparsers(dest="bench_command", required=True, metavar="pub|sub")
-    bp = bench.add_parser("pub", help="publish N messages and measure")
+    bp = bench.add_parser("pub", help="publish N messages and measure",
+                          description="Publish --messages messages of --size bytes to TOPIC from --publishers "
+                                      "processes; print msg/s and the publish-to-acknowledgement latency "
+                                      "histogram.",
+                          epilog="examples:\n  wiber bench pub load --messages 100000 --size 100\n"
+                                 "  wiber bench pub load --batch 1 --window 64 --publishers 4\n\n"
+                                 "exit status: 0 measured; 1 the cluster did not answer; 2 bad usage.")
     bp.add_argument("topic", metavar="TOPIC")
     bp.add_argument("--messages", type=int_between(1, None), default=100_000, metavar="N",
                     help="messages in all (default 100000)")
@@ -34,7 +42,12 @@ def register(sub: Subcommands) -> None:
                     help="stop sending after this long (default 120)")
     client_args(bp)
     bp.set_defaults(func=cmd_bench)
-    bs = bench.add_parser("sub", help="receive N messages and measure")
+    bs = bench.add_parser("sub", help="receive N messages and measure",
+                          description="Subscribe to TOPIC until --messages arrive; print the delivery rate "
+                                      "and the end-to-end latency (leader timestamp to delivery).",
+                          epilog="examples:\n  wiber bench sub load --messages 100000 --from 0\n"
+                                 "  wiber bench sub load --messages 50000 & wiber bench pub load --messages 50000\n\n"
+                                 "exit status: 0 measured; 1 the cluster did not answer; 2 bad usage.")
     bs.add_argument("topic", metavar="TOPIC")
     bs.add_argument("--messages", type=int_between(1, None), default=100_000, metavar="N",
                     help="stop after this many (default 100000)")

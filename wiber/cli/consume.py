@@ -69,7 +69,10 @@ CONSUME_HELP = (
 def register(sub: Subcommands) -> None:
     """Add `consume` and `consumers` to the `wiber` parser."""
     p = sub.add_parser("consume", help="print the messages a durable consumer group delivers, acking each",
-                       description=CONSUME_HELP)
+                       description=CONSUME_HELP,
+                       epilog="examples:\n  wiber consume billing 'orders.>'\n"
+                              "  wiber consume audit orders.eu --from-start --count 100 --json\n\n"
+                              "exit status: see above; 2 bad usage.")
     p.add_argument("group", metavar="GROUP", help="the group's name (a topic name without * or >)")
     p.add_argument("pattern", metavar="PATTERN",
                    help="the topics the group reads: a topic name or a pattern such as 'orders.*' (one token) "
@@ -99,7 +102,10 @@ def register(sub: Subcommands) -> None:
                     "pattern, ack_wait_ms, from_start, topics, pending and lag. Read from the leader when one "
                     "answers (it has applied every ack it answered), else from any node. With security, only "
                     "the groups whose pattern this client may read. --delete GROUP removes a group instead "
-                    "(every member's state goes with it: its next use creates it anew).")
+                    "(every member's state goes with it: its next use creates it anew).",
+        epilog="examples:\n  wiber consumers\n  wiber consumers --json | jq 'select(.lag > 1000)'\n"
+               "  wiber consumers --delete billing\n\n"
+               "exit status: 0 listed or deleted; 1 the cluster did not answer, or no such group to delete.")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--delete", metavar="GROUP", help="delete consumer group GROUP (exit 1 when there is none)")
     client_args(p)

@@ -32,20 +32,20 @@ def register(sub: Subcommands) -> None:
     """Add `keygen` to the `wiber` parser."""
     p = sub.add_parser(
         "keygen", help="write a CURVE key pair (NAME.key, NAME.key_secret) for a node or a client",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Write a CURVE key pair as zmq.auth writes it: DIR/NAME.key holds the public key,\n"
             "DIR/NAME.key_secret both keys, readable by its owner only (mode 0600). A node\n"
             "uses keys_dir/<node id>.key_secret; a client NAME listed under security.clients\n"
             "gives its NAME.key_secret to --key (or WIBER_KEY), and the cluster's keys_dir\n"
-            "holds its NAME.key. Existing keys are kept unless --force.\n"
-            "\n"
-            "examples:\n"
-            "  for n in n1 n2 n3; do wiber keygen $n --dir keys; done\n"
-            "  wiber keygen app --dir keys\n"
-            "  WIBER_KEY=keys/app.key_secret wiber pub orders.new 'order 17'"
+            "holds its NAME.key. Existing keys are kept unless --force."
         ),
-        epilog="exit status: 0 written; 1 the files could not be written; 2 bad NAME, or keys exist without --force.",
+        epilog=("examples:\n"
+                "  for n in n1 n2 n3; do wiber keygen $n --dir keys; done\n"
+                "  wiber keygen app --dir keys\n"
+                "  WIBER_KEY=keys/app.key_secret wiber pub orders.new 'order 17'\n"
+                "\n"
+                "exit status: 0 written; 1 the files could not be written; 2 bad NAME, or keys exist "
+                "without --force."),
     )
     p.add_argument("name", metavar="NAME", help="node id or client name (letters, digits, _ . -; at most 64)")
     p.add_argument("--dir", default=".", metavar="DIR", help="directory to write into, made 0700 if missing "

@@ -33,7 +33,6 @@ def register(sub: Subcommands) -> None:
     """Add `pub` to the `wiber` parser."""
     p = sub.add_parser(
         "pub", help="publish a message, or each line of stdin",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Publish MESSAGE to TOPIC; once a majority has it on disk, print\n"
             "  topic=T offset=N index=I lamport=L\n"
@@ -42,14 +41,14 @@ def register(sub: Subcommands) -> None:
             "message. Lines are gathered into batches (PUB_BATCH) with many requests in\n"
             "flight, and stored exactly once, in order. At the end one line is printed:\n"
             "  published N messages to T (offsets A..B) in S s (R msg/s)\n"
-            "A progress line goes to stderr every second when stderr is a terminal.\n"
-            "\n"
-            "examples:\n"
-            "  wiber pub orders 'order 17 shipped'\n"
-            "  seq 1000000 | wiber pub numbers --batch 2000\n"
-            "  tail -f app.log | wiber pub logs"
+            "A progress line goes to stderr every second when stderr is a terminal."
         ),
-        epilog=("exit status: 0 all stored; 1 the cluster did not store a message (the line says\n"
+        epilog=("examples:\n"
+                "  wiber pub orders 'order 17 shipped'\n"
+                "  seq 1000000 | wiber pub numbers --batch 2000\n"
+                "  tail -f app.log | wiber pub logs\n"
+                "\n"
+                "exit status: 0 all stored; 1 the cluster did not store a message (the line says\n"
                 "why); 2 bad usage. A stream gives up on a message after 10 x --timeout."),
     )
     p.add_argument("topic", metavar="TOPIC", help="topic name: 1-255 bytes of UTF-8, not starting with $; "

@@ -40,6 +40,8 @@ def register(sub: Subcommands) -> None:
                     "matching topic in its own offset order, a topic created later from its offset 0, and "
                     "each line starts with the topic: `topic<TAB>offset<TAB>data`. "
                     "Runs until Ctrl-C (exit 0) or --count messages. " + FORMATS,
+        epilog="examples:\n  wiber sub orders --from 0 --count 10\n  wiber sub 'orders.>' --json | jq .data\n\n"
+               "exit status: 0 stopped by Ctrl-C or after --count; 1 the cluster did not answer; 2 bad usage.",
     )
     p.add_argument("topic", metavar="TOPIC", help="topic name, or a pattern such as 'orders.*' or 'orders.>' "
                                                    "(quote it for the shell)")
@@ -57,6 +59,9 @@ def register(sub: Subcommands) -> None:
                     "`first_offset=F end_offset=E next_offset=N`: the oldest offset kept (retention), the "
                     "offset the next message will get, and where to read on with --from. "
                     "One request returns at most 1000 messages; --all pages through them all. " + FORMATS,
+        epilog="examples:\n  wiber history orders --last 20\n  wiber history orders --all --json > orders.jsonl\n"
+               "  wiber history orders --from 1500 --limit 500 --linearizable\n\n"
+               "exit status: 0 printed; 1 the cluster did not answer or refused; 2 bad usage.",
     )
     p.add_argument("topic", metavar="TOPIC", help="topic name")
     start = p.add_mutually_exclusive_group()
