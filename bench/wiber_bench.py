@@ -89,7 +89,7 @@ class WiberCluster:
         self.log_level = log_level
         self.root = Path(tempfile.mkdtemp(prefix="wiber-bench-"))
         nodes = [{"id": f"n{i}", "host": "127.0.0.1", "port": free_port(), "raft_port": free_port(),
-                  "pub_port": free_port()} for i in range(1, n + 1)]
+                  "pub_port": free_port(), "metrics_port": free_port()} for i in range(1, n + 1)]
         self.config_path = self.root / "cluster.yaml"
         doc: dict[str, Any] = {"cluster": {"data_dir": str(self.root / "data"), **cluster_settings}, "nodes": nodes}
         keys = self.root / "keys"

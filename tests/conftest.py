@@ -149,6 +149,7 @@ class ClusterHarness:
             nodes.append({
                 "id": f"n{i}", "host": "127.0.0.1",
                 "port": free_port(), "raft_port": free_port(), "pub_port": free_port(),
+                "metrics_port": free_port(),
             })
         doc: dict[str, Any] = {"cluster": {"data_dir": str(root / "data"), **cluster_settings}, "nodes": nodes}
         #: Key pairs (public, secret) by node id and client name, when the cluster is secured.

@@ -84,11 +84,14 @@ class ClusterStartError(WiberError):
 class WiberNode:
     """One node process of a `WiberCluster`."""
 
-    def __init__(self, node_id: str, port: int, raft_port: int, pub_port: int, log_path: Path) -> None:
+    def __init__(self, node_id: str, port: int, raft_port: int, pub_port: int, log_path: Path,
+                 metrics_port: int = 0) -> None:
         self.id = node_id
         self.port = port
         self.raft_port = raft_port
         self.pub_port = pub_port
+        #: Where the node serves Prometheus metrics, `http://127.0.0.1:<metrics_port>/metrics`.
+        self.metrics_port = metrics_port
         #: The node's stdout and stderr (its log lines at level info).
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -241,15 +244,16 @@ class WiberCluster:
         """Write the config on fresh ports and start one process per node."""
         import yaml
 
-        ports = _free_ports(3 * self.size)
+        ports = _free_ports(4 * self.size)
         self.nodes = [
-            WiberNode(f"n{i + 1}", ports[3 * i], ports[3 * i + 1], ports[3 * i + 2], self.root / f"n{i + 1}.log")
+            WiberNode(f"n{i + 1}", ports[4 * i], ports[4 * i + 1], ports[4 * i + 2], self.root / f"n{i + 1}.log",
+                      metrics_port=ports[4 * i + 3])
             for i in range(self.size)
         ]
         doc = {
             "cluster": {**self.settings, "data_dir": str(self.root / "data")},
             "nodes": [{"id": n.id, "host": "127.0.0.1", "port": n.port, "raft_port": n.raft_port,
-                       "pub_port": n.pub_port} for n in self.nodes],
+                       "pub_port": n.pub_port, "metrics_port": n.metrics_port} for n in self.nodes],
         }
         self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
         for node in self.nodes:

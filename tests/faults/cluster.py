@@ -108,7 +108,7 @@ class FaultCluster:
                               "pub_port": pub_port})
             else:
                 nodes.append({"id": nid, "host": "127.0.0.1", "port": free_port(), "raft_port": free_port(),
-                              "pub_port": free_port()})
+                              "pub_port": free_port(), "metrics_port": free_port()})
         cluster: dict[str, Any] = {"data_dir": str(self.root / "data"), **settings}
         if lab is not None:
             # Private addresses inside network namespaces this test made: no one else can reach

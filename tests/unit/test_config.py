@@ -118,7 +118,22 @@ def test_defaults_apply_when_cluster_is_left_out(tmp_path: Path, monkeypatch: py
     assert (c.session_window, c.max_sessions, c.fsync) == (4096, 10000, True)
     assert c.retention == RetentionConfig(None, None, None)
     assert dict(c.topics) == {}
-    assert config.nodes == (NodeConfig("n1", "127.0.0.1", 9101, 9201, 9301),)
+    assert config.nodes == (NodeConfig("n1", "127.0.0.1", 9101, 9201, 9301, 9401),)
+    assert config.nodes[0].metrics_port_defaulted
+
+
+def test_metrics_port_is_written_defaulted_or_off(tmp_path: Path) -> None:
+    """metrics_port defaults to port + 300, 0 turns it off, and it must not clash with another port."""
+    text = node_list("{id: n1, host: 127.0.0.1, port: 9101, metrics_port: 9500}",
+                     "{id: n2, host: 127.0.0.1, port: 9102, metrics_port: 0}",
+                     "{id: n3, host: 127.0.0.1, port: 9103}")
+    n1, n2, n3 = load_config(write(tmp_path, text)).nodes
+    assert (n1.metrics_port, n1.metrics_port_defaulted) == (9500, False)
+    assert (n2.metrics_port, n2.metrics_port_defaulted) == (0, False)
+    assert (n3.metrics_port, n3.metrics_port_defaulted) == (9403, True)
+    clash = node_list("{id: n1, host: 127.0.0.1, port: 9101}", "{id: n2, host: 127.0.0.1, port: 9102, metrics_port: 9101}")
+    with pytest.raises(ConfigError, match=r"nodes\[1\]\.metrics_port.*already uses as port"):
+        load_config(write(tmp_path, clash))
 
 
 @pytest.mark.parametrize("section", ["cluster:\n", "cluster: {}\n", "cluster: {retention: , topics: }\n"])
@@ -248,6 +263,8 @@ def test_docstring_documents_every_key() -> None:
     doc = config_module.__doc__ or ""
     for cls in (ClusterConfig, RetentionConfig, NodeConfig):
         for f in dataclasses.fields(cls):
+            if f.name == "metrics_port_defaulted":
+                continue  # not a key: whether metrics_port was written
             assert f"\n{f.name} (" in doc or f"\n    {f.name} (" in doc, f.name
 
 
@@ -703,6 +720,8 @@ def test_docstring_documents_the_security_keys() -> None:
     doc = config_module.__doc__ or ""
     for cls in (SecurityConfig, ClientRights):
         for f in dataclasses.fields(cls):
+            if f.name == "metrics_port_defaulted":
+                continue  # not a key: whether metrics_port was written
             assert f"\n{f.name} (" in doc or f"\n    {f.name} (" in doc, f.name
 
 

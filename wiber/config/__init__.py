@@ -127,7 +127,12 @@ raft_port (integer 1-65535, default port + 100)
 pub_port (integer 1-65535, default port + 200)
     Fan-out of applied messages to subscribers (ZeroMQ PUB), ``tcp://host:pub_port``.
 
-Every (host, port) pair, across the port, raft_port and pub_port of all nodes, must be unique.
+metrics_port (integer 0-65535, default port + 300)
+    Prometheus metrics at ``http://host:metrics_port/metrics`` and a health check at ``/healthz``
+    (docs/operations.md). ``0`` turns them off. A written port must be free or the node does not
+    start; when the defaulted one is taken the node serves without metrics and logs a warning.
+
+Every (host, port) pair, across the port, raft_port, pub_port and metrics_port of all nodes, must be unique.
 There must be 1 to 7 nodes; a cluster of N tolerates the loss of (N - 1) // 2 of them.
 
 Keys of ``security`` (optional: without it the nodes speak plain TCP, loopback only)
@@ -192,6 +197,7 @@ from wiber.config.model import (
     MAX_REPLY_BYTES_LIMIT,
     MAX_TOPIC_BYTES,
     PUB_PORT_OFFSET,
+    METRICS_PORT_OFFSET,
     RAFT_PORT_OFFSET,
     ClientRights,
     ClusterConfig,
@@ -209,6 +215,7 @@ __all__ = [
     "MAX_REPLY_BYTES_LIMIT",
     "MAX_TOPIC_BYTES",
     "PUB_PORT_OFFSET",
+    "METRICS_PORT_OFFSET",
     "RAFT_PORT_OFFSET",
     "ClientRights",
     "ClusterConfig",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ __all__ = [
     "MAX_REPLY_BYTES_LIMIT",
     "MAX_TOPIC_BYTES",
     "PUB_PORT_OFFSET",
+    "METRICS_PORT_OFFSET",
     "RAFT_PORT_OFFSET",
     "ClientRights",
     "ClusterConfig",
@@ -38,6 +40,9 @@ RAFT_PORT_OFFSET: Final = 100
 
 PUB_PORT_OFFSET: Final = 200
 """A node's pub_port defaults to its port plus this."""
+
+METRICS_PORT_OFFSET: Final = 300
+"""A node's metrics_port (Prometheus /metrics and /healthz over HTTP) defaults to its port plus this."""
 
 MAX_TOPIC_BYTES: Final = TOPIC_MAX_BYTES
 """Longest topic name in UTF-8 bytes (docs/design.md section 3; the rules are `wiber.topics`)."""
@@ -68,13 +73,18 @@ class RetentionConfig:
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    """One node of the cluster: its id and the three endpoints it binds and others connect to."""
+    """One node of the cluster: its id, the three endpoints it binds and others connect to, and the
+    HTTP port of its metrics (0: none)."""
 
     id: str
     host: str
     port: int
     raft_port: int
     pub_port: int
+    metrics_port: int = 0
+    #: Whether metrics_port was left to its default (port + 300) rather than written: a node whose
+    #: defaulted metrics port is taken serves without metrics and says so; a written one must bind.
+    metrics_port_defaulted: bool = dataclasses.field(default=False, compare=False)
 
     @property
     def client_addr(self) -> str:

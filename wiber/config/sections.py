@@ -14,6 +14,7 @@ from wiber.config.model import (
     MAX_NODES,
     MAX_REPLY_BYTES_LIMIT,
     PUB_PORT_OFFSET,
+    METRICS_PORT_OFFSET,
     RAFT_PORT_OFFSET,
     ClusterConfig,
     NodeConfig,
@@ -43,7 +44,7 @@ from wiber.topics import name_problem
 
 _CLUSTER_KEYS: Final = tuple(f.name for f in dataclasses.fields(ClusterConfig))
 _RETENTION_KEYS: Final = tuple(f.name for f in dataclasses.fields(RetentionConfig))
-_NODE_KEYS: Final = tuple(f.name for f in dataclasses.fields(NodeConfig))
+_NODE_KEYS: Final = tuple(f.name for f in dataclasses.fields(NodeConfig) if f.name != "metrics_port_defaulted")
 _DEFAULTS: Final = ClusterConfig()
 _POSITIVE_INT_KEYS: Final = (
     "heartbeat_ms",
@@ -213,7 +214,10 @@ def _parse_nodes(file: str, raw: object) -> tuple[NodeConfig, ...]:
         host = _host(file, f"{keypath}.host", section["host"])
         port = _port(file, f"{keypath}.port", section["port"])
         ports: dict[str, tuple[int, bool]] = {"port": (port, False)}
-        for key, offset in (("raft_port", RAFT_PORT_OFFSET), ("pub_port", PUB_PORT_OFFSET)):
+        for key, offset in (("raft_port", RAFT_PORT_OFFSET), ("pub_port", PUB_PORT_OFFSET),
+                            ("metrics_port", METRICS_PORT_OFFSET)):
+            if key == "metrics_port" and section.get(key) == 0:
+                continue  # no metrics endpoint
             if key in section:
                 ports[key] = (_port(file, f"{keypath}.{key}", section[key]), False)
             elif port + offset > 65535:
@@ -243,7 +247,7 @@ def _parse_nodes(file: str, raw: object) -> tuple[NodeConfig, ...]:
                 raise ConfigError(
                     file,
                     f"{keypath}.{key}",
-                    f"{mine}{theirs}; every port, raft_port and pub_port must be unique on a host",
+                    f"{mine}{theirs}; every port, raft_port, pub_port and metrics_port must be unique on a host",
                 )
             used[address] = (index, node_id, key, defaulted)
 
@@ -254,6 +258,8 @@ def _parse_nodes(file: str, raw: object) -> tuple[NodeConfig, ...]:
                 port=port,
                 raft_port=ports["raft_port"][0],
                 pub_port=ports["pub_port"][0],
+                metrics_port=ports["metrics_port"][0] if "metrics_port" in ports else 0,
+                metrics_port_defaulted=ports.get("metrics_port", (0, False))[1],
             )
         )
     return tuple(nodes)
@@ -263,7 +269,7 @@ def _defaulted(key: str, defaulted: bool, prefix: str = ", ") -> str:
     """Returns: a note that the port `key` was not written but defaulted, or "" when it was written."""
     if not defaulted:
         return ""
-    offset = RAFT_PORT_OFFSET if key == "raft_port" else PUB_PORT_OFFSET
+    offset = {"raft_port": RAFT_PORT_OFFSET, "pub_port": PUB_PORT_OFFSET}.get(key, METRICS_PORT_OFFSET)
     return f"{prefix}defaulted to port+{offset}" + (")" if prefix.endswith("(") else "")
 
 
