@@ -304,6 +304,9 @@ class ClientHandlers:
             "consumers": {"groups": len(self.node.broker.groups), "pending": self.node.broker.groups.total_pending,
                           "waiting_fetches": len(self.node.fetches)},
             "transport": {**self.node.transport.stats.status(), **self.backlog.status()},
+            "connections": {"open": self.node.transport.connections.open,
+                            "accepted": self.node.transport.connections.accepted_total,
+                            "refused": self.node.transport.connections.refused_total},
             "uptime_s": round(now - self.node._started, 3),
         }
 

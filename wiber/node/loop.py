@@ -52,6 +52,7 @@ from wiber.node import timesync
 from wiber.node.auth import NodeSecurity, claimed_sender
 from wiber.node.checkpoints import Checkpoints
 from wiber.node.clients import ClientHandlers
+from wiber.node.connections import raise_open_files_limit
 from wiber.node.consumers import ParkedFetches
 from wiber.node.heap import HeapTrimmer
 from wiber.node.raftclock import RaftClock, ms_to_ticks
@@ -113,6 +114,11 @@ class Node:
         # Keys and the loopback rule are checked before anything binds (docs/design.md section 10).
         self.security = NodeSecurity.for_node(config, node_id)
         self._own_ctx = ctx is None
+        # One descriptor per client connection: a soft limit of 1,024 was the ceiling at ~1,000
+        # clients while the hard limit allowed far more (docs/operations.md, "Open files").
+        before, after = raise_open_files_limit()
+        if after != before:
+            log.info("node %s raised its open-files limit from %d to %d", node_id, before, after)
         self.ctx = ctx or zmq.Context()
         self.peer_ids = [p.id for p in config.peers(node_id)]
         # The largest append carries one entry holding the largest request (entries are otherwise cut

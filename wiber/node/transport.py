@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -34,6 +35,7 @@ from wiber.config import NodeConfig
 from wiber.errors import NodeStartError
 from wiber.node.auth import DOMAIN_CLIENT, DOMAIN_PUB, DOMAIN_RAFT, ZAP_ENDPOINT, NodeKeys
 from wiber.node.backlog import ReplyBacklog
+from wiber.node.connections import ClientConnections
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,9 @@ class Transport:
         except BaseException:
             self.close()
             raise
+        self.connections = ClientConnections(self.client, me.id, time.monotonic)
         self.poller = zmq.Poller()
+        self.poller.register(self.connections.monitor, zmq.POLLIN)
         self.poller.register(self.client, zmq.POLLIN)
         self.poller.register(self.raft_in, zmq.POLLIN)
         self.poller.register(self.pub, zmq.POLLIN)
@@ -193,6 +197,8 @@ class Transport:
         Returns: (clients readable, peers readable, subscription changes readable, ZAP requests readable).
         """
         events = dict(self.poller.poll(max(0, timeout_ms)))
+        if self.connections.monitor in events:
+            self.connections.drain()
         return self.client in events, self.raft_in in events, self.pub in events, self.zap in events
 
     def recv_zap(self) -> list[list[bytes]]:
@@ -336,6 +342,8 @@ class Transport:
 
     def close(self) -> None:
         """Close every socket with linger 0 (nothing pending may hold up context termination)."""
+        if hasattr(self, "connections"):
+            self.connections.close()
         for sock in self._sockets:
             if not sock.closed:
                 sock.close(linger=0)
