@@ -5,6 +5,7 @@ that serves it from the node's own poller.
 * `http`      `MetricsHttp`: a non-blocking HTTP/1.1 server for the loop's `zmq.Poller`, no thread
 """
 
+from wiber.node.metrics.http import MetricsBindError, MetricsHttp, Route
 from wiber.node.metrics.registry import (
     CONTENT_TYPE,
     LATENCY_BUCKETS,
@@ -18,5 +19,5 @@ from wiber.node.metrics.registry import (
 
 __all__ = [
     "CONTENT_TYPE", "LATENCY_BUCKETS", "SNAPSHOT_BUCKETS", "Counter", "Gauge", "Histogram",
-    "Metric", "Registry",
+    "Metric", "MetricsBindError", "MetricsHttp", "Registry", "Route",
 ]
