@@ -49,6 +49,35 @@ def test_the_unanswered_seqs_never_span_more_than_the_window() -> None:
         InFlight(ADDRS, Timeouts(), window=MAX_WINDOW + 1)
 
 
+def test_each_session_has_its_own_floor_and_last_seq_counts_every_seq_taken() -> None:
+    """After SESSION_EXPIRED the old session's publishes may still be ahead of the new one's: a node
+    starts an ordered session at its ack_floor, so each carries its own session's lowest seq."""
+    t = table()
+    old = t.add("p", "old", 0.0, session=True)
+    t.sent(old, 0.0, ADDRS[0])
+    expired = t.add("p", "expired", 0.0, session=True)
+    t.sent(expired, 0.0, ADDRS[0])
+    t.on_reply(t.answered(expired.rid), {"ok": False, "id": expired.rid,  # type: ignore[arg-type]
+                                         "error": "SESSION_EXPIRED", "message": "gone"})
+    new = t.add("p", "new", 0.0, session=True)
+    assert (old.client_id, new.client_id != "me", new.seq) == ("me", True, 3)
+    assert t.floor() == 1 and t.floor("me") == 1 and t.floor(new.client_id) == 3
+    assert t.floor("nobody") is None and t.last_seq == 3
+
+
+def test_a_try_taken_off_the_wire_by_a_move_leaves_its_outcome_unknown() -> None:
+    """Its answer, if one comes, is dropped: an earlier try may have stored it."""
+    t = table()
+    answered, other = t.add("p", "a", 0.0, session=True), t.add("p", "b", 0.0, session=True)
+    t.sent(answered, 0.0, ADDRS[0])
+    t.sent(other, 0.0, ADDRS[0])
+    refusal = {"ok": False, "id": answered.rid, "error": "NOT_LEADER", "message": "no", "leader": "n2",
+               "leader_addr": ADDRS[1]}
+    t.on_reply(t.answered(answered.rid), refusal)  # type: ignore[arg-type]
+    t.detach()
+    assert other.plan.outcome_unknown and not answered.plan.outcome_unknown
+
+
 def test_a_late_answer_to_an_earlier_try_is_not_taken_for_the_current_one() -> None:
     t = table()
     slot = t.add("p", "x", 0.0, session=True)

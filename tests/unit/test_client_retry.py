@@ -8,7 +8,7 @@ import pytest
 
 from wiber.client.retry import ELECTION_PAUSE_S, RETRY_PAUSE_S, RetryPlan
 from wiber.client.seqfile import BLOCK, SeqFile, SeqFileError
-from wiber.errors import BadRequest, ClientError, NotLeader, StorageError, Unavailable
+from wiber.errors import BadRequest, ClientError, NotLeader, OutOfSequence, StorageError, Unavailable
 
 ADDRS = ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]
 
@@ -44,6 +44,14 @@ def test_silence_moves_on_and_marks_the_outcome_unknown() -> None:
     retry = plan()
     step = retry.on_silence(ADDRS[0], refused="the node refused this client's key")
     assert not step.done and retry.outcome_unknown and retry.refused == "the node refused this client's key"
+
+
+def test_out_of_sequence_goes_again_to_the_same_node_at_once_and_stored_nothing() -> None:
+    """Only an ``ordered`` request (the Publisher's) meets it: an earlier seq was refused on its way."""
+    retry = plan()
+    step = retry.on_reply({"ok": False, "error": "OUT_OF_SEQUENCE", "message": "send seq 2 again"})
+    assert (step.done, step.same, step.address, step.pause_s) == (False, True, None, 0.0)
+    assert isinstance(retry.last_error, OutOfSequence) and not retry.outcome_unknown
 
 
 def test_a_request_error_is_final() -> None:

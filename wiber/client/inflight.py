@@ -3,7 +3,8 @@
 Sans-I/O, as `wiber.client.retry` is: an `InFlight` table is told what happened (a request handed
 over, a try sent, a reply, silence, the time) and answers with what to do; the caller owns the
 socket, the clock and the waiting. `wiber.aio.Client` drives one over a DEALER with many requests in
-flight; the rules are those of `wiber.publisher.Publisher`, which may move onto it later.
+flight, and `wiber.client.publisher.Publisher` over its DEALER with ordered pipelining (every
+request in flight sent again, in order, after any refusal).
 
 The rules (docs/design.md section 3, "Sessions"):
 
@@ -18,8 +19,9 @@ The rules (docs/design.md section 3, "Sessions"):
 * a try gets a fresh wire `id` (`Slot.rid`): a late answer to an earlier try is not mistaken for
   the current one's;
 * when the connection moves (silence, NOT_LEADER, STORAGE), `detach` takes every try off the wire
-  and `unsent` lists every request, in the order they were handed over (publishes in seq order),
-  to be sent again to the next node, which stores them in that order;
+  (their answers will be dropped, so each such request's outcome is unknown: an earlier try may
+  have stored it) and `unsent` lists every request, in the order they were handed over (publishes
+  in seq order), to be sent again to the next node, which stores them in that order;
 * SESSION_EXPIRED ends the session: new publishes go out under a new client_id (the ones in flight
   keep theirs, so their resends stay deduplicated), and the refused one fails with `SessionExpired`
   saying whether an earlier try may have stored it; it is never resent under the new session.
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: The broker's default session_window: seqs still unanswered never span more than this.
 MAX_WINDOW = 4096
-#: Seqs unanswered at once unless the caller says otherwise (as `wiber.publisher.Publisher`'s window).
+#: Seqs unanswered at once unless the caller says otherwise (as `wiber.client.publisher.Publisher`'s window).
 DEFAULT_WINDOW = 1000
 
 T = TypeVar("T")
@@ -111,19 +113,32 @@ class InFlight(Generic[T]):
         self._seq = seq
         return seq
 
-    def floor(self) -> int | None:
+    @property
+    def last_seq(self) -> int:
+        """The highest seq taken so far (first_seq - 1 before any)."""
+        return self._seq
+
+    def floor(self, client_id: str | None = None) -> int | None:
         """Returns: the lowest seq still awaiting its answer (a request's ``ack_floor``), or None when
-        no publish of the session is in flight."""
-        return next(iter(self._sessions), None)
+        no publish of the session is in flight. With `client_id`, the lowest under that client_id: after
+        SESSION_EXPIRED the old session's requests may still be ahead of the new one's, and a node starts
+        an ``ordered`` session at its ack_floor, so each session's requests carry their own."""
+        for seq, slot in self._sessions.items():
+            if client_id is None or slot.client_id == client_id:
+                return seq
+        return None
 
     def free(self) -> int:
         """Returns: how many new publishes may take a seq now: the unanswered ones then span at most `window`."""
-        floor = self.floor()
-        return self.window if floor is None else self.window - (self._seq + 1 - floor)
+        for floor in self._sessions:  # the lowest (as `floor()`, without the call: once per request)
+            return self.window - (self._seq + 1 - floor)
+        return self.window
 
     def room(self) -> bool:
         """Returns: whether a new publish may take a seq now (`free` is positive)."""
-        return self.free() > 0
+        for floor in self._sessions:
+            return self._seq + 1 - floor < self.window
+        return True
 
     # ------------------------------------------------------------------ requests
 
@@ -136,8 +151,12 @@ class InFlight(Generic[T]):
         slot = Slot(next(self._keys), request, RetryPlan(what, self.addresses, now + total, total))
         if session:
             slot.client_id = self.client_id
-            slot.seq = self.take_seq()
-            self._sessions[slot.seq] = slot
+            if self._reserve is None:  # `take_seq` without the call: once per request
+                self._seq = seq = self._seq + 1
+            else:
+                seq = self.take_seq()
+            slot.seq = seq
+            self._sessions[seq] = slot
         self._slots[slot.key] = slot
         return slot
 
@@ -197,9 +216,11 @@ class InFlight(Generic[T]):
         return silent
 
     def detach(self) -> None:
-        """Take every try off the wire (the connection moves): their answers, if any come, are dropped."""
+        """Take every try off the wire (the connection moves): their answers, if any come, are dropped,
+        so each of those requests' outcome is unknown (a SESSION_EXPIRED on its resend says so)."""
         for slot in self._wire.values():
             slot.rid = 0
+            slot.plan.outcome_unknown = True
         self._wire.clear()
 
     def unsent(self) -> list[Slot[T]]:

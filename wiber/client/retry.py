@@ -14,6 +14,8 @@ The rules (docs/design.md section 3, "what the client does"):
 * UNAVAILABLE: the outcome is unknown; the same request (same seq) is safe: again after a pause,
   at the same node; STORAGE: that node cannot write: the next node, after a pause;
 * silence (no reply within the per-try timeout): the outcome is unknown; the next node, at once;
+* OUT_OF_SEQUENCE (only an ``ordered`` request, the Publisher's, meets it): an earlier seq was refused
+  on its way, so this one was not stored: the same node, at once, behind the earlier ones;
 * any other error is final: the request itself is wrong (BAD_REQUEST, TOO_LARGE, FORBIDDEN, ...);
 * past the total deadline: `ClientError` naming the operation the caller called and the last cause.
 """
@@ -23,7 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from wiber.errors import ClientError, NotLeader, StorageError, Unavailable, WireError, error_from_reply
+from wiber.errors import (
+    ClientError,
+    NotLeader,
+    OutOfSequence,
+    StorageError,
+    Unavailable,
+    WireError,
+    error_from_reply,
+)
 
 __all__ = ["ELECTION_PAUSE_S", "RETRY_PAUSE_S", "Next", "RetryPlan"]
 
@@ -53,6 +63,9 @@ class Next:
 class RetryPlan:
     """The retry state of one request: `what` names it in errors (the caller's operation, e.g.
     ``publish to 'orders'``), `addresses` are the cluster's, `deadline` is on the caller's clock."""
+
+    # One per request in flight (a pipelined publisher makes tens of thousands a second): slots.
+    __slots__ = ("what", "addresses", "deadline", "total_s", "last_error", "outcome_unknown", "refused")
 
     def __init__(self, what: str, addresses: list[str], deadline: float, total_s: float) -> None:
         self.what = what
@@ -101,4 +114,7 @@ class RetryPlan:
             self.last_error = err
             self.outcome_unknown = True
             return Next(same=isinstance(err, Unavailable), pause_s=RETRY_PAUSE_S)
+        if isinstance(err, OutOfSequence):
+            self.last_error = err
+            return Next(same=True)
         return Next(error=err)
