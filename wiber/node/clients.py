@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+import msgpack
+
 from wiber import protocol
 from wiber.broker import pub_op_from_request
 from wiber.broker.consumers import ConsumerResult, FetchOp, FetchResult
 from wiber.errors import BadRequest, Forbidden, NotLeader, StorageError, Unavailable, UnknownGroup, WireError
 from wiber.node.backlog import ReplyBacklog
+from wiber.node.metrics.families import RESULT_OK
 from wiber.node.consumers import consumer_op_from_request, group_pattern, result_fields
 from wiber.node.transport import ClientRequest
 from wiber.node.waiting import Waiter
@@ -35,6 +38,16 @@ Handler = Callable[[dict[str, Any], ClientRequest, Any], "dict[str, Any] | None"
 
 #: Ops whose replies may be large: counted in the reply backlog until they have left.
 BACKLOG_OPS = frozenset({"HISTORY", "FETCH"})
+
+def _op_of(body: bytes) -> str:
+    """Returns: the op a request that failed validation names, or "invalid" (for the request counter)."""
+    try:
+        msg = msgpack.unpackb(body, raw=False)
+    except Exception:  # any garbage: it has no op
+        return "invalid"
+    op = msg.get("op") if isinstance(msg, dict) else None
+    return op if isinstance(op, str) else "invalid"
+
 
 ROLE_NAMES = {
     Role.FOLLOWER: "follower",
@@ -70,20 +83,29 @@ class ClientHandlers:
         """Validate and dispatch one client request; every error becomes a wire error reply."""
         req_id: Any = None
         backlog: ReplyBacklog | None = None
+        op = "invalid"  # the label of a request that does not parse (no op of the contract)
         try:
             req_id, msg = protocol.parse_request(request.body, self.node.limits)
+            op = msg["op"]
             if self.node.security is not None:
                 self.authorize(msg, request)
-            fields = self.handlers[msg["op"]](msg, request, req_id)
+            fields = self.handlers[op](msg, request, req_id)
             if fields is None:
-                return  # parked: answered when its entry commits or its read is confirmed
+                return  # parked: answered (and counted) when its entry commits or its read is confirmed
             reply = protocol.ok_reply(fields, req_id)
-            if msg["op"] in BACKLOG_OPS:
+            if op in BACKLOG_OPS:
                 backlog = self.backlog  # up to max_reply_bytes: counted until it has left
+            self.count(op, RESULT_OK)
         except WireError as err:
             req_id = getattr(err, "request_id", req_id)
             reply = protocol.error_reply(err, req_id)
+            self.count(op if op != "invalid" else _op_of(request.body), err.code)
         self.node.transport.reply(request.envelope, reply, backlog)
+
+    def count(self, op: str, result: str) -> None:
+        """Count one answered request in wiber_requests_total{op,result} (ops outside the contract as
+        "invalid", so a client cannot grow the label set)."""
+        self.node.metrics.requests.add((op if op in self.handlers else "invalid", result))
 
     def authorize(self, msg: dict[str, Any], request: ClientRequest) -> None:
         """Check a secured request against its client's rights; scope its dedup session to the client.
@@ -128,7 +150,8 @@ class ClientHandlers:
     def on_write(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> None:
         """PUB and PUB_BATCH: parked until the turn's entry commits (leader only)."""
         self.writable()
-        waiter: Waiter[Any] = Waiter(request.envelope, req_id, self.node._turn_deadline, pub_op_from_request(msg))
+        waiter: Waiter[Any] = Waiter(request.envelope, req_id, self.node._turn_deadline, pub_op_from_request(msg),
+                                     msg["op"])
         sent_at = msg.get("ts")
         if self.node._reorder is not None and sent_at is not None:
             if self.node._reorder.add(waiter, float(sent_at), msg.get("client_id") or "", msg.get("seq") or 0,
@@ -149,7 +172,7 @@ class ClientHandlers:
         """GROUP_CREATE, GROUP_DELETE, ACK, NAK: parked until the turn's entry commits (leader only)."""
         self.writable()
         op = consumer_op_from_request(msg)
-        self.node._turn_writes.append(Waiter(request.envelope, req_id, self.node._turn_deadline, op))
+        self.node._turn_writes.append(Waiter(request.envelope, req_id, self.node._turn_deadline, op, msg["op"]))
         return None
 
     def on_fetch(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any] | None:
@@ -164,7 +187,7 @@ class ClientHandlers:
             raise Unavailable(f"node {self.node.id}: {unread}")
         op = consumer_op_from_request(msg)
         assert isinstance(op, FetchOp)
-        waiter: Waiter[FetchOp] = Waiter(request.envelope, req_id, self.node._turn_deadline, op)
+        waiter: Waiter[FetchOp] = Waiter(request.envelope, req_id, self.node._turn_deadline, op, "FETCH")
         work = self.node.broker.groups.has_work(op.group, self.node.synced.now())
         if work is None:
             raise UnknownGroup(f"no consumer group {op.group!r}: create it first")
@@ -180,8 +203,10 @@ class ClientHandlers:
     def consumer_reply(self, waiter: Waiter[Any], result: ConsumerResult) -> None:
         """Answer a consumer op from its result (a FETCH reply counts in the reply backlog)."""
         if result.error is not None:
+            self.count(waiter.op, result.error.code)
             self.node.transport.reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
             return
+        self.count(waiter.op, RESULT_OK)
         fields = result_fields(self.node.broker, result, self.node.config.cluster.max_reply_bytes)
         backlog = self.backlog if type(result) is FetchResult else None
         self.node.transport.reply(waiter.envelope, protocol.ok_reply(fields, waiter.req_id), backlog)
@@ -213,7 +238,7 @@ class ClientHandlers:
                 raise self.storage_error()
             if self.node.raft.role is not Role.LEADER:
                 raise self.not_leader()
-            self.node._turn_reads.append(Waiter(request.envelope, req_id, self.node._turn_deadline, msg))
+            self.node._turn_reads.append(Waiter(request.envelope, req_id, self.node._turn_deadline, msg, "HISTORY"))
             return None
         return self.history(msg)
 
@@ -231,8 +256,10 @@ class ClientHandlers:
             if unread is not None:
                 raise Unavailable(f"node {self.node.id}: {unread}")
             reply = protocol.ok_reply(self.history(waiter.request), waiter.req_id)
+            self.count(waiter.op, RESULT_OK)
         except (StorageError, Unavailable) as err:
             reply = protocol.error_reply(err, waiter.req_id)
+            self.count(waiter.op, err.code)
         self.node.transport.reply(waiter.envelope, reply, self.backlog)
 
     def on_sub(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from wiber.broker import AppliedEntry, BrokerSettings, PubOp, encode_entry, reco
 from wiber.broker.entry import EntryOp
 from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
-from wiber.errors import InvariantError, StorageError, Unavailable, UnknownGroup, WireError
+from wiber.errors import InvariantError, NodeStartError, StorageError, Unavailable, UnknownGroup, WireError
 from wiber.raft import (
     EntryKind,
     InstallSnapshot,
@@ -55,6 +55,8 @@ from wiber.node.clients import ClientHandlers
 from wiber.node.connections import raise_open_files_limit
 from wiber.node.consumers import ParkedFetches
 from wiber.node.heap import HeapTrimmer
+from wiber.node.metrics import MetricsBindError, MetricsHttp
+from wiber.node.metrics.families import RESULT_OK, NodeMetrics
 from wiber.node.raftclock import RaftClock, ms_to_ticks
 from wiber.node.reorder import ReorderBuffer
 from wiber.node.shipping import Outgoing, Shipping
@@ -191,8 +193,46 @@ class Node:
         self._sub_prefixes: set[bytes] = set()
         self._topic_has_subscribers: dict[str, bool] = {}
         self.clients = ClientHandlers(self)
-        log.info("node %s listening client=%s raft=%s pub=%s", self.id, self.me.client_addr,
-                 self.me.raft_addr, self.me.pub_addr)
+        self.metrics = NodeMetrics(self)
+        self.metrics_http: MetricsHttp | None = None
+        try:
+            self.metrics_http = self._open_metrics()
+        except BaseException:
+            self.close()
+            raise
+        log.info("node %s listening client=%s raft=%s pub=%s metrics=%s", self.id, self.me.client_addr,
+                 self.me.raft_addr, self.me.pub_addr,
+                 "off" if self.metrics_http is None else f"http://{self.me.host}:{self.metrics_http.port}/metrics")
+
+    def _open_metrics(self) -> MetricsHttp | None:
+        """Serve /metrics and /healthz on metrics_port from this loop's poller (docs/operations.md).
+
+        A written port that cannot be bound stops the start, as the other ports do; a defaulted one
+        (port + 300) only costs the metrics, with a warning: the node's messages matter more.
+        """
+        if not self.me.metrics_port:
+            return None
+        try:
+            server = MetricsHttp(self.me.host, self.me.metrics_port,
+                                 {"/metrics": self.metrics.render, "/healthz": self.metrics.health})
+        except MetricsBindError as exc:
+            if self.me.metrics_port_defaulted:
+                log.warning("node %s serves no metrics: %s (metrics_port defaulted to port + 300; set it, or 0 "
+                            "to turn metrics off)", self.id, exc)
+                return None
+            raise NodeStartError(f"node {self.id}: {exc}; free the port or change metrics_port") from None
+        server.register(self.transport.poller)
+        return server
+
+    @property
+    def storage_failure(self) -> str | None:
+        """Why the node cannot write its log (it has stopped taking part in Raft), or None."""
+        return self._storage_failure
+
+    @property
+    def pending_writes(self) -> int:
+        """Client writes waiting for their entry to commit."""
+        return len(self._writes)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -235,8 +275,11 @@ class Node:
         return self.raft.role is not Role.LEADER or now >= self._stop_deadline
 
     def close(self) -> None:
-        """Close the sockets (linger 0), wait for a checkpoint being written, close the files and,
-        if this node made it, the context."""
+        """Close the metrics server, the sockets (linger 0), wait for a checkpoint being written, close
+        the files and, if this node made it, the context."""
+        if self.metrics_http is not None:
+            self.metrics_http.close()
+            self.metrics_http = None
         self.transport.close()
         self.shipping.close()
         self.checkpoints.close()
@@ -260,6 +303,9 @@ class Node:
         if self._turn_writes:  # parked FETCHes released by the last turn's entries: propose them now
             timeout_ms = 0
         clients_ready, peers_ready, subscriptions_changed, zap_ready = self.transport.poll(timeout_ms)
+        turn_started = self.clock.monotonic()
+        if self.metrics_http is not None:
+            self.metrics_http.handle(self.transport.events, turn_started)
         if zap_ready:  # first: handshakes wait for these answers
             self._serve_zap()
         if self._notices_due is not None and self.clock.monotonic() >= self._notices_due:
@@ -286,6 +332,7 @@ class Node:
         self._expire_waiters(self.clock.monotonic())
         if len(self.fetches):
             self._sort_out_fetches()
+        self.metrics.loop_turn_seconds.observe(self.clock.monotonic() - turn_started)
 
     def _fire_timers(self, now: float) -> None:
         for _ in range(self.raft_clock.ticks_due(now, running=self._storage_failure is None)):
@@ -296,6 +343,8 @@ class Node:
         if now >= self._next_clock_probe:
             self._next_clock_probe = now + CLOCK_PROBE_S
             self.raft_clock.probe()
+            if self.metrics_http is not None:
+                self.metrics_http.expire(now)
             self._heap.maybe_trim(now)  # what a burst of large peer frames took goes back (wiber.node.heap)
             leader = self.raft.leader_id
             if leader is not None and leader != self.id and self._storage_failure is None:
@@ -525,7 +574,9 @@ class Node:
         if rd.hard_state is not None:
             self.storage.set_hard_state(rd.hard_state)
         if rd.must_sync:
+            synced = clock()
             self.storage.sync()
+            self.metrics.fsync_seconds.observe(clock() - synced)
         self.raft_clock.disk_waited(on_disk + clock() - started, "log write and fsync")
 
     def _install_snapshot(self, meta: SnapshotMeta, data: bytes) -> None:
@@ -551,6 +602,7 @@ class Node:
                 job = checkpoints.poll()
                 if job is not None:
                     self.raft_clock.disk_waited(self.clock.monotonic() - started, "log compaction")
+                    self.metrics.snapshot_seconds.observe(checkpoints.seconds_last)
                     if job.export_dir is not None and self.raft.role is Role.LEADER:
                         self._send_frames(self.shipping.export_ready(self.storage.last_snapshot_index,
                                                                      self.raft.term))
@@ -588,12 +640,16 @@ class Node:
                     applied = self.broker.apply_entry_ops(entry.index, proposed[1], proposed[2])
                 else:  # a follower, or an entry of another leader: decode what the log holds
                     applied = self.broker.apply_entry(entry.index, entry.data)
+                stored = 0
                 for result in applied.pub_results:
+                    stored += len(result.records)
                     if result.records and self._has_subscribers(result.records[0][0]):
                         for record in result.records:
                             small = len(record[2]) <= protocol.REUSED_PACKER_MAX_BYTES
                             packer = self._pack if small else protocol.pack
                             self.transport.publish(protocol.fanout_frames(record[0], record_to_wire(record), packer))
+                if stored:
+                    self.metrics.messages_stored.inc(stored)
             waiters, ours = self._writes.take(entry.index, entry.term)
             if not waiters:
                 continue
@@ -607,12 +663,15 @@ class Node:
                 self._answer_mixed(waiters, applied)
                 continue
             reply, pack, pub_reply = self.transport.reply, self._pack, protocol.pub_reply
+            count = self.metrics.requests.add
             for waiter, result in zip(waiters, results):
                 if result.answer is not None:
                     reply(waiter.envelope, pack(pub_reply(result.answer, result.duplicate, waiter.req_id)))
+                    count((waiter.op, RESULT_OK))
                 else:
                     assert result.error is not None
                     reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
+                    count((waiter.op, result.error.code))
         for read in self._reads.releasable(self.applied_index):
             self.clients.answer_history(read)
 
@@ -629,9 +688,11 @@ class Node:
             if result.answer is not None:
                 self.transport.reply(waiter.envelope, self._pack(protocol.pub_reply(result.answer, result.duplicate,
                                                                                     waiter.req_id)))
+                self.clients.count(waiter.op, RESULT_OK)
             else:
                 assert result.error is not None
                 self.transport.reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
+                self.clients.count(waiter.op, result.error.code)
 
     def _sort_out_fetches(self) -> None:
         """Parked FETCHes whose group now has work join the next turn's entry (with a fresh request
@@ -646,8 +707,11 @@ class Node:
             name = waiter.request.group
             if name in groups:
                 reply = protocol.ok_reply({"group": name, "messages": []}, waiter.req_id)
+                self.clients.count(waiter.op, RESULT_OK)
             else:
-                reply = protocol.error_reply(UnknownGroup(f"no consumer group {name!r}: create it first"), waiter.req_id)
+                err = UnknownGroup(f"no consumer group {name!r}: create it first")
+                reply = protocol.error_reply(err, waiter.req_id)
+                self.clients.count(waiter.op, err.code)
             self.transport.reply(waiter.envelope, reply)
 
     def _on_subscriptions(self, changes: list[tuple[bool, bytes]]) -> None:
@@ -684,6 +748,7 @@ class Node:
     def _fail(self, waiters: list[Waiter[Any]], err: WireError) -> None:
         for waiter in waiters:
             self.transport.reply(waiter.envelope, protocol.error_reply(err, waiter.req_id))
+            self.clients.count(waiter.op, err.code)
 
     def _expire_waiters(self, now: float) -> None:
         """Answer UNAVAILABLE to whoever waited past the request timeout (cheap when nobody did)."""

@@ -26,7 +26,7 @@ import errno
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import zmq
 
@@ -167,6 +167,8 @@ class Transport:
             self.close()
             raise
         self.connections = ClientConnections(self.client, me.id, time.monotonic)
+        #: The last poll's events, by socket (ZeroMQ) or fd (plain sockets: the metrics server's).
+        self.events: dict[Any, int] = {}
         self.poller = zmq.Poller()
         self.poller.register(self.connections.monitor, zmq.POLLIN)
         self.poller.register(self.client, zmq.POLLIN)
@@ -197,6 +199,7 @@ class Transport:
         Returns: (clients readable, peers readable, subscription changes readable, ZAP requests readable).
         """
         events = dict(self.poller.poll(max(0, timeout_ms)))
+        self.events = events  # the metrics server reads its own sockets' events here
         if self.connections.monitor in events:
             self.connections.drain()
         return self.client in events, self.raft_in in events, self.pub in events, self.zap in events

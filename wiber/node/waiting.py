@@ -31,6 +31,7 @@ class Waiter(Generic[T]):
     req_id: Any
     deadline: float
     request: T
+    op: str = ""  # the wire op, for wiber_requests_total{op,result}
 
 
 class PendingWrites(Generic[T]):
