@@ -101,6 +101,8 @@ class WiberCluster:
         self.client_options: dict[str, Any] = client_options(config_curve_keys(
             load_config(str(self.config_path)), str(keys / f"{BENCH_CLIENT}.key_secret"))) if secure else {}
         self.addr = {str(node["id"]): f"127.0.0.1:{node['port']}" for node in nodes}
+        #: Where each node serves /metrics (bench.metrics_cost scrapes them).
+        self.metrics_port = {str(node["id"]): int(node["metrics_port"]) for node in nodes}
         self.nodes: dict[str, Child] = {}
 
     def start(self, node_id: str | None = None) -> None:
