@@ -107,7 +107,7 @@ def test_plain_pubs_pipelined_are_dense_ordered_and_complete(
     cluster = cluster_factory(3)
     with Publisher(cluster.addrs(), batch_size=1, window=200, timeouts=PUBLISHER_TIMEOUTS) as publisher:
         handed, futures = stream(publisher, ["one", "two"], 3_000)
-        assert publisher._seq == 3_000  # one request (a plain PUB) per message
+        assert publisher.requests == 3_000  # one request (a plain PUB) per message
     check_stream(cluster.client(total_s=20.0), handed, futures)
 
 
@@ -235,7 +235,7 @@ def test_fan_out_delivers_each_message_of_a_batch_once(
                    timeouts=PUBLISHER_TIMEOUTS) as publisher:
         futures = [publisher.publish("feed", b"fan-%03d" % i) for i in range(total)]
         publisher.flush(timeout=20.0)
-        assert publisher._seq == 3  # three PUB_BATCH requests: 100 + 100 + 50
+        assert publisher.requests == 3  # three PUB_BATCH requests: 100 + 100 + 50
     acks = acks_of(futures)
     first = acks[0].offset
     assert [a.offset for a in acks] == list(range(first, first + total))
@@ -293,10 +293,10 @@ def test_a_connection_ending_between_the_frames_of_a_request_loses_nothing_and_k
         cluster_factory: Callable[..., ClusterHarness], monkeypatch: pytest.MonkeyPatch) -> None:
     """libzmq refuses a request's second frame (and rolls the first back) when its connection ends
     between them: the request stays in flight and is resent in order with the others."""
-    import wiber.publisher as publisher_module
+    from wiber import zmqcalls
 
     cluster = cluster_factory(1)
-    real_send = publisher_module.zmqcalls.send
+    real_send = zmqcalls.send
     held: list[bytes] = []
     refusals = [2, 5]  # the sends of requests 3 and 6 are refused at their second frame
 
@@ -316,7 +316,7 @@ def test_a_connection_ending_between_the_frames_of_a_request_loses_nothing_and_k
         return real_send(sock, frame, flags)
 
     send.calls = 0  # type: ignore[attr-defined]
-    monkeypatch.setattr(publisher_module.zmqcalls, "send", send)
+    monkeypatch.setattr(zmqcalls, "send", send)
     with Publisher(cluster.addrs(), window=10, batch_size=1, timeouts=Timeouts(per_try_s=0.5, total_s=20.0)) as pub:
         futures = [pub.publish("split", b"m%d" % k) for k in range(10)]
         pub.flush(timeout=20)

@@ -115,7 +115,7 @@ def test_callbacks_run_on_the_io_thread_and_may_publish_wait_and_flush(
             if offset == 700:
                 raise ValueError("a callback that raises")
 
-        with caplog.at_level(logging.ERROR, logger="wiber.publisher"):
+        with caplog.at_level(logging.ERROR, logger="wiber.client.publisher"):
             futures = [publisher.publish("main", b"%05d" % i, callback=acknowledged) for i in range(1_000)]
             publisher.flush(timeout=30)
             publisher.flush(timeout=30)  # the follow-ups handed in by the last callbacks

@@ -86,7 +86,7 @@ def test_publisher_refused_on_its_only_send_says_nothing_was_stored_and_goes_on(
         refused = publisher.publish("p", b"refused")
         publisher.flush(timeout=20)
         assert isinstance(refused.exception(), SessionExpired)
-        assert "not stored; publish it again" in str(refused.exception())
+        assert "stored nothing; publish it again" in str(refused.exception())
         assert publisher.client_id != old_id
         assert publisher.publish("p", b"after").result(timeout=20).offset == 1
     assert _stored(cluster, "p") == [b"kept", b"after"]
@@ -100,20 +100,20 @@ def test_publisher_resend_after_a_lost_answer_and_an_eviction_is_reported_as_unk
     with Publisher(cluster.addrs(), window=10, batch_size=1) as publisher:
         publisher.timeouts = Timeouts(per_try_s=0.5, total_s=20.0)
         publisher.publish("q", b"before").result(timeout=20)
-        original = publisher._finish
+        original = publisher._wire.on_reply
         lost: list[int] = []
 
-        def lose_the_first_answer(request: Any, reply: dict[str, Any] | None, error: BaseException | None) -> None:
-            if not lost and reply is not None:
+        def lose_the_first_answer(reply: dict[str, Any]) -> bool:
+            if not lost and reply["ok"]:
                 lost.append(int(reply["offset"]))  # stored; the answer is dropped, the request stays in flight
                 _evict_sessions(cluster)
-                return
-            original(request, reply, error)
+                return False
+            return original(reply)
 
-        publisher._finish = lose_the_first_answer  # type: ignore[method-assign]
+        publisher._wire.on_reply = lose_the_first_answer  # type: ignore[method-assign]
         unknown = publisher.publish("q", b"unknown")
         wait_for(lambda: (publisher.poll(0.05), unknown.done())[1], 20, "the resend's answer")
-        publisher._finish = original  # type: ignore[method-assign]
+        publisher._wire.on_reply = original  # type: ignore[method-assign]
         error = unknown.exception()
         assert isinstance(error, SessionExpired) and "may or may not have been stored" in str(error), error
         assert lost == [1] and publisher.resends >= 1

@@ -6,7 +6,8 @@
 of a durable consumer group (fetch, ack, nak); values.py
 holds what they hand out (Ack, Message, History) and take (Timeouts); curve.py the CURVE keys
 they use against a cluster with a security section. The pipelined, batching
-publisher is `wiber.publisher.Publisher`.
+publisher is the package `wiber.client.publisher` (imported as `wiber.publisher.Publisher`);
+inflight.py and retry.py hold the sans-I/O request table and retry policy it shares with `wiber.aio`.
 """
 
 from __future__ import annotations
