@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 #: Label values of `wiber_requests_total{result}` besides the wire error codes.
 RESULT_OK = "ok"
+#: Label values of `wiber_auth_rejected_total{domain}`: the CURVE handshakes of each port, and rights.
+AUTH_DOMAINS = ("client", "raft", "pub", "forbidden")
 
 
 class NodeMetrics:
@@ -56,6 +58,8 @@ class NodeMetrics:
         self.auth_rejected = r.register(Counter(
             "wiber_auth_rejected_total", "Connections or requests refused by security, by where: the CURVE "
             "handshake of a port (client, raft, pub) or a client's rights (forbidden).", ("domain",)))
+        for domain in AUTH_DOMAINS:  # present at 0 from the start: an alert's rate() needs the series
+            self.auth_rejected.labels(domain)
         self.dropped = r.register(Counter(
             "wiber_transport_dropped_total", "Frames the transport dropped rather than block the loop, by kind.",
             ("kind",)))
