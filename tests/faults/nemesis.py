@@ -24,7 +24,8 @@ Network faults (nodes in network namespaces, `tests.faults.netlab`; root only):
 * ``slow_link``            - tbf rate limit on the leader's outbound link (64 kbit/s - 1 Mbit/s).
 
 Heal of a network fault: delete the nftables tables, qdiscs and routes. Delay, random loss,
-duplication and reordering by the kernel (tc netem) are not available here (TESTBED.md).
+duplication and reordering by the kernel (tc netem) are not available on the test machines, whose
+kernels have no netem qdisc and no gact action.
 
 Every fault is recorded in the history when applied (``start``) and when healed (``heal``),
 with its kind, its nodes and a description. Targets are chosen with the seeded `random.Random`
@@ -54,7 +55,7 @@ ALL_FAULTS = PROCESS_FAULTS + NETWORK_FAULTS
 LEADER_LOSS = ("kill_leader", "pause_leader", "leader_from_majority")
 
 NETEM_REASON = ("added latency and random packet loss need tc netem, which this kernel does not have "
-                "(TESTBED.md: no netem qdisc, no gact); the seeded Raft simulation (tests/sim) covers "
+                "(no netem qdisc, no gact action on the test machines); the seeded Raft simulation (tests/sim) covers "
                 "delay, loss, duplication and reordering, and `slow_link` covers a slow link with tbf")
 
 SKEW_ENV = "WIBER_CLOCK_SKEW_MS"

@@ -1,6 +1,6 @@
 """Each node its own host: network namespaces on a bridge, cut with nftables, slowed with tbf.
 
-Layout (root only; TESTBED.md says what this kernel allows)::
+Layout (root only: namespaces, veth pairs, a bridge, nftables and tbf, all the test machines allow)::
 
     root namespace: bridge wfb<pid> holding 10.77.S.1/24   <- the test driver and its clients
         veth wf<pid>v<i>  <-->  namespace wf-<pid>-n<i>: eth0 = 10.77.S.(10+i)/24  <- node n<i>

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO, ClusterHarness, raw_request, wait_for
 
-#: The families docs/design.md section 13 names: every node must expose each of them.
+#: The families docs/design.md section 13 requires (docs/operations.md, "Metrics"): every node has each.
 REQUIRED = {
     "wiber_raft_term", "wiber_raft_commit_index", "wiber_raft_leader", "wiber_messages_stored",
     "wiber_requests", "wiber_fsync_seconds", "wiber_loop_turn_seconds", "wiber_topic_end_offset",

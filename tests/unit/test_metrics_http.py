@@ -1,6 +1,6 @@
 """The metrics HTTP server answers real clients from a real `zmq.Poller` loop in the test thread,
 and never holds that loop: slow senders, a client that never reads, 33+ connections, oversized
-heads, idle connections and `close()` (docs/design.md section 13).
+heads, idle connections and `close()` (docs/operations.md, "Metrics").
 
 The loop here is the node's in miniature: poll with a timeout, `handle(dict(events), now)`. Clients
 run in the test thread (raw sockets, interleaved with loop turns, so the order is exact) or in

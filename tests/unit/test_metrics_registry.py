@@ -1,6 +1,6 @@
 """The metrics registry's page is read by the real Prometheus parser as we meant it: names, types,
 escaped label values and help, cumulative histogram buckets; construction rejects what Prometheus
-would; the hot path and a 10,000-topic page stay cheap (docs/design.md section 13)."""
+would; the hot path and a 10,000-topic page stay cheap (docs/operations.md, "Metrics")."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def refused(directory: Path) -> CorruptLog:
     assert after == before, "a refused open must leave the directory as it found it"
     err = info.value
     assert isinstance(err, NodeStartError) and isinstance(err, WiberError)
-    assert "wipe its data directory" in str(err) and "rejoins" in str(err)
+    assert "Move the data directory" in str(err) and "docs/operations.md" in str(err)
     return err
 
 

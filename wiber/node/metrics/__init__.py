@@ -1,4 +1,4 @@
-"""The node's metrics (docs/design.md section 13): a tiny Prometheus registry and the HTTP server
+"""The node's metrics (docs/operations.md, "Metrics"): a tiny Prometheus registry and the HTTP server
 that serves it from the node's own poller.
 
 * `registry`  `Counter`, `Gauge`, `Histogram`, `Registry`: pure, rendered as text exposition 0.0.4

@@ -1,6 +1,6 @@
 """A minimal non-blocking HTTP/1.1 server that lives in the node's own `zmq.Poller` (no thread).
 
-Why: the node serves `/metrics` (docs/design.md section 13) from the one loop that runs Raft, and
+Why: the node serves `/metrics` (docs/operations.md, "Metrics") from the one loop that runs Raft, and
 must never stop that loop for more than a few milliseconds. A thread would race the loop's state;
 `http.server` blocks. So this server is a handful of plain non-blocking sockets that the loop's
 poller watches beside its ZeroMQ sockets, and `handle` does a bounded amount of work per call.

@@ -3,7 +3,7 @@
 Why not `prometheus_client`: the node is one thread and one poller, and counts every client
 request; the library's metrics take a lock per increment and its exposition server is a thread.
 This module is pure (no sockets, no clock, no threads), so the loop counts with a dict update and
-renders on its own turn (docs/design.md section 13).
+renders on its own turn (docs/operations.md, "Metrics").
 
 Theory of operation:
 

@@ -24,10 +24,10 @@ class CorruptLog(NodeStartError):
         self.problem = problem
         super().__init__(
             f"corrupt log: {path} at byte {position}: {problem}. Refusing to start, so that no "
-            f"acknowledged data is silently lost. To recover: stop this node, wipe its data "
-            f"directory ({directory}) and restart it; it rejoins empty and catches up from the other "
-            f"nodes (snapshot catch-up). Do this on one node at a time, and only while a majority of "
-            f"the other nodes is healthy.")
+            f"acknowledged data is silently lost. Move the data directory ({directory}) aside and keep "
+            f"it. A node restarted empty catches up from the others, but it has forgotten its votes: "
+            f"it rejoins safely only with every other node up and caught up, a stable leader, one node "
+            f"at a time (docs/operations.md, \"Recovery\").")
 
 
 class DirectoryLocked(NodeStartError):
