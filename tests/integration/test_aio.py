@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import ClusterHarness, free_port, wait_for
 from tests.integration.test_election import agreed_leader
 from wiber.aio import Ack, Client, Message, Timeouts
+from wiber.client import HEARTBEAT_SILENCE_S
 from wiber.errors import BadRequest, ClientError, WiberError
 
 T = TypeVar("T")
@@ -170,6 +171,29 @@ def test_pattern_subscription_follows_every_matching_topic(cluster_factory: Call
     got = run(main())
     assert [o for t, o in got if t == "orders.eu"] == [1, 2, 3, 4, 5]
     assert [o for t, o in got if t == "orders.us"] == [0, 1, 2, 3, 4]
+
+
+def test_a_subscriber_whose_loop_is_held_longer_than_the_heartbeat_silence_does_not_fail_over(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    cluster = cluster_factory(3)
+    publisher = cluster.client()
+    publisher.publish("slow", b"m0")
+
+    async def main() -> int:
+        async with Client(cluster.addrs(), Timeouts(per_try_s=1.0, total_s=10.0)) as client:
+            subscription = client.subscribe("slow", from_offset=0)
+            first = await subscription.get(timeout=10)
+            assert first is not None and first.data == b"m0"
+            for away in range(3):
+                # Another task holds the event loop (a blocking call) for twice the heartbeat silence while
+                # the node stays up and publishing goes on: that is the behaviour under test, not a wait.
+                time.sleep(2 * HEARTBEAT_SILENCE_S)
+                publisher.publish("slow", f"m{away + 1}".encode())
+                message = await subscription.get(timeout=10)
+                assert message is not None and message.data == f"m{away + 1}".encode()
+            return subscription.failovers
+
+    assert run(main()) == 0, "a healthy node was abandoned because the subscriber's loop was held"
 
 
 def test_errors_name_the_operation_and_are_wiber_errors(cluster_factory: Callable[..., ClusterHarness]) -> None:

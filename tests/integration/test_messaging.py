@@ -244,7 +244,7 @@ def test_a_subscriber_far_behind_reads_the_backlog_in_bounded_memory(
         m = sub.get(timeout=10)
         assert m is not None, f"stalled after {len(got)}"
         got.append(int(m.data))
-        largest = max(largest, len(sub._buffer))
+        largest = max(largest, sub.buffered)
     assert got == list(range(total))
     assert largest <= MAX_BUFFERED
     sub.close()
