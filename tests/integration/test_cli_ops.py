@@ -115,6 +115,7 @@ def test_status_watch_refreshes_with_rates_until_count_or_ctrl_c(
     later = [n["rates"] for d in docs[1:] for n in d["nodes"]]
     assert all(set(r) >= {"commit_per_s", "applied_per_s", "dropped_per_s"} for r in later)
     assert max(r["commit_per_s"] for r in later) > 0, later
+    assert max(r["stored_per_s"] for r in later) > 0 and max(r["requests_per_s"] for r in later) > 0, later
 
     # Not a terminal: one table after another, no screen clearing, rate columns filled from the second.
     done = wiber(cluster, "status", "--watch", "--interval", "0.2", "--count", "2")

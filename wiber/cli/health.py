@@ -123,6 +123,8 @@ def verdict(answers: list[NodeAnswer]) -> Verdict:
 #: STATUS carries Raft indexes and drop counters only: entries, not messages (a PUB_BATCH is one
 #: entry) and no request count.
 RATES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "stored_per_s": (("messages_stored",),),
+    "requests_per_s": (("requests",),),
     "commit_per_s": (("commit_index",),),
     "applied_per_s": (("applied_index",),),
     "appended_per_s": (("last_index",),),

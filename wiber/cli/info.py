@@ -42,8 +42,8 @@ def register(sub: Subcommands) -> None:
         "status", help="STATUS of every node, one row each (--watch: refreshing, with rates)",
         description="STATUS of every node as a table, one row each, then a summary line on stderr. "
                     "--watch refreshes it every --interval seconds (in place on a terminal; one table per "
-                    "interval otherwise) with per-second rates from successive answers: COMMIT/s and "
-                    "APPLY/s (Raft entries: a batch is one entry), DROP/s (messages the transport dropped), "
+                    "interval otherwise) with per-second rates from successive answers: MSGS/s (messages "
+                    "stored), REQS/s (client requests answered), COMMIT/s and APPLY/s (Raft entries: a batch is one entry), DROP/s (messages the transport dropped), "
                     "until Ctrl-C or --count refreshes. With --json one JSON document: {\"nodes\": [{address, "
                     "state, node, error, status, rates}], \"cluster\": {...as ping}} where status is the "
                     "node's STATUS reply; with --watch, one such document per line per interval.",
@@ -138,7 +138,7 @@ def format_status_table(rows: dict[str, dict[str, Any] | BaseException],
     (per address, from `health.rates`), the per-second columns of `status --watch` too."""
     header = ["NODE", "ADDRESS", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST", "CLOCK±ms", "UPTIME"]
     if rates is not None:
-        header += ["COMMIT/s", "APPLY/s", "DROP/s"]
+        header += ["MSGS/s", "REQS/s", "COMMIT/s", "APPLY/s", "DROP/s"]
     table = [header]
     for address, st in rows.items():
         if isinstance(st, BaseException):
@@ -155,7 +155,8 @@ def format_status_table(rows: dict[str, dict[str, Any] | BaseException],
         ]
         if rates is not None:
             node_rates = rates.get(address) or {}
-            row += [_rate(node_rates.get(k)) for k in ("commit_per_s", "applied_per_s", "dropped_per_s")]
+            row += [_rate(node_rates.get(k)) for k in ("stored_per_s", "requests_per_s", "commit_per_s",
+                                                       "applied_per_s", "dropped_per_s")]
         table.append(row)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table)

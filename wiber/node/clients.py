@@ -334,6 +334,8 @@ class ClientHandlers:
             "connections": {"open": self.node.transport.connections.open,
                             "accepted": self.node.transport.connections.accepted_total,
                             "refused": self.node.transport.connections.refused_total},
+            "messages_stored": int(self.node.metrics.messages_stored.total()),
+            "requests": int(self.node.metrics.requests.total()),
             "uptime_s": round(now - self.node._started, 3),
         }
 

@@ -225,6 +225,10 @@ class _Labelled(Metric):
         """Returns: the value of the series with these label values (0 if never touched)."""
         return self._values.get(values, 0.0)
 
+    def total(self) -> float:
+        """Returns: the sum over every series (a labelled counter's grand total)."""
+        return sum(self._values.values())
+
     def remove(self, *values: str) -> None:
         """Drop the series with these label values (a deleted topic); no error if absent."""
         self._values.pop(values, None)
