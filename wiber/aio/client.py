@@ -1,26 +1,17 @@
 """`wiber.aio.Client`: every operation of `wiber.client.Client` as a coroutine on zmq.asyncio.
 
-One DEALER per node the client talks to (`_Link`), each with a task that reads its replies; every
-request carries an `id` of its own, which the node echoes, so any number of coroutines share one
-socket: ``await asyncio.gather(*(client.publish("t", b"x") for _ in range(1000)))`` has 1,000
-requests in flight on it. The client is bound to the event loop of its first request and is not
-thread-safe (no asyncio object is).
+Any number of coroutines share one DEALER per node: ``await asyncio.gather(*(client.publish("t",
+b"x") for _ in range(1000)))`` has 1,000 requests in flight on it. The client is bound to the event
+loop of its first request and is not thread-safe (no asyncio object is).
 
-Requests go through one pipeline at the client's current node. Its bookkeeping is sans-I/O
-(`wiber.client.inflight.InFlight`), and each request's retries follow `wiber.client.retry.RetryPlan`,
-the policy of the sync `Client` too: NOT_LEADER moves the pipeline to the leader it names, or, in an
-election, to the next node after a pause; STORAGE to the next node; UNAVAILABLE retries that request
-at the same node after a pause; a try unanswered within `Timeouts.per_try_s` makes the node count as
-dead (the zguide's Lazy Pirate: its socket is closed) and the pipeline moves to the next node; past
-`Timeouts.total_s` a request fails with `ClientError` naming the operation. Whenever the pipeline
-moves, every request in flight is sent again to the new node in the order it was first handed over,
-publishes in seq order.
-
-Exactly once: publishes under the client's session carry its `client_id`, their own `seq` (reused by
-every retry) and ``ack_floor``, the lowest seq still awaiting its answer; the unanswered seqs never
-span more than `window` (further publishes wait for room), so the cluster keeps every answer a
-resend may need. A publish awaited before the next one starts is stored before it; publishes of
-different tasks may interleave. SESSION_EXPIRED ends the session as in the sync client.
+The parts, one file each:
+- this module: the operations (publish, history, subscribe, ...), the clock learnt from replies,
+  pinned requests, and the lifecycle;
+- `wiber.aio.pipeline`: requests that move between nodes, many in flight, with failover and
+  exactly-once publishing (retries by `wiber.client.retry.RetryPlan`, bookkeeping by
+  `wiber.client.inflight.InFlight`, both sans-I/O and shared with the sync client);
+- `wiber.aio.links`: the DEALERs and the tasks that read their replies, matched to requests by `id`;
+- `wiber.aio.subscription` and `wiber.aio.consumer`: what `subscribe` and `consumer` hand out.
 
 Requests pinned to one node (`request_to`, and a subscription's SUB, HISTORY and TOPICS at the node
 whose PUB socket it listens to) use the same `RetryPlan` with that node alone, and never move.
@@ -29,34 +20,29 @@ whose PUB socket it listens to) use the same `RetryPlan` with that node alone, a
 from __future__ import annotations
 
 import asyncio
-import itertools
-import logging
 import os
 import time
-import weakref
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-import msgpack
 import zmq
 
-from wiber import protocol, topics, zmqcalls
+from wiber import protocol, topics
 from wiber.aio.consumer import Consumer
+from wiber.aio.links import Links
+from wiber.aio.pipeline import Pipeline
+from wiber.aio.sockets import AioSocket
 from wiber.aio.subscription import PatternSubscription, Subscription
 from wiber.client.connection import op_name
-from wiber.aio.sockets import AioSocket, open_socket
 from wiber.client.curve import (
-    CurveError,
     CurveKeys,
     KeySource,
     client_options,
     config_curve_keys,
     curve_keys,
 )
-from wiber.client.inflight import DEFAULT_WINDOW, InFlight, Slot
-from wiber.client.retry import Next, RetryPlan
+from wiber.client.inflight import DEFAULT_WINDOW
+from wiber.client.retry import RetryPlan
 from wiber.client.seqfile import SeqFile
 from wiber.client.values import Ack, History, Message, Timeouts, normalize_address
 from wiber.clock import Clock, OffsetEstimator, SystemClock, skew_from_env
@@ -67,106 +53,6 @@ if TYPE_CHECKING:
     from wiber.config import Config
 
 __all__ = ["Client"]
-
-log = logging.getLogger(__name__)
-
-#: Replies a link's reader takes from its socket in one go before it lets other tasks run.
-DRAIN_MAX = 1000
-#: What making a link may raise that a try treats as silence (so the next node is tried).
-_LINK_ERRORS = (ClientError, CurveError)
-
-
-@dataclass(eq=False, slots=True)
-class _Call:
-    """A request of the pipeline: its map (``id`` and ``ack_floor`` set on each try) and who awaits it."""
-
-    msg: dict[str, Any]
-    future: asyncio.Future[dict[str, Any]]
-    floor: bool = False
-    """Whether each try carries the session's ``ack_floor``."""
-    wall: float = field(default=0.0)
-    """This client's wall clock when the try now out left (a clock sample with the reply's time)."""
-
-
-class _Link:
-    """One DEALER to one node, and the task that reads its replies into `Client._on_body`.
-
-    Requests leave and replies are read with the plain backend calls of `wiber.zmqcalls` on the
-    socket's view (pyzmq's asyncio send builds a future and does flag arithmetic per call: half of
-    the client's time per publish, measured). The reader awaits the asyncio socket only when nothing
-    is queued. libzmq signals readiness by edges, and a send may take the edge of a reply that has
-    just arrived; so after sends a drain runs once, at the loop's next turn (`_kick`).
-
-    Raises (from the constructor):
-        CurveError: no CURVE key is known for the node.
-        ClientError: the socket cannot be made or connected (a malformed address).
-    """
-
-    def __init__(self, client: Client, address: str) -> None:
-        self.address = address
-        # No high-water mark: the window bounds what waits here.
-        self.sock = client._open(zmq.DEALER, address, options={zmq.SNDHWM: 0, zmq.RCVHWM: 0})
-        self._deliver = client._on_body
-        self._loop = asyncio.get_running_loop()
-        self._kick_due = False
-        self._closed = False
-        self.task = self._loop.create_task(self._read(), name=f"wiber.aio reader {address}")
-
-    def send(self, body: bytes) -> bool:
-        """Queue one request (never blocking). Returns: whether the socket took it."""
-        view = self.sock.view
-        try:
-            zmqcalls.send(view, b"", zmqcalls.MORE_NOBLOCK)
-            zmqcalls.send(view, body, zmqcalls.NOBLOCK)
-        except zmq.ZMQError:  # Again (no connection), or closed: the request stays in flight
-            return False
-        finally:
-            if not self._kick_due:
-                self._kick_due = True
-                self._loop.call_soon(self._kick)
-        return True
-
-    def _kick(self) -> None:
-        """After sends: read what waits (a send may have taken its readiness edge)."""
-        self._kick_due = False
-        if not self._closed and self.drain():
-            self._kick_due = True
-            self._loop.call_soon(self._kick)  # more than one go's worth: on at the next turn
-
-    def drain(self) -> bool:
-        """Deliver the replies waiting in the socket, at most `DRAIN_MAX`. Returns: whether more may wait."""
-        view, deliver = self.sock.view, self._deliver
-        try:
-            for _ in range(DRAIN_MAX):
-                first = zmqcalls.recv(view, zmqcalls.NOBLOCK)
-                # [b"", reply] per the contract; the second frame of a message is there with the first.
-                deliver(self, zmqcalls.recv(view, zmqcalls.NOBLOCK) if first == b"" else first)
-        except zmq.Again:
-            return False
-        except zmq.ZMQError:
-            return False  # closed
-        return True
-
-    async def _read(self) -> None:
-        owner = self.sock.owner
-        while True:
-            try:
-                frames = await owner.recv_multipart()
-            except zmq.ZMQError:
-                return  # closed
-            self._deliver(self, frames[-1])
-            while self.drain():
-                await asyncio.sleep(0)  # a long burst: let the tasks it woke run
-
-    def refused(self) -> str | None:
-        """Returns: why the last CURVE handshake with the node failed, if one did."""
-        return self.sock.refused()
-
-    def close(self) -> None:
-        """Stop reading and close the socket."""
-        self._closed = True
-        self.task.cancel()
-        self.sock.close()
 
 
 class Client:
@@ -221,28 +107,15 @@ class Client:
         # Sockets are made through a plain context (their CURVE handshake watch reads a monitor socket
         # without awaiting; wiber.aio.sockets): a zmq.asyncio.Context is used through a shadow.
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context() if ctx is None else zmq.Context.shadow(ctx.underlying)
-        self._rotation = itertools.cycle(self.addresses)
-        self._current = next(self._rotation)
-        self._seqs = SeqFile(seq_file) if seq_file is not None else None
-        self._inflight: InFlight[_Call] = InFlight(
-            self.addresses, self.timeouts, client_id=client_id,
-            first_seq=self._seqs.first if self._seqs is not None else 1,
-            reserve=self._seqs.reserve if self._seqs is not None else None, window=window)
-        self._links: dict[str, _Link] = {}
-        self._sockets: weakref.WeakSet[AioSocket] = weakref.WeakSet()  # every one open: `close` closes them
-        self._link_error: str | None = None  # why the last link could not be made, said on silence
-        self._direct: dict[int, tuple[_Link, asyncio.Future[dict[str, Any] | None]]] = {}
-        self._direct_ids = itertools.count(1)  # pinned requests' ids are negative: the pipeline's are not
-        self._waiters: deque[asyncio.Future[None]] = deque()  # publishes waiting for room in the window
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-        self._hold: asyncio.TimerHandle | None = None  # the pipeline pauses (an election) until it fires
+        seqs = SeqFile(seq_file) if seq_file is not None else None
+        self._links = Links(self._ctx, self.curve, self._on_reply)
+        self._pipeline = Pipeline(
+            self.addresses, self.timeouts, self._links, self.clock, self._learn_time, client_id=client_id,
+            first_seq=seqs.first if seqs is not None else 1, reserve=seqs.reserve if seqs is not None else None,
+            window=window, ack_floor=seqs is None)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subscriptions: set[Subscription] = set()  # open ones: `close` closes them (they leave when closed)
-        self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
         self._closed = False
-        self.failovers = 0
-        """How often the pipeline moved to another node."""
 
     @classmethod
     def from_config(cls, config: Config, client_key: KeySource | None = None, timeouts: Timeouts | None = None,
@@ -261,7 +134,7 @@ class Client:
     @property
     def client_id(self) -> str:
         """The session's client_id (a new one after SESSION_EXPIRED)."""
-        return self._inflight.client_id
+        return self._pipeline.inflight.client_id
 
     @property
     def closed(self) -> bool:
@@ -271,9 +144,14 @@ class Client:
     @property
     def in_flight(self) -> int:
         """Requests of the pipeline awaiting their answer."""
-        return len(self._inflight)
+        return len(self._pipeline.inflight)
 
-    # ---------------------------------------------------------------- links
+    @property
+    def failovers(self) -> int:
+        """How often the pipeline moved to another node."""
+        return self._pipeline.failovers
+
+    # ---------------------------------------------------------------- sockets and the pipeline
 
     def _check_open(self, what: str) -> asyncio.AbstractEventLoop:
         """Returns: the running loop. Raises: ClientError: the client is closed, or bound to another loop."""
@@ -294,229 +172,21 @@ class Client:
         """
         if self._closed:
             raise ClientError(f"cannot open a socket for {address}: the client is closed")
-        sock = open_socket(self._ctx, kind, address, self.curve, node_address, options)
-        self._sockets.add(sock)
-        return sock
+        return self._links.open(kind, address, node_address, options)
 
-    def _link(self, address: str) -> _Link:
-        """Returns: the DEALER to `address`, made when there is none. Raises: CurveError, ClientError."""
-        link = self._links.get(address)
-        if link is None:
-            link = self._links[address] = _Link(self, address)
-        return link
+    @property
+    def _current(self) -> str:
+        """The node the pipeline's requests go to now (a new subscription listens there first)."""
+        return self._pipeline.current
 
-    def _drop_link(self, address: str) -> None:
-        """Close the DEALER to `address` (the node went silent); pinned requests on it count as silent."""
-        link = self._links.pop(address, None)
-        if link is None:
-            return
-        link.close()
-        for rid, (on, future) in list(self._direct.items()):
-            if on is link and not future.done():
-                future.set_result(None)
-
-    def _on_body(self, link: _Link, body: bytes) -> None:
-        """One reply from `link`: to the pinned request or the pipeline's try it answers (by `id`)."""
-        try:
-            reply = protocol.parse_reply(body)
-        except WireError:
-            return
-        rid = reply.get("id")
-        if type(rid) is int and rid < 0:
-            pinned = self._direct.pop(rid, None)
-            if pinned is not None and not pinned[1].done():
-                pinned[1].set_result(reply)
-            return
-        slot = self._inflight.answered(rid)
-        if slot is None:
-            return  # an earlier try's answer, or a request that ended
-        try:
-            self._on_answer(slot, reply)
-        except Exception:  # a bug here must not stop the reader: the request fails at its deadline
-            log.exception("wiber.aio: handling the answer to %s failed", slot.plan.what)
-
-    # ---------------------------------------------------------------- the pipeline
+    def _on_reply(self, reply: dict[str, Any]) -> None:
+        """A reply that is no pinned request's: the pipeline's."""
+        self._pipeline.on_reply(reply)
 
     async def _submit(self, what: str, msg: dict[str, Any], *, session: bool = False) -> dict[str, Any]:
         """Send `msg` through the pipeline until its plan ends it; with `session`, as a publish under the
         client's session. Returns: the ok reply. Raises: what the plan ends with."""
-        loop = self._check_open(what)
-        if session:
-            await self._wait_room(loop, what)
-        call = _Call(msg, loop.create_future(), floor=session and self._seqs is None)
-        slot = self._inflight.add(what, call, loop.time(), session=session)
-        try:
-            if session:
-                msg["client_id"], msg["seq"] = slot.client_id, slot.seq
-            self._send(slot)
-            self._arm()
-        except BaseException:
-            self._inflight.finish(slot)  # nobody would await its answer
-            raise
-        try:
-            return await call.future
-        except asyncio.CancelledError:
-            self._inflight.finish(slot)  # withdrawn: a resend would store what nobody awaits
-            self._wake_waiters()
-            raise
-
-    def _send(self, slot: Slot[_Call]) -> None:
-        """Send a try of `slot` to the current node (unless the pipeline pauses: it goes at the resume)."""
-        if self._hold is not None or self._closed:
-            return
-        address = self._current
-        assert self._loop is not None
-        call = slot.request
-        msg = call.msg
-        msg["id"] = self._inflight.sent(slot, self._loop.time(), address)
-        if call.floor:
-            msg["ack_floor"] = self._inflight.floor()
-        call.wall = self.clock.wall()
-        # The reused Packer keeps its largest buffer for good: only requests of ordinary size use it.
-        small = msg["op"] != "PUB_BATCH" and len(msg.get("data", b"")) <= protocol.REUSED_PACKER_MAX_BYTES
-        body = self._pack(msg) if small else protocol.pack(msg)
-        try:
-            link = self._link(address)
-        except _LINK_ERRORS as exc:
-            # The try stays "out": with no answer, silence moves the pipeline on, as for a dead node.
-            self._link_error = str(exc)
-            return
-        if not link.send(body):
-            log.debug("wiber.aio: %s did not take %s now; it goes again after the per-try timeout",
-                      address, slot.plan.what)
-
-    def _on_answer(self, slot: Slot[_Call], reply: dict[str, Any]) -> None:
-        """A try of the pipeline was answered: end the request, or retry as its plan says."""
-        call = slot.request
-        if call.future.done():  # withdrawn (its caller was cancelled)
-            self._inflight.finish(slot)
-            return
-        step = self._inflight.on_reply(slot, reply)
-        if step.reply is not None:
-            self._learn_time(call.wall, step.reply)
-            call.future.set_result(step.reply)
-        elif step.error is not None:
-            call.future.set_exception(step.error)
-        elif step.same:  # UNAVAILABLE: this request again at this node, after a pause
-            assert self._loop is not None
-            self._loop.call_later(step.pause_s, self._retry, slot)
-            return
-        else:
-            self._follow(step)
-            return
-        self._wake_waiters()
-
-    def _retry(self, slot: Slot[_Call]) -> None:
-        """The pause after UNAVAILABLE is over: send `slot` again, unless it ended or went out meanwhile."""
-        if not self._closed and self._inflight.contains(slot) and not slot.rid:
-            self._send(slot)
-            self._arm()
-
-    def _follow(self, step: Next) -> None:
-        """Move the pipeline as a NOT_LEADER or STORAGE answer's step says: to the leader it names, or
-        to the next node (after the step's pause: an election)."""
-        address = normalize_address(step.address) if step.address is not None else self._next_address()
-        self._move(address, step.pause_s, close_old=False)
-
-    def _next_address(self) -> str:
-        """Returns: the next address in rotation other than the current one (when there is another)."""
-        for _ in self.addresses:
-            address = next(self._rotation)
-            if address != self._current:
-                return address
-        return self._current
-
-    def _move(self, address: str, pause_s: float, *, close_old: bool) -> None:
-        """Make `address` the pipeline's node and send everything in flight there again, in order
-        (after `pause_s`, when given). `close_old`: the old node went silent: close its socket."""
-        old, self._current = self._current, address
-        self.failovers += 1
-        self._inflight.detach()
-        if close_old:
-            self._drop_link(old)
-        log.info("wiber.aio: requests move from %s to %s%s", old, address,
-                 f" in {pause_s * 1000:.0f} ms" if pause_s else "")
-        if pause_s > 0:
-            assert self._loop is not None
-            if self._hold is not None:
-                self._hold.cancel()
-            self._hold = self._loop.call_later(pause_s, self._resume)
-        else:
-            self._resume()
-
-    def _resume(self) -> None:
-        """Send every request in flight that has no try out, in the order they were handed over."""
-        if self._hold is not None:
-            self._hold.cancel()
-            self._hold = None
-        for slot in self._inflight.unsent():
-            self._send(slot)
-        self._arm()
-
-    def _arm(self) -> None:
-        """Have `_check` run when the oldest try's per-try timeout or the first deadline comes."""
-        when = self._inflight.next_check()
-        if when is None or self._loop is None or self._closed:
-            return
-        if self._timer is not None:
-            if self._timer_at <= when:
-                return
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = self._loop.call_at(when, self._check)
-
-    def _check(self) -> None:
-        """Fail the requests past their deadline; on silence, move the pipeline to the next node."""
-        self._timer = None
-        if self._closed or self._loop is None:
-            return
-        now = self._loop.time()
-        expired = self._inflight.expire(now)
-        for slot, error in expired:
-            if not slot.request.future.done():
-                slot.request.future.set_exception(error)
-        if self._inflight.silent(now):
-            link = self._links.get(self._current)
-            refused = link.refused() if link is not None else self._link_error
-            self._inflight.on_silence(refused)
-            log.info("wiber.aio: no answer from %s within %g s, trying another node", self._current,
-                     self.timeouts.per_try_s)
-            self._move(self._next_address(), 0.0, close_old=True)
-        if expired:
-            self._wake_waiters()
-        self._arm()
-
-    async def _wait_room(self, loop: asyncio.AbstractEventLoop, what: str) -> None:
-        """Wait until a new publish may take a seq (the window), in turn with the publishes waiting already."""
-        if not self._waiters and self._inflight.room():
-            return
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters.append(waiter)
-        try:
-            while True:
-                await waiter
-                if self._inflight.room():
-                    return
-                waiter = loop.create_future()
-                self._waiters.appendleft(waiter)  # its turn again first
-        except asyncio.CancelledError:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            else:
-                self._wake_waiters()  # it was woken: pass the turn on
-            raise
-
-    def _wake_waiters(self) -> None:
-        """Wake as many waiting publishes as the window has room for."""
-        waiters = self._waiters
-        if not waiters:
-            return
-        free = self._inflight.free()
-        while waiters and free > 0:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1
+        return await self._pipeline.submit(self._check_open(what), what, msg, session=session)
 
     # ---------------------------------------------------------------- pinned requests
 
@@ -544,7 +214,7 @@ class Client:
                 assert expired.error is not None
                 raise expired.error
             wall = self.clock.wall()
-            reply, refused = await self._try_at(loop, address, msg, min(self.timeouts.per_try_s, plan.deadline - now))
+            reply, refused = await self._links.ask(loop, address, msg, min(self.timeouts.per_try_s, plan.deadline - now))
             step = plan.on_silence(address, refused) if reply is None else plan.on_reply(reply)
             if step.reply is not None:
                 self._learn_time(wall, step.reply)
@@ -556,26 +226,6 @@ class Client:
                 raise plan.last_error  # NOT_LEADER naming another node: this request is for this one
             if step.pause_s:
                 await asyncio.sleep(max(0.0, min(step.pause_s, plan.deadline - loop.time())))
-
-    async def _try_at(self, loop: asyncio.AbstractEventLoop, address: str, msg: dict[str, Any],
-                      timeout: float) -> tuple[dict[str, Any] | None, str | None]:
-        """One try at `address`. Returns: (the reply or None when none came within `timeout`, why a
-        CURVE handshake failed, when one did)."""
-        try:
-            link = self._link(address)
-        except _LINK_ERRORS as exc:
-            await asyncio.sleep(max(0.0, timeout))
-            return None, str(exc)
-        rid = -next(self._direct_ids)
-        future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
-        self._direct[rid] = (link, future)
-        try:
-            link.send(protocol.pack({**msg, "id": rid}))
-            return await asyncio.wait_for(future, max(0.001, timeout)), None
-        except asyncio.TimeoutError:
-            return None, link.refused()
-        finally:
-            self._direct.pop(rid, None)
 
     # ---------------------------------------------------------------- requests
 
@@ -665,7 +315,7 @@ class Client:
     def reserve_seq(self) -> int:
         """Returns: a seq of this client's session that no publish of this client has used or will use
         (for ``publish(..., dedup=(client.client_id, seq))`` across a restart; as the sync client's)."""
-        return self._inflight.take_seq()
+        return self._pipeline.inflight.take_seq()
 
     async def publish(self, topic: str, data: bytes | str, ts: float | None = None, *,
                       dedup: tuple[str, int] | None = None) -> Ack:
@@ -767,24 +417,8 @@ class Client:
         self._closed = True
         for subscription in list(self._subscriptions):
             subscription.close()
-        for handle in (self._timer, self._hold):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._hold = None
-        for slot in self._inflight.drain():
-            if not slot.request.future.done():
-                slot.request.future.set_exception(ClientError(f"{slot.plan.what}: the client was closed first"))
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(ClientError("publish: the client was closed first"))
-        self._waiters.clear()
-        tasks = [link.task for link in self._links.values()]
-        for address in list(self._links):
-            self._drop_link(address)
-        for sock in list(self._sockets):
-            sock.close()  # whatever is left (a subscription's socket opened while closing): a context
-        if tasks:         # cannot terminate while a socket of it is open
-            await asyncio.gather(*tasks, return_exceptions=True)
+        self._pipeline.close()
+        await self._links.close()
         if self._own_ctx:
             self._ctx.destroy(linger=0)
 
