@@ -14,12 +14,18 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from wiber import protocol
-from wiber.client import consumer as sync_consumer
-from wiber.client.consumer import ITERATION_BATCH, WAIT_SHARE, default_member, max_zero
-from wiber.client.values import Message
+from wiber.client.consumer import (
+    ITERATION_BATCH,
+    Delivered,
+    default_member,
+    fetch_wait_ms,
+    group_publish_key,
+    max_zero,
+    ref_batches,
+)
 from wiber.errors import ClientError, UnknownGroup
 
 if TYPE_CHECKING:
@@ -29,25 +35,11 @@ __all__ = ["ConsumedMessage", "Consumer"]
 
 
 @dataclass(frozen=True, slots=True)
-class ConsumedMessage:
+class ConsumedMessage(Delivered):
     """A message a group delivered to this member: the stored message, its delivery count, and how to
     answer it (``await ack()``, ``await nak()``)."""
 
-    topic: str
-    offset: int
-    data: bytes
-    lamport: int
-    ts: float
-    index: int
-    delivery: int
-    """1 on the first delivery, +1 on each redelivery (after ``ack_wait_ms`` or a nak)."""
-    late: bool = False
     consumer: Consumer | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def message(self) -> Message:
-        """Returns: the stored message, as HISTORY and subscriptions give it."""
-        return Message(self.topic, self.offset, self.data, self.lamport, self.ts, self.index, self.late)
 
     @property
     def publish_key(self) -> tuple[str, int]:
@@ -57,11 +49,7 @@ class ConsumedMessage:
 
         Raises: ValueError: the message was built without a consumer.
         """
-        group = self._consumer()
-        # The sync message derives the key from its consumer's group name alone.
-        twin = sync_consumer.ConsumedMessage(self.topic, self.offset, b"", 0, 0.0, 0, self.delivery,
-                                             consumer=cast(sync_consumer.Consumer, group))
-        return twin.publish_key
+        return group_publish_key(self._consumer().group, self.topic, self.offset)
 
     async def ack(self) -> bool:
         """Tell the group this message is done: it is never delivered again.
@@ -125,7 +113,7 @@ class Consumer:
         recreated = False
         while True:
             remaining = deadline - time.monotonic()
-            wait_ms = int(max_zero(min(remaining, self.client.timeouts.per_try_s * WAIT_SHARE)) * 1000)
+            wait_ms = fetch_wait_ms(remaining, self.client.timeouts.per_try_s)
             try:
                 reply = await self.client.request("FETCH", group=self.group, member=self.member, max=max,
                                                   wait_ms=wait_ms)
@@ -165,11 +153,9 @@ class Consumer:
         return await self._answer("NAK", "nakked", messages)
 
     async def _answer(self, op: str, counted: str, messages: Iterable[ConsumedMessage]) -> int:
-        refs = [[message.topic, message.offset] for message in messages]
         done = 0
-        for start in range(0, len(refs), protocol.ACK_REFS_MAX):
-            reply = await self.client.request(op, group=self.group, member=self.member,
-                                              refs=refs[start:start + protocol.ACK_REFS_MAX])
+        for refs in ref_batches(messages):
+            reply = await self.client.request(op, group=self.group, member=self.member, refs=refs)
             done += int(reply[counted])
         return done
 

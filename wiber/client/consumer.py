@@ -29,7 +29,8 @@ from wiber.errors import UnknownGroup
 if TYPE_CHECKING:
     from wiber.client.connection import Client
 
-__all__ = ["ConsumedMessage", "Consumer", "default_member"]
+__all__ = ["ConsumedMessage", "Consumer", "Delivered", "default_member", "fetch_wait_ms", "group_publish_key",
+           "ref_batches"]
 
 #: Longest a FETCH waits on the node for messages, as a share of the client's per-try timeout: the
 #: answer must come back within that timeout, or the client would take the node for dead.
@@ -49,10 +50,31 @@ def default_member() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+def group_publish_key(group: str, topic: str, offset: int) -> tuple[str, int]:
+    """Returns: the ``(client_id, seq)`` that only the message at `offset` of `topic` has in `group`
+    (`ConsumedMessage.publish_key`, sync and asyncio alike: members of one group publish under one key)."""
+    digest = hashlib.sha256(f"{group}\0{topic}".encode()).hexdigest()[:40]
+    return f"group-{digest}", offset + 1
+
+
+def fetch_wait_ms(remaining_s: float, per_try_s: float) -> int:
+    """Returns: how long a FETCH may wait on the node: what is left of the caller's timeout, at most
+    `WAIT_SHARE` of the per-try timeout (the answer must come back within it)."""
+    return int(max_zero(min(remaining_s, per_try_s * WAIT_SHARE)) * 1000)
+
+
+def ref_batches(messages: Iterable[Delivered]) -> Iterator[list[list[Any]]]:
+    """Yields: the ``[topic, offset]`` refs of `messages` for ACK or NAK, one list per request (at most
+    `protocol.ACK_REFS_MAX` each)."""
+    refs = [[message.topic, message.offset] for message in messages]
+    for start in range(0, len(refs), protocol.ACK_REFS_MAX):
+        yield refs[start:start + protocol.ACK_REFS_MAX]
+
+
 @dataclass(frozen=True, slots=True)
-class ConsumedMessage:
-    """A message a group delivered to this member: the stored message, its delivery count, and how to
-    answer it (`ack`, `nak`)."""
+class Delivered:
+    """What a group delivered: the stored message and its delivery count (the sync and asyncio
+    `ConsumedMessage` add how to answer it)."""
 
     topic: str
     offset: int
@@ -63,12 +85,19 @@ class ConsumedMessage:
     delivery: int
     """1 on the first delivery, +1 on each redelivery (after ``ack_wait_ms`` or a nak)."""
     late: bool = False
-    consumer: Consumer | None = field(default=None, repr=False, compare=False)
 
     @property
     def message(self) -> Message:
         """Returns: the stored message, as HISTORY and subscriptions give it."""
         return Message(self.topic, self.offset, self.data, self.lamport, self.ts, self.index, self.late)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedMessage(Delivered):
+    """A message a group delivered to this member: the stored message, its delivery count, and how to
+    answer it (`ack`, `nak`)."""
+
+    consumer: Consumer | None = field(default=None, repr=False, compare=False)
 
     @property
     def publish_key(self) -> tuple[str, int]:
@@ -83,9 +112,7 @@ class ConsumedMessage:
         that client_id; a redelivery older than that gets SessionExpired and stores nothing, so keep
         what a group delivers within one ``ack_wait_ms`` well below that window (docs/consumers.md).
         """
-        consumer = self._consumer()
-        digest = hashlib.sha256(f"{consumer.group}\0{self.topic}".encode()).hexdigest()[:40]
-        return f"group-{digest}", self.offset + 1
+        return group_publish_key(self._consumer().group, self.topic, self.offset)
 
     def ack(self) -> bool:
         """Tell the group this message is done: it is never delivered again.
@@ -152,7 +179,7 @@ class Consumer:
         unknown_since: float | None = None
         while True:
             remaining = deadline - time.monotonic()
-            wait_ms = int(max_zero(min(remaining, self.client.timeouts.per_try_s * WAIT_SHARE)) * 1000)
+            wait_ms = fetch_wait_ms(remaining, self.client.timeouts.per_try_s)
             try:
                 reply = self.client.request("FETCH", f"fetch from group {self.group!r}", group=self.group,
                                             member=self.member, max=max, wait_ms=wait_ms)
@@ -216,11 +243,10 @@ class Consumer:
         return self._answer("NAK", "nakked", messages)
 
     def _answer(self, op: str, counted: str, messages: Iterable[ConsumedMessage]) -> int:
-        refs = [[message.topic, message.offset] for message in messages]
         done = 0
-        for start in range(0, len(refs), protocol.ACK_REFS_MAX):
+        for refs in ref_batches(messages):
             reply = self.client.request(op, f"{op.lower()} to group {self.group!r}", group=self.group,
-                                        member=self.member, refs=refs[start:start + protocol.ACK_REFS_MAX])
+                                        member=self.member, refs=refs)
             done += int(reply[counted])
         return done
 
