@@ -324,19 +324,19 @@ def test_commit_notices_wait_a_millisecond_for_an_append_to_ride_on(
 
         notice2, notice3, read_round = append("n2"), append("n3"), append("n3", ctx=7)
         with_entry = append("n3", (Entry(5, 1, EntryKind.NORMAL, b"x"),))
-        assert node._hold_commit_notices([notice2, read_round, notice3, with_entry]) == [read_round, with_entry]
-        assert node._notices == {"n2": [notice2], "n3": [notice3]}
-        assert node._notices_due == clock.monotonic() + COMMIT_NOTICE_DELAY_S
+        assert node.notices.hold([notice2, read_round, notice3, with_entry], clock.monotonic()) == [read_round, with_entry]
+        assert node.notices.held == {"n2": [notice2], "n3": [notice3]}
+        assert node.notices.due == clock.monotonic() + COMMIT_NOTICE_DELAY_S
         later = append("n2")  # e.g. a probe for a lost tail after a commit notice: both must go
-        assert node._hold_commit_notices([later]) == [] and node._notices["n2"] == [notice2, later]
-        node._drop_notices_for([with_entry, append("n2", ctx=8)])  # a heartbeat does not replace a probe
-        assert node._notices == {"n2": [notice2, later]}
-        node._hold_commit_notices([notice3])
+        assert node.notices.hold([later], clock.monotonic()) == [] and node.notices.held["n2"] == [notice2, later]
+        node.notices.drop_for([with_entry, append("n2", ctx=8)])  # a heartbeat does not replace a probe
+        assert node.notices.held == {"n2": [notice2, later]}
+        node.notices.hold([notice3], clock.monotonic())
         sent: list[tuple[str, list[bytes]]] = []
         node.transport.send_peer_frames = lambda peer, frames: sent.append((peer, frames)) or True  # type: ignore[method-assign]
         node._send_commit_notices()
         assert sorted((peer, len(frames)) for peer, frames in sent) == [("n2", 2), ("n3", 1)]
-        assert node._notices == {} and node._notices_due is None
+        assert node.notices.held == {} and node.notices.due is None
     finally:
         node.close()
 

@@ -31,11 +31,11 @@ import msgpack
 import zmq
 
 from wiber import protocol
-from wiber.broker import AppliedEntry, BrokerSettings, PubOp, encode_entry, record_to_wire
+from wiber.broker import AppliedEntry, BrokerSettings, PubOp, encode_entry
 from wiber.broker.entry import EntryOp
 from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
-from wiber.errors import InvariantError, NodeStartError, StorageError, Unavailable, UnknownGroup, WireError
+from wiber.errors import InvariantError, StorageError, Unavailable, WireError
 from wiber.raft import (
     EntryKind,
     InstallSnapshot,
@@ -51,18 +51,21 @@ from wiber.raft import (
 from wiber.node import timesync
 from wiber.node.auth import NodeSecurity, claimed_sender
 from wiber.node.checkpoints import Checkpoints
+from wiber.node.answers import Answers
 from wiber.node.clients import ClientHandlers
 from wiber.node.connections import raise_open_files_limit
 from wiber.node.consumers import ParkedFetches
+from wiber.node.fanout import FanOut
 from wiber.node.heap import HeapTrimmer
-from wiber.node.metrics import MetricsBindError, MetricsHttp
-from wiber.node.metrics.families import RESULT_OK, NodeMetrics
+from wiber.node.notices import CommitNotices
+from wiber.node.metrics import MetricsHttp
+from wiber.node.metrics.families import NodeMetrics
 from wiber.node.raftclock import RaftClock, ms_to_ticks
 from wiber.node.reorder import ReorderBuffer
 from wiber.node.shipping import Outgoing, Shipping
 from wiber.node.transport import Transport
 from wiber.node.waiting import PendingReads, PendingWrites, Waiter
-from wiber.raft.messages import AppendEntries, Entry, Message, SnapshotMeta
+from wiber.raft.messages import Entry, Message, SnapshotMeta
 from wiber.raft.wire import MAX_FRAME_BYTES
 from wiber.storage import CorruptLog, DurableStorage, StorageFailure
 from wiber.storage.fs import OS, FileSystem
@@ -78,8 +81,6 @@ DRAIN_LIMIT = 10_000
 LOGGED_FRAME_FAILURES = 20
 #: How long a stopping leader waits for its leadership transfer before it exits anyway.
 TRANSFER_GRACE_S = 0.6
-#: How long a commit notice may wait for an append to ride on (see Node._hold_commit_notices).
-COMMIT_NOTICE_DELAY_S = 0.001
 #: A follower measures its clock offset to the leader this often (docs/design.md section 5).
 CLOCK_PROBE_S = 0.1
 #: A turn's writes are proposed as several entries past this many bytes of messages: every append then
@@ -184,45 +185,24 @@ class Node:
         self._next_pub_heartbeat = now
         self._next_clock_probe = now
         self._outbox: dict[str, list[bytes]] = {}
-        self._notices: dict[str, list[Message]] = {}  # peer -> its held empty appends (_hold_commit_notices)
+        self.notices = CommitNotices()  # the leader's empty appends, held a millisecond (wiber.node.notices)
         self._was_leader = False  # the role at the end of the last _process_ready
-        self._notices_due: float | None = None
         # One packer for the loop's hot replies and fan-out: msgpack.packb builds a Packer per call
         # (~0.4 us). It keeps its largest buffer for good, so big messages are packed by packb.
         self._pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
-        self._sub_prefixes: set[bytes] = set()
-        self._topic_has_subscribers: dict[str, bool] = {}
+        self.fanout = FanOut(self.transport.publish, self._pack)
         self.clients = ClientHandlers(self)
+        self.answers = Answers(self, self._pack)
         self.metrics = NodeMetrics(self)
         self.metrics_http: MetricsHttp | None = None
         try:
-            self.metrics_http = self._open_metrics()
+            self.metrics_http = self.metrics.serve(self.me, self.transport.poller)
         except BaseException:
             self.close()
             raise
         log.info("node %s listening client=%s raft=%s pub=%s metrics=%s", self.id, self.me.client_addr,
                  self.me.raft_addr, self.me.pub_addr,
                  "off" if self.metrics_http is None else f"http://{self.me.host}:{self.metrics_http.port}/metrics")
-
-    def _open_metrics(self) -> MetricsHttp | None:
-        """Serve /metrics and /healthz on metrics_port from this loop's poller (docs/operations.md).
-
-        A written port that cannot be bound stops the start, as the other ports do; a defaulted one
-        (port + 300) only costs the metrics, with a warning: the node's messages matter more.
-        """
-        if not self.me.metrics_port:
-            return None
-        try:
-            server = MetricsHttp(self.me.host, self.me.metrics_port,
-                                 {"/metrics": self.metrics.render, "/healthz": self.metrics.health})
-        except MetricsBindError as exc:
-            if self.me.metrics_port_defaulted:
-                log.warning("node %s serves no metrics: %s (metrics_port defaulted to port + 300; set it, or 0 "
-                            "to turn metrics off)", self.id, exc)
-                return None
-            raise NodeStartError(f"node {self.id}: {exc}; free the port or change metrics_port") from None
-        server.register(self.transport.poller)
-        return server
 
     @property
     def storage_failure(self) -> str | None:
@@ -297,8 +277,8 @@ class Node:
             release_at = self._reorder.next_release()
             if release_at is not None:
                 deadline = min(deadline, now + max(0.0, release_at - self.synced.now()))
-        if self._notices_due is not None:
-            deadline = min(deadline, self._notices_due)
+        if self.notices.due is not None:
+            deadline = min(deadline, self.notices.due)
         timeout_ms = math.ceil(max(0.0, deadline - now) * 1000)  # never 0 ahead of a timer: no spinning
         if self._turn_writes:  # parked FETCHes released by the last turn's entries: propose them now
             timeout_ms = 0
@@ -308,10 +288,10 @@ class Node:
             self.metrics_http.handle(self.transport.events, turn_started)
         if zap_ready:  # first: handshakes wait for these answers
             self._serve_zap()
-        if self._notices_due is not None and self.clock.monotonic() >= self._notices_due:
+        if self.notices.due is not None and self.clock.monotonic() >= self.notices.due:
             self._send_commit_notices()
         if subscriptions_changed:
-            self._on_subscriptions(self.transport.recv_subscriptions())
+            self.fanout.on_subscriptions(self.transport.recv_subscriptions())
         if peers_ready:
             took = self._heap.took
             for user, frames in self.transport.recv_peers(DRAIN_LIMIT):
@@ -474,41 +454,8 @@ class Node:
         self.shipping.handed_over = True  # installed by this turn's Ready, or discarded after it
         self.raft.step(msg)
 
-    def _hold_commit_notices(self, messages: list[Message]) -> list[Message]:
-        """Hold back empty appends without a heartbeat round (commit notices, and the probes for a
-        lost tail) for up to `COMMIT_NOTICE_DELAY_S`.
-
-        Sent the moment a write commits, commit notices woke both followers (and their answers the
-        leader) just as the publisher's answer went out, on two shared cores; held, they usually
-        ride on the next append to the peer instead (which drops them), or go out a millisecond
-        later, in order. Heartbeats carry a round (ctx) and are never held. Delaying or dropping
-        them is safe: Raft tolerates lost messages, and any later append to the peer carries the
-        commit index and is answered as a probe would be.
-
-        Returns: the messages to send now.
-        """
-        now: list[Message] = []
-        for msg in messages:
-            if isinstance(msg, AppendEntries) and not msg.entries and not msg.ctx:
-                self._notices.setdefault(msg.to, []).append(msg)
-            else:
-                now.append(msg)
-        if self._notices and self._notices_due is None:
-            self._notices_due = self.clock.monotonic() + COMMIT_NOTICE_DELAY_S
-        return now
-
-    def _drop_notices_for(self, messages: list[Message]) -> None:
-        """An append with entries about to go to a peer carries the commit index and is refused if
-        a tail was lost, as a probe would be: that peer's held empty appends are moot. (A heartbeat
-        is anchored at the peer's match index, never refused, so it does not replace a probe.)"""
-        for msg in messages:
-            if isinstance(msg, AppendEntries) and msg.entries:
-                self._notices.pop(msg.to, None)
-
     def _send_commit_notices(self) -> None:
-        self._queue([msg for held in self._notices.values() for msg in held])
-        self._notices.clear()
-        self._notices_due = None
+        self._queue(self.notices.take())
         self._flush_outbox()
 
     def _flush_outbox(self) -> None:
@@ -524,10 +471,10 @@ class Node:
         while self.raft.has_ready():
             rd = self.raft.ready()
             if rd.must_sync:  # the leader's appends overlap with its own disk write (§10.2.1)
-                self._drop_notices_for(rd.messages)
+                self.notices.drop_for(rd.messages)
                 self._queue(rd.messages)
             else:  # nothing to persist: empty appends may wait for an append to ride on
-                self._queue(self._hold_commit_notices(rd.messages))
+                self._queue(self.notices.hold(rd.messages, self.clock.monotonic()))
             self._flush_outbox()
             try:
                 self._persist(rd)
@@ -640,59 +587,14 @@ class Node:
                     applied = self.broker.apply_entry_ops(entry.index, proposed[1], proposed[2])
                 else:  # a follower, or an entry of another leader: decode what the log holds
                     applied = self.broker.apply_entry(entry.index, entry.data)
-                stored = 0
-                for result in applied.pub_results:
-                    stored += len(result.records)
-                    if result.records and self._has_subscribers(result.records[0][0]):
-                        for record in result.records:
-                            small = len(record[2]) <= protocol.REUSED_PACKER_MAX_BYTES
-                            packer = self._pack if small else protocol.pack
-                            self.transport.publish(protocol.fanout_frames(record[0], record_to_wire(record), packer))
+                stored = self.fanout.publish(applied.pub_results)
                 if stored:
                     self.metrics.messages_stored.inc(stored)
             waiters, ours = self._writes.take(entry.index, entry.term)
-            if not waiters:
-                continue
-            results: list[Any] = applied.results if applied.consumer_results else applied.pub_results
-            if not ours or len(results) != len(waiters):
-                self._fail(waiters, Unavailable(
-                    f"node {self.id} lost leadership before the write committed; its outcome is unknown, "
-                    f"retry with the same client_id and seq"))
-                continue
-            if applied.consumer_results:
-                self._answer_mixed(waiters, applied)
-                continue
-            reply, pack, pub_reply = self.transport.reply, self._pack, protocol.pub_reply
-            count = self.metrics.requests.add
-            for waiter, result in zip(waiters, results):
-                if result.answer is not None:
-                    reply(waiter.envelope, pack(pub_reply(result.answer, result.duplicate, waiter.req_id)))
-                    count((waiter.op, RESULT_OK))
-                else:
-                    assert result.error is not None
-                    reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
-                    count((waiter.op, result.error.code))
+            if waiters:
+                self.answers.entry_applied(waiters, ours, applied)
         for read in self._reads.releasable(self.applied_index):
             self.clients.answer_history(read)
-
-    def _answer_mixed(self, waiters: list[Waiter[Any]], applied: AppliedEntry) -> None:
-        """Answer the writers of an entry holding consumer ops as well as PUBs, in op order."""
-        consumer_results = dict(applied.consumer_results)
-        pubs = iter(applied.pub_results)
-        for position, waiter in enumerate(waiters):
-            consumer_result = consumer_results.get(position)
-            if consumer_result is not None:
-                self.clients.consumer_reply(waiter, consumer_result)
-                continue
-            result = next(pubs)
-            if result.answer is not None:
-                self.transport.reply(waiter.envelope, self._pack(protocol.pub_reply(result.answer, result.duplicate,
-                                                                                    waiter.req_id)))
-                self.clients.count(waiter.op, RESULT_OK)
-            else:
-                assert result.error is not None
-                self.transport.reply(waiter.envelope, protocol.error_reply(result.error, waiter.req_id))
-                self.clients.count(waiter.op, result.error.code)
 
     def _sort_out_fetches(self) -> None:
         """Parked FETCHes whose group now has work join the next turn's entry (with a fresh request
@@ -702,42 +604,14 @@ class Node:
         for waiter in ready:
             waiter.deadline = now + self._request_timeout_s
         self._turn_writes.extend(ready)
-        groups = self.broker.groups.groups
-        for waiter in done:
-            name = waiter.request.group
-            if name in groups:
-                reply = protocol.ok_reply({"group": name, "messages": []}, waiter.req_id)
-                self.clients.count(waiter.op, RESULT_OK)
-            else:
-                err = UnknownGroup(f"no consumer group {name!r}: create it first")
-                reply = protocol.error_reply(err, waiter.req_id)
-                self.clients.count(waiter.op, err.code)
-            self.transport.reply(waiter.envelope, reply)
-
-    def _on_subscriptions(self, changes: list[tuple[bool, bytes]]) -> None:
-        """Track which prefixes subscribers asked for (first subscribe / last unsubscribe)."""
-        for subscribed, prefix in changes:
-            if subscribed:
-                self._sub_prefixes.add(prefix)
-            else:
-                self._sub_prefixes.discard(prefix)
-        self._topic_has_subscribers.clear()
-
-    def _has_subscribers(self, topic: str) -> bool:
-        """Whether any subscription prefix matches `topic`'s fan-out frame (cached per topic)."""
-        wanted = self._topic_has_subscribers.get(topic)
-        if wanted is None:
-            key = topic.encode() + b"\0"
-            wanted = any(key.startswith(prefix) for prefix in self._sub_prefixes)
-            self._topic_has_subscribers[topic] = wanted
-        return wanted
+        self.answers.fetches_done(done)
 
     def _lost_leadership(self) -> None:
         """Whoever waited on this node's leadership learns that the outcome is unknown."""
         log.info("node %s is no longer leader (term %d)", self.id, self.raft.term)
         self._proposed.clear()  # a later leader decides what these indexes hold
         self.shipping.stop_sending()
-        self._notices.clear()  # a deposed leader's commit notices are stale
+        self.notices.clear()  # a deposed leader's commit notices are stale
         self._fail(self._writes.drain(), Unavailable(
             f"node {self.id} lost leadership; the write's outcome is unknown, retry with the same client_id and seq"))
         self._fail(self._reads.drain(), self.clients.not_leader())
@@ -746,9 +620,7 @@ class Node:
         self._fail(self.fetches.drain(), self.clients.not_leader())  # never proposed: a retry is safe
 
     def _fail(self, waiters: list[Waiter[Any]], err: WireError) -> None:
-        for waiter in waiters:
-            self.transport.reply(waiter.envelope, protocol.error_reply(err, waiter.req_id))
-            self.clients.count(waiter.op, err.code)
+        self.answers.fail(waiters, err)
 
     def _expire_waiters(self, now: float) -> None:
         """Answer UNAVAILABLE to whoever waited past the request timeout (cheap when nobody did)."""

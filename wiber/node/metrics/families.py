@@ -12,7 +12,14 @@ for what varies (`op`, `result`, `topic`, `group`, `domain`).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Callable, Iterable
+
+import zmq
+
+from wiber.config import NodeConfig
+from wiber.errors import NodeStartError
+from wiber.node.metrics.http import MetricsBindError, MetricsHttp
 
 from wiber.node.metrics.registry import (
     CONTENT_TYPE,
@@ -27,6 +34,8 @@ from wiber.raft import Role
 
 if TYPE_CHECKING:
     from wiber.node.loop import Node
+
+log = logging.getLogger("wiber.node.loop")
 
 #: Label values of `wiber_requests_total{result}` besides the wire error codes.
 RESULT_OK = "ok"
@@ -142,6 +151,26 @@ class NodeMetrics:
         count(self.connections_refused, (), connections.refused_total)
         count(self.waits_taken_off, ("disk",), node.raft_clock.disk_wait_s)
         count(self.waits_taken_off, ("cpu",), node.raft_clock.cpu_wait_s)
+
+    def serve(self, me: NodeConfig, poller: zmq.Poller) -> MetricsHttp | None:
+        """Serve /metrics and /healthz on `me`'s metrics_port from the loop's `poller` (None when off).
+
+        A written port that cannot be bound stops the start, as the other ports do; a defaulted one
+        (port + 300) only costs the metrics, with a warning: the node's messages matter more.
+        Raises: NodeStartError.
+        """
+        if not me.metrics_port:
+            return None
+        try:
+            server = MetricsHttp(me.host, me.metrics_port, {"/metrics": self.render, "/healthz": self.health})
+        except MetricsBindError as exc:
+            if me.metrics_port_defaulted:
+                log.warning("node %s serves no metrics: %s (metrics_port defaulted to port + 300; set it, or 0 "
+                            "to turn metrics off)", me.id, exc)
+                return None
+            raise NodeStartError(f"node {me.id}: {exc}; free the port or change metrics_port") from None
+        server.register(poller)
+        return server
 
     def render(self) -> tuple[int, str, bytes]:
         """The /metrics route: every family in the text exposition format."""
