@@ -19,7 +19,7 @@ from tests.conftest import ClusterHarness, free_port, wait_for
 from tests.integration.test_election import agreed_leader
 from wiber.aio import Ack, Client, Message, Timeouts
 from wiber.client import HEARTBEAT_SILENCE_S
-from wiber.errors import BadRequest, ClientError, WiberError
+from wiber.errors import BadRequest, ClientError, UnknownGroup, WiberError
 
 T = TypeVar("T")
 
@@ -142,6 +142,24 @@ def test_consumer_fetch_and_ack_through_async_iteration(cluster_factory: Callabl
     for topic in ("jobs.a", "jobs.b"):
         assert [o for t, o, _ in got if t == topic] == list(range(10)), "each topic in offset order"
     assert again == [] and info["pending"] == 0 and info["lag"] == 0
+
+
+def test_a_deleted_group_is_not_recreated_by_a_members_fetch(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """A recreated group would start at the end and skip what was published since the delete; the
+    asyncio member follows the sync one's rule: UnknownGroup after a short grace."""
+    cluster = cluster_factory(3)
+
+    async def main() -> bool:
+        async with Client(cluster.addrs(), Timeouts(per_try_s=1.0, total_s=10.0)) as client:
+            consumer = await client.consumer("gone", "jobs.*", from_start=True)
+            assert await consumer.delete()
+            await client.publish("jobs.a", b"published after the delete")
+            with pytest.raises(UnknownGroup):
+                await consumer.fetch(10, timeout=0.3)
+            groups = (await client.request("GROUPS"))["groups"]
+            return "gone" in groups
+
+    assert not run(main()), "the fetch brought the deleted group back"
 
 
 async def _settled(consumer: Any) -> dict[str, Any] | None:

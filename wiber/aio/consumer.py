@@ -10,6 +10,7 @@ by the client, and what the lost reply held is delivered again after ``ack_wait_
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from wiber import protocol
 from wiber.client.consumer import (
     ITERATION_BATCH,
+    UNKNOWN_GROUP_GRACE_S,
+    UNKNOWN_GROUP_PAUSE_S,
     Delivered,
     default_member,
     fetch_wait_ms,
@@ -107,10 +110,11 @@ class Consumer:
 
         Raises:
             PendingCapReached: the group holds as many unacked deliveries as it may: ack some first.
+            UnknownGroup: the group was deleted (it is not created again: `Client.consumer` does that).
             ClientError: the cluster did not answer in time.
         """
         deadline = time.monotonic() + max_zero(timeout)
-        recreated = False
+        unknown_since: float | None = None
         while True:
             remaining = deadline - time.monotonic()
             wait_ms = fetch_wait_ms(remaining, self.client.timeouts.per_try_s)
@@ -118,10 +122,14 @@ class Consumer:
                 reply = await self.client.request("FETCH", group=self.group, member=self.member, max=max,
                                                   wait_ms=wait_ms)
             except UnknownGroup:
-                if recreated:
+                # As the sync member: a new leader may not have applied the creation yet, so ask again
+                # for a while; a group that stays unknown was deleted and is never recreated here (a
+                # new group would start at the end and skip what was published since the delete).
+                now = time.monotonic()
+                unknown_since = now if unknown_since is None else unknown_since
+                if now - unknown_since >= UNKNOWN_GROUP_GRACE_S:
                     raise
-                await self.create()  # deleted, or a new leader has not applied its creation yet
-                recreated = True
+                await asyncio.sleep(UNKNOWN_GROUP_PAUSE_S)
                 continue
             messages = await self._messages(reply["messages"])
             if messages or time.monotonic() >= deadline:
