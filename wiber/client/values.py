@@ -33,6 +33,7 @@ class Ack:
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> Ack:
+        """Returns: the Ack a PUB or PUB_BATCH `ok` reply stands for (docs/protocol.md)."""
         return cls(reply["topic"], reply["offset"], reply["index"], reply["lamport"], reply["ts"],
                    bool(reply["duplicate"]), int(reply.get("count", 1)))
 
@@ -55,6 +56,7 @@ class Message:
 
     @classmethod
     def from_wire(cls, topic: str, item: dict[str, Any]) -> Message:
+        """Returns: the Message of one item of a HISTORY page or a fan-out frame of `topic`."""
         return cls(topic, int(item["offset"]), bytes(item["data"]), int(item["lamport"]), float(item["ts"]),
                    int(item["index"]), item.get("late") is True)
 
