@@ -36,14 +36,14 @@ class Mutant:
 
 MUTANTS = (
     Mutant("no-fsync", "wiber/node/loop.py",
-           "        if rd.must_sync:\n            self.storage.sync()",
-           "        if rd.must_sync:\n            pass",
+           "            synced = clock()\n            self.storage.sync()\n",
+           "            synced = clock()\n",
            ("tests/integration/test_fsync_before_reply.py", "tests/integration/test_durability.py"),
            "promise 1: the persist step's fsync deleted"),
     Mutant("fsync-next-turn", "wiber/node/loop.py",
-           "        if rd.must_sync:\n            self.storage.sync()",
-           "        if getattr(self, '_sync_due', False):\n            self.storage.sync()\n"
-           "        self._sync_due = rd.must_sync",
+           "        if rd.must_sync:\n            synced = clock()\n            self.storage.sync()",
+           "        if getattr(self, '_sync_due', False):\n            synced = clock()\n            self.storage.sync()\n"
+           "        self._sync_due = rd.must_sync\n        if rd.must_sync:\n            synced = clock()",
            ("tests/integration/test_fsync_before_reply.py",),
            "promise 1: the fsync moved to the next loop turn, after the replies"),
     Mutant("read-without-heartbeat-round", "wiber/raft/core.py",

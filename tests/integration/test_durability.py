@@ -99,7 +99,7 @@ def test_a_damaged_log_refuses_to_start_naming_the_file(cluster_factory: Callabl
     out = subprocess.run([sys.executable, "-m", "wiber", "node", "--config", str(cluster.config_path),
                           "--id", "n1"], capture_output=True, text=True, timeout=30, cwd=str(REPO))
     assert out.returncode == 2
-    assert seg.name in out.stderr and "wipe" in out.stderr.lower()
+    assert seg.name in out.stderr and "move the data directory" in out.stderr.lower()
 
 
 def _can_mount_tmpfs() -> str | None:
