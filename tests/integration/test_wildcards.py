@@ -188,8 +188,10 @@ def test_a_pattern_subscriber_on_a_killed_node_gets_every_topic_once_in_order(
         for topic, messages in first.items():
             got[topic] = messages + got.get(topic, [])
         assert got == {topic: stored(topic, range(60), range(60)) for topic in TOPICS[:3]}
+        # A catch-up may have read the rest from a live node's HISTORY before the dead node's PUB socket
+        # counted as silent: the move is then made, and counted, while waiting for more.
+        assert sub.get(timeout=2 * HEARTBEAT_SILENCE_S + 0.5) is None
         assert sub.failovers >= 1
-        assert sub.get(timeout=0.5) is None
 
 
 @pytest.mark.timeout(120)
