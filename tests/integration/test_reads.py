@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any, Callable
 
 import msgpack
@@ -10,6 +11,8 @@ import zmq
 
 from tests.conftest import ClusterHarness, wait_for
 from tests.integration.test_election import agreed_leader
+from wiber.node import Node
+from wiber.raft import Role
 
 
 def test_local_history_never_shows_an_uncommitted_message(cluster_factory: Callable[..., ClusterHarness],
@@ -40,3 +43,52 @@ def test_local_history_never_shows_an_uncommitted_message(cluster_factory: Calla
     finally:
         for follower in followers:
             cluster.signal(follower, signal.SIGCONT)
+
+
+def test_a_local_history_claims_no_commit_past_what_it_shows(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """A follower that learns of a commit in the same loop turn as it answers a local HISTORY answers
+    from what it has applied, so the reply's `commit_index` must not reach past that: a subscriber
+    that attached there counts everything up to it as read, and waited for a live frame of a message
+    the page lacked (it never came when the frame left before its SUB socket was connected: the
+    first `get` of a fresh subscription waited 10 s in CI). Three in-process node loops, turned by
+    hand so that the commit and the HISTORY land in one turn of the follower."""
+    cluster = cluster_factory(3, start=False)
+    nodes = {nid: Node(cluster.config, nid) for nid in cluster.nodes}
+    ctx = zmq.Context()
+    try:
+        def turn(which: list[Node], done: Callable[[], bool], what: str) -> None:
+            deadline = time.monotonic() + 20
+            while not done():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                for node in which:
+                    node.run_once()
+
+        everyone = list(nodes.values())
+        turn(everyone, lambda: any(n.raft.role is Role.LEADER for n in everyone), "a leader")
+        leader = next(n for n in everyone if n.raft.role is Role.LEADER)
+        turn(everyone, lambda: all(n.applied_index == leader.raft.commit_index > 0 for n in everyone),
+             "every node to apply the leader's first entry")
+        late, other = [n for n in everyone if n is not leader]
+        pub = ctx.socket(zmq.REQ)
+        pub.connect(leader.me.client_addr)
+        pub.send(msgpack.packb({"op": "PUB", "topic": "t", "data": b"m0"}, use_bin_type=True))
+        turn([leader, other], lambda: bool(pub.poll(0)), "the PUB's ok (leader and one follower)")
+        index = msgpack.unpackb(pub.recv(), raw=False)["index"]
+        turn([late], lambda: late.raft.last_index >= index, "the late follower to append the PUB")
+        turn([leader], lambda: leader.raft.match_index(late.id) >= index, "the leader to hear its ack")
+        turn([leader], lambda: bool(late.transport.raft_in.poll(0)), "the leader's next append or heartbeat")
+        read = ctx.socket(zmq.REQ)
+        read.connect(late.me.client_addr)
+        read.send(msgpack.packb({"op": "HISTORY", "topic": "t", "from_offset": 0}, use_bin_type=True))
+        wait_for(lambda: late.transport.client.poll(0), 5, "the HISTORY to wait at the late follower")
+        assert late.raft.commit_index < index
+        late.run_once()  # one turn: the appends commit the PUB, then the HISTORY is answered
+        assert late.raft.commit_index >= index, "the commit and the read were not in one turn"
+        assert read.poll(5000), "no answer to the HISTORY"
+        page = msgpack.unpackb(read.recv(), raw=False)
+        shown = [m["index"] for m in page["messages"]]
+        assert page["commit_index"] < index or index in shown, page
+    finally:
+        for node in nodes.values():
+            node.close()
+        ctx.destroy(linger=0)

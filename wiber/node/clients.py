@@ -245,7 +245,9 @@ class ClientHandlers:
     def history(self, msg: dict[str, Any]) -> dict[str, Any]:
         reply = self.node.broker.history(msg["topic"], msg.get("from_offset") if "last" not in msg else None,
                                     msg.get("last"), msg["limit"], self.node.config.cluster.max_reply_bytes)
-        reply["commit_index"] = self.node.raft.commit_index
+        # What this page reflects: the applied state. Raft's commit index may be ahead within a turn (the
+        # peers' frames are stepped before the clients'), and a subscriber counts all up to it as read.
+        reply["commit_index"] = self.node.applied_index
         return reply
 
     def answer_history(self, waiter: Waiter[dict[str, Any]]) -> None:
