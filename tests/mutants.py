@@ -46,7 +46,7 @@ MUTANTS = (
            "        self._sync_due = rd.must_sync\n        if rd.must_sync:\n            synced = clock()",
            ("tests/integration/test_fsync_before_reply.py",),
            "promise 1: the fsync moved to the next loop turn, after the replies"),
-    Mutant("read-without-heartbeat-round", "wiber/raft/core.py",
+    Mutant("read-without-heartbeat-round", "wiber/raft/reads.py",
            "        if not self._peers:\n            self._read_states.append(ReadState(self._log.committed, ctx))",
            "        if True:\n            self._read_states.append(ReadState(self._log.committed, ctx))",
            ("tests/unit/raft/test_paper.py", "tests/sim/test_mutations.py"),

@@ -1,11 +1,12 @@
 """Mutations of the Raft core: each switches off one rule, so that one safety property breaks.
 
-Each mutation replaces one method of `Raft` (wiber/raft/core.py) for the duration of a block
-(`mutated`), nothing test-only in the core. `MUTATIONS` maps a name to the method, its replacement,
-the property of `tests/sim/invariants.py` the simulation must report as broken, and seeds of the
-default simulation (`run_seed` with `MUTATION_STEPS` steps) whose run breaks exactly that property.
-tests/sim/test_mutations.py proves it; ``python -m tests.sim.replay --search N --mutation NAME``
-finds seeds again when a change to the core or the simulation moved them.
+Each mutation replaces one method of `Raft` (wiber/raft/core.py, or the role mixin it inherits it
+from) for the duration of a block (`mutated`), nothing test-only in the core. `MUTATIONS` maps a
+name to the method, its replacement, the property of `tests/sim/invariants.py` the simulation must
+report as broken, and seeds of the default simulation (`run_seed` with `MUTATION_STEPS` steps) whose
+run breaks exactly that property. tests/sim/test_mutations.py proves it;
+``python -m tests.sim.replay --search N --mutation NAME`` finds seeds again when a change to the core
+or the simulation moved them.
 """
 
 from __future__ import annotations
@@ -162,9 +163,15 @@ def mutated(name: str | None) -> Iterator[None]:
         yield
         return
     mutation = MUTATIONS[name]
-    original = Raft.__dict__[mutation.method]
+    getattr(Raft, mutation.method)  # AttributeError if the core no longer has the method
+    # Most methods come from a role mixin (wiber/raft/election.py, ...): patch `Raft` itself, then
+    # take the patch off so the inherited method shows through again.
+    own = Raft.__dict__.get(mutation.method)
     setattr(Raft, mutation.method, mutation.replacement)
     try:
         yield
     finally:
-        setattr(Raft, mutation.method, original)
+        if own is None:
+            delattr(Raft, mutation.method)
+        else:
+            setattr(Raft, mutation.method, own)

@@ -8,11 +8,12 @@ collects a `Ready` (what to persist, send and apply), performs it in the order t
 docstring states, and calls `advance()`. Randomness (the election timeout) comes from the injected
 `random.Random`, so a seeded simulation replays exactly.
 
-Rules implemented (Raft paper Figure 2; Ongaro's thesis, chapters cited):
+Rules implemented (Raft paper Figure 2; Ongaro's thesis, chapters cited), each in its role's module:
 
 * Elections (section 5.2): a follower that hears nothing from a leader for its randomized
   timeout, drawn in ``[election_ticks, 2 * election_ticks)``, campaigns; a vote is granted once per
   term, only to a candidate whose log is at least as up-to-date (section 5.4.1, `_log_is_up_to_date`).
+  In election.py, with PreVote and CheckQuorum.
 * PreVote (thesis 9.6): before bumping its term a node asks whether it *would* win; a pre-vote
   grant changes neither the voter's term nor its vote.
 * CheckQuorum and the leader lease (thesis 6.2, 4.2.3): a leader that has not heard from a
@@ -23,14 +24,19 @@ Rules implemented (Raft paper Figure 2; Ongaro's thesis, chapters cited):
   with a bounded window of pipelined batches per follower (see `progress.py`), backs up with the
   follower's conflict hint, and commits only entries of its own term by counting replicas
   (section 5.4.2, Figure 8: `_maybe_commit`). A follower's commit index is
-  ``min(leader commit, index of last new entry)``.
-* ReadIndex (thesis 6.4), leadership transfer with TimeoutNow (thesis 3.10), InstallSnapshot
-  (chapter 5) for followers that need compacted entries.
+  ``min(leader commit, index of last new entry)``. In replication.py.
+* ReadIndex (thesis 6.4, reads.py), leadership transfer with TimeoutNow (thesis 3.10, here),
+  InstallSnapshot (chapter 5, snapshots.py) for followers that need compacted entries.
+
+Layout: `Raft` is `_State` (state.py: the fields, the outbox, the per-term reset) plus one mixin
+per role, so a role's rules read in one file and every call stays a direct method call. This module
+keeps the public API, the dispatch of inputs by role and term, the Ready cycle and the leader's
+clock. A new concern (cluster membership) gets its own module and mixin in the same way.
 
 Persistence contract (Figure 2: "updated on stable storage before responding to RPCs"):
 
 * Term and vote are durable before a vote is granted: grants, like every reply, go to
-  `Ready.messages_after_persist` (`_reply_channel`).
+  `Ready.messages_after_persist` (`_reply_channel`, state.py).
 * Entries are durable before they are acknowledged to the leader: append replies also go to
   `messages_after_persist`.
 * The leader's own AppendEntries go to `Ready.messages` and may leave before its own write
@@ -49,62 +55,33 @@ import logging
 import random
 from collections import deque
 from collections.abc import Sequence
-from enum import Enum
 
 from wiber.errors import InvariantError, WiberError
 from wiber.raft.config import RaftConfig
+from wiber.raft.election import _Election
 from wiber.raft.log import RaftLog
 from wiber.raft.messages import (
-    MAX_NUMBER,
     AppendEntries,
-    AppendEntriesReply,
     Entry,
     EntryKind,
     HardState,
     InstallSnapshot,
-    InstallSnapshotReply,
     Message,
-    ReadState,
     RequestVote,
     RequestVoteReply,
     TimeoutNow,
     describe,
 )
-from wiber.raft.progress import Progress, ProgressState
-from wiber.raft.quorum import VoteResult, committed_index, vote_result
+from wiber.raft.reads import _Reads
 from wiber.raft.ready import Ready
-from wiber.raft.storage import Compacted, LogRangeError, LogStorage
+from wiber.raft.replication import _Replication
+from wiber.raft.snapshots import _Snapshots
+from wiber.raft.state import _CANDIDATE, _FOLLOWER, _LEADER, _SEND, _SNAPSHOT, Role
+from wiber.raft.storage import LogStorage
 
 __all__ = ["ProposalDropped", "Raft", "Role"]
 
 _module_log = logging.getLogger(__name__)
-
-_PROBE = ProgressState.PROBE
-_REPLICATE = ProgressState.REPLICATE
-_SNAPSHOT = ProgressState.SNAPSHOT
-
-# Why a peer must be looked at when the outbox is flushed (see `_flush`).
-_SEND = 1  # new entries may be sendable
-_COMMIT = 2  # the commit index moved: tell it even if there is nothing else to send
-_GAP = 4  # a heartbeat reply while it lags: retry the probe / check for a lost tail
-
-# Replies wait for persistence (Figure 2); see `_reply_channel`.
-_AFTER_PERSIST = frozenset({RequestVoteReply, AppendEntriesReply, InstallSnapshotReply})
-
-
-class Role(Enum):
-    """A node's role in its current term."""
-
-    FOLLOWER = "follower"
-    PRE_CANDIDATE = "pre-candidate"
-    CANDIDATE = "candidate"
-    LEADER = "leader"
-
-
-_FOLLOWER = Role.FOLLOWER
-_PRE_CANDIDATE = Role.PRE_CANDIDATE
-_CANDIDATE = Role.CANDIDATE
-_LEADER = Role.LEADER
 
 
 class ProposalDropped(WiberError):
@@ -120,8 +97,9 @@ class ProposalDropped(WiberError):
         super().__init__(f"proposal dropped: {reason} (leader: {leader_id or 'unknown'})")
 
 
-class Raft:
-    """One node's Raft state machine (see the module docstring for the rules and the contract)."""
+class Raft(_Election, _Replication, _Reads, _Snapshots):
+    """One node's Raft state machine (see the module docstring for the rules, the contract and the
+    mixins it is made of)."""
 
     def __init__(self, config: RaftConfig, storage: LogStorage, rng: random.Random) -> None:
         """Restore a node from what `storage` holds (a crash-restart is just this).
@@ -133,7 +111,7 @@ class Raft:
         config.validate()
         self._cfg = config
         self._id = config.id
-        self._peers: tuple[str, ...] = tuple(sorted(set(config.peers) - {config.id}))
+        self._peers = tuple(sorted(set(config.peers) - {config.id}))
         self._peer_set = frozenset(self._peers)
         self._voters = config.voters
         self._quorum = len(self._voters) // 2 + 1
@@ -163,26 +141,14 @@ class Raft:
             self._term = last_term
             self._voted_for = None
         self._role = _FOLLOWER
-        self._leader_id: str | None = None
-        self._msgs: list[Message] = []
-        self._msgs_after: list[Message] = []
-        self._read_states: list[ReadState] = []
-        self._outstanding: Ready | None = None
-        # Election state.
-        self._votes: dict[str, bool] = {}
-        self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
-        self._randomized_timeout = self._draw_timeout()
-        # Leader state.
-        self._prs: dict[str, Progress] = {}
+        self._leader_id = None
+        self._msgs = []
+        self._msgs_after = []
+        self._read_states = []
+        self._outstanding = None
         self._self_match = 0
-        self._dirty: dict[str, int] = {}
-        self._transferee: str | None = None
-        self._transfer_elapsed = 0
-        self._round = 0
-        self._round_unsent = False
-        self._pending_reads: list[bytes] = []
-        self._read_queue: deque[tuple[int, int, bytes]] = deque()
+        self._read_queue = deque()
+        self._reset()  # the election and leader state: timers (the timeout drawn), votes, progress, reads
         self._logger.info("%s started as follower at term %d (commit %d, last index %d)",
                           self._id, self._term, self._log.committed, self._log.last_index())
 
@@ -481,168 +447,12 @@ class Raft:
                 self._votes[self._id] = True
                 self._check_votes()
 
-    # -- the rules that mutation tests switch off (keep each one small) -------------------------
-
-    def _log_is_up_to_date(self, last_index: int, last_term: int) -> bool:
-        """Section 5.4.1: grant a vote only to a candidate whose log is at least as up-to-date."""
-        return self._log.is_up_to_date(last_index, last_term)
-
-    def _maybe_commit(self) -> bool:
-        """Figure 2 (leaders): commit N if a majority holds N and ``log[N].term == currentTerm``.
-
-        Section 5.4.2 / Figure 8: entries of earlier terms are never committed by counting
-        replicas; they are committed indirectly, with the first entry of the current term.
-
-        Returns:
-            whether the commit index moved.
-        """
-        matches = {p: pr.match for p, pr in self._prs.items()}
-        matches[self._id] = self._self_match
-        index = committed_index(matches, self._voters)
-        log = self._log
-        if index > log.committed and log.term(index) == self._term:
-            log.commit_to(index)
-            return True
-        return False
-
-    def _reply_channel(self, msg: Message) -> list[Message]:
-        """Returns: the outbox for `msg`.
-
-        Replies — vote grants and refusals, append and snapshot acknowledgements — may only leave
-        once the term, vote and entries they vouch for are durable (Figure 2), so they go to
-        `messages_after_persist`; everything else (the leader's appends, heartbeats, TimeoutNow,
-        snapshots, vote requests) may leave before the write (thesis 10.2.1).
-        """
-        if type(msg) in _AFTER_PERSIST:
-            return self._msgs_after
-        return self._msgs
-
-    # -- common machinery -----------------------------------------------------------------------
-
-    def _send(self, msg: Message) -> None:
-        """Queue `msg` in the outbox `_reply_channel` picks."""
-        self._reply_channel(msg).append(msg)
+    # -- machinery ------------------------------------------------------------------------------
 
     def _check_idle(self, what: str) -> None:
         """Raises: InvariantError if a Ready is waiting for `advance()`."""
         if self._outstanding is not None:
             raise InvariantError(f"{self._id}: {what}() between ready() and advance()")
-
-    def _draw_timeout(self) -> int:
-        """Returns: a randomized election timeout in ``[election_ticks, 2 * election_ticks)``."""
-        et = self._cfg.election_ticks
-        return self._rng.randrange(et, 2 * et)
-
-    def _in_lease(self) -> bool:
-        """Returns: whether this node heard from a live leader within the minimum election timeout."""
-        return (self._cfg.check_quorum and self._leader_id is not None
-                and self._election_elapsed < self._cfg.election_ticks)
-
-    def _committed_in_term(self) -> bool:
-        """Returns: whether the commit index is at an entry of the current term."""
-        return self._log.term(self._log.committed) == self._term
-
-    def _reset(self) -> None:
-        """Clear per-term and per-role state (timers, votes, progress, reads, transfer)."""
-        self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
-        self._randomized_timeout = self._draw_timeout()
-        self._votes = {}
-        self._prs = {}
-        self._dirty = {}
-        self._transferee = None
-        self._transfer_elapsed = 0
-        self._round = 0
-        self._round_unsent = False
-        self._pending_reads = []
-        self._read_queue.clear()
-
-    # -- role changes ---------------------------------------------------------------------------
-
-    def _become_follower(self, term: int, leader: str | None) -> None:
-        """Become a follower of `leader` (None: unknown) at `term` (a new term clears the vote)."""
-        changed = term != self._term or self._role is not _FOLLOWER
-        if term != self._term:
-            self._term = term
-            self._voted_for = None
-        self._role = _FOLLOWER
-        self._leader_id = leader
-        self._reset()
-        if changed:
-            self._logger.info("%s became follower at term %d%s", self._id, term,
-                              f" (leader {leader})" if leader else "")
-
-    def _become_pre_candidate(self) -> None:
-        """Start a pre-vote: term and vote unchanged (thesis 9.6)."""
-        self._role = _PRE_CANDIDATE
-        self._leader_id = None
-        self._reset()
-        self._votes = {self._id: True}
-        self._logger.info("%s became pre-candidate at term %d", self._id, self._term)
-
-    def _become_candidate(self) -> None:
-        """Figure 2: increment currentTerm, vote for self (counted once durable), reset the timer."""
-        self._term += 1
-        self._voted_for = self._id
-        self._role = _CANDIDATE
-        self._leader_id = None
-        self._reset()
-        self._logger.info("%s became candidate at term %d", self._id, self._term)
-
-    def _become_leader(self) -> None:
-        """Take office: fresh progress for every peer (probing), and a NOOP entry for this term."""
-        self._role = _LEADER
-        self._leader_id = self._id
-        self._reset()
-        log = self._log
-        last = log.last_index()
-        cap = self._cfg.max_inflight
-        self._prs = {p: Progress(0, last + 1, cap) for p in self._peers}
-        self._self_match = log.stable_last_index()
-        log.append([Entry(last + 1, self._term, EntryKind.NOOP, b"")])
-        self._mark_all(_SEND)
-        self._logger.info("%s became leader at term %d", self._id, self._term)
-
-    def _campaign(self, pre: bool, force: bool) -> None:
-        """Start a pre-vote (`pre`) or an election; `force` marks a transfer's campaign."""
-        if self._term >= MAX_NUMBER:  # only forged messages get a term this high: never go past it
-            self._logger.error("%s cannot campaign: its term %d is the largest there is", self._id, self._term)
-            return
-        if pre:
-            self._become_pre_candidate()
-            term = self._term + 1
-        else:
-            self._become_candidate()
-            term = self._term
-        log = self._log
-        last_index = log.last_index()
-        last_term = log.last_term()
-        for p in self._peers:
-            self._send(RequestVote(term, self._id, p, last_index, last_term, pre, force))
-        if pre:
-            self._check_votes()
-
-    def _check_votes(self) -> None:
-        """Act on the election's outcome so far."""
-        result = vote_result(self._votes, self._voters)
-        if result is VoteResult.WON:
-            if self._role is _PRE_CANDIDATE:
-                self._campaign(pre=False, force=False)
-            else:
-                self._become_leader()
-        elif result is VoteResult.LOST:
-            self._logger.info("%s lost the %s at term %d", self._id,
-                              "pre-vote" if self._role is _PRE_CANDIDATE else "election", self._term)
-            self._become_follower(self._term, None)
-
-    # -- ticks ----------------------------------------------------------------------------------
-
-    def _tick_election(self) -> None:
-        """Followers and candidates: campaign once the randomized election timeout elapses."""
-        self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_timeout:
-            self._election_elapsed = 0
-            self._campaign(pre=self._cfg.pre_vote, force=False)
 
     def _tick_leader(self) -> None:
         """Leaders: heartbeats, CheckQuorum, the transfer timeout and the snapshot retry timer."""
@@ -657,16 +467,8 @@ class Raft:
                 self._transferee = None
         if self._election_elapsed >= cfg.election_ticks:
             self._election_elapsed = 0
-            if cfg.check_quorum:
-                active = 1 + sum(1 for pr in self._prs.values() if pr.recent_active)
-                if active < self._quorum:
-                    self._logger.info("%s stepped down at term %d: heard from %d of %d voters "
-                                      "in an election timeout", self._id, self._term, active,
-                                      len(self._voters))
-                    self._become_follower(self._term, None)
-                    return
-                for pr in self._prs.values():
-                    pr.recent_active = False
+            if cfg.check_quorum and not self._check_quorum():
+                return
         for p, pr in self._prs.items():
             if pr.state is _SNAPSHOT:
                 pr.snapshot_elapsed += 1
@@ -677,384 +479,6 @@ class Raft:
             self._heartbeat_elapsed = 0
             self._bcast_heartbeat()
 
-    # -- message handling -----------------------------------------------------------------------
-
-    def _step_stale(self, msg: Message) -> None:
-        """A message of an older term (Figure 2: "reply false if term < currentTerm").
-
-        A stale leader's append or snapshot and a stale pre-vote request are refused with our term,
-        so the sender steps down or stops waiting (with CheckQuorum this node may have advanced its
-        term in a partition and be unable to disrupt the old leader by voting). Replies and real vote
-        requests of old terms are dropped: nobody waits for an answer to them.
-        """
-        if isinstance(msg, (AppendEntries, InstallSnapshot)):
-            self._send(AppendEntriesReply(self._term, self._id, msg.frm, False, 0, 0, 0, 0))
-        elif isinstance(msg, RequestVote) and msg.pre_vote:
-            self._send(RequestVoteReply(self._term, self._id, msg.frm, False, True))
-        elif self._logger.isEnabledFor(logging.DEBUG):
-            self._logger.debug("%s ignored stale %s", self._id, describe(msg))
-
-    def _handle_vote_request(self, msg: RequestVote) -> None:
-        """Figure 2 (RequestVote receiver): grant if not voted for another in this term (and no
-        leader is known) and the candidate's log is at least as up-to-date; a pre-vote for a later
-        term is granted on the log check alone and records nothing."""
-        can_vote = (self._voted_for == msg.frm
-                    or (self._voted_for is None and self._leader_id is None)
-                    or (msg.pre_vote and msg.term > self._term))
-        if can_vote and self._log_is_up_to_date(msg.last_log_index, msg.last_log_term):
-            self._send(RequestVoteReply(msg.term, self._id, msg.frm, True, msg.pre_vote))
-            if not msg.pre_vote:
-                self._election_elapsed = 0
-                self._voted_for = msg.frm
-                self._logger.info("%s voted for %s at term %d", self._id, msg.frm, self._term)
-        else:
-            self._send(RequestVoteReply(self._term, self._id, msg.frm, False, msg.pre_vote))
-
-    def _step_follower(self, msg: Message) -> None:
-        """Followers: accept the leader's appends, snapshots and TimeoutNow."""
-        if isinstance(msg, AppendEntries):
-            self._election_elapsed = 0
-            self._leader_id = msg.frm
-            self._handle_append(msg)
-        elif isinstance(msg, InstallSnapshot):
-            self._election_elapsed = 0
-            self._leader_id = msg.frm
-            self._handle_snapshot(msg)
-        elif isinstance(msg, TimeoutNow) and msg.frm == self._leader_id:
-            self._logger.info("%s got TimeoutNow from %s at term %d: campaigning", self._id,
-                              msg.frm, self._term)
-            self._campaign(pre=False, force=True)
-
-    def _step_candidate(self, msg: Message) -> None:
-        """(Pre-)candidates: count votes; a leader's append of this term makes us its follower."""
-        if isinstance(msg, (AppendEntries, InstallSnapshot)):
-            self._become_follower(msg.term, msg.frm)
-            self._step_follower(msg)
-        elif isinstance(msg, RequestVoteReply):
-            if self._role is _PRE_CANDIDATE:
-                if not msg.pre_vote or msg.term != (self._term + 1 if msg.granted else self._term):
-                    return
-            elif msg.pre_vote:
-                return
-            self._votes.setdefault(msg.frm, msg.granted)
-            self._check_votes()
-
-    def _step_leader(self, msg: Message) -> None:
-        """Leaders: process acknowledgements."""
-        if isinstance(msg, AppendEntriesReply):
-            self._handle_append_reply(msg)
-        elif isinstance(msg, InstallSnapshotReply):
-            pr = self._prs[msg.frm]
-            pr.recent_active = True
-            if msg.match_index > self._log.last_index():
-                self._logger.warning("%s dropped %s: beyond its last index", self._id, describe(msg))
-                return
-            self._on_success(msg.frm, pr, msg.match_index)
-        elif isinstance(msg, (AppendEntries, InstallSnapshot)):
-            self._logger.error("%s dropped %s: two leaders at term %d", self._id, describe(msg), self._term)
-
-    def _handle_append(self, msg: AppendEntries) -> None:
-        """Figure 2 (AppendEntries receiver), replying after persistence."""
-        log = self._log
-        if msg.prev_index < log.committed:
-            # Older than what we know committed (a delayed or duplicated message): report our commit.
-            self._send(AppendEntriesReply(self._term, self._id, msg.frm, True, log.committed, 0, 0, msg.ctx))
-            return
-        entries = msg.entries
-        if entries and not _entries_follow(msg):
-            self._logger.warning("%s dropped %s: entries do not follow prev or exceed the term",
-                                 self._id, describe(msg))
-            return
-        if log.match_term(msg.prev_index, msg.prev_term):
-            last_new = msg.prev_index + len(entries)
-            if entries:
-                log.maybe_append(entries)
-            log.commit_to(min(msg.commit, last_new))
-            self._send(AppendEntriesReply(self._term, self._id, msg.frm, True, last_new, 0, 0, msg.ctx))
-        else:
-            conflict_index, conflict_term = self._conflict_hint(msg.prev_index)
-            self._send(AppendEntriesReply(self._term, self._id, msg.frm, False, msg.prev_index,
-                                          conflict_index, conflict_term, msg.ctx))
-
-    def _conflict_hint(self, prev_index: int) -> tuple[int, int]:
-        """Returns: (conflict_index, conflict_term) for a rejected `prev_index` (section 5.3)."""
-        log = self._log
-        last = log.last_index()
-        if prev_index > last:
-            return last + 1, 0
-        conflict_term = log.term(prev_index)
-        # The first index of conflict_term after the commit index (terms never decrease along a log).
-        lo = max(log.committed, log.first_index() - 1) + 1
-        hi = prev_index
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if log.term(mid) >= conflict_term:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo, conflict_term
-
-    def _handle_snapshot(self, msg: InstallSnapshot) -> None:
-        """Install the leader's snapshot unless the log already covers it (thesis chapter 5)."""
-        meta = msg.meta
-        log = self._log
-        if meta.term > msg.term:
-            self._logger.warning("%s dropped %s: snapshot term above the message's", self._id, describe(msg))
-            return
-        if meta.index <= log.committed:
-            self._send(InstallSnapshotReply(self._term, self._id, msg.frm, log.committed))
-            return
-        if log.match_term(meta.index, meta.term):
-            log.commit_to(meta.index)
-        else:
-            log.restore(meta, msg.data)
-            self._logger.info("%s restored snapshot %d/%d from %s at term %d", self._id, meta.term,
-                              meta.index, msg.frm, self._term)
-        self._send(InstallSnapshotReply(self._term, self._id, msg.frm, meta.index))
-
-    def _handle_append_reply(self, msg: AppendEntriesReply) -> None:
-        """Leaders: advance or back up a follower's progress; count a heartbeat round's echo."""
-        frm = msg.frm
-        pr = self._prs[frm]
-        pr.recent_active = True
-        ctx = msg.ctx
-        if ctx and pr.acked_round < ctx <= self._round:
-            pr.acked_round = ctx
-            if self._read_queue:
-                self._release_reads()
-        log = self._log
-        if msg.success:
-            if msg.match_index > log.last_index():
-                self._logger.warning("%s dropped %s: beyond its last index", self._id, describe(msg))
-                return
-            self._on_success(frm, pr, msg.match_index)
-        else:
-            self._on_reject(frm, pr, msg)
-        if ctx:
-            # A heartbeat's echo: restart a probe that may have been lost, free a full window.
-            if pr.state is _PROBE:
-                pr.probe_sent = False
-            elif pr.state is _REPLICATE and pr.inflights.full():
-                pr.inflights.free_first_one()
-            if pr.match < log.last_index() or pr.state is _PROBE:
-                self._mark(frm, _GAP)
-
-    def _on_success(self, frm: str, pr: Progress, match: int) -> None:
-        """A follower holds our log up to `match`."""
-        updated = pr.maybe_update(match)
-        state = pr.state
-        if state is _PROBE:
-            if match == pr.match:
-                pr.become_replicate()
-        elif state is _SNAPSHOT:
-            if pr.match >= pr.pending_snapshot or pr.match + 1 >= self._log.first_index():
-                pr.become_replicate()
-        elif updated:
-            pr.inflights.free_le(match)
-        if updated:
-            if self._maybe_commit():
-                self._on_commit()
-            if frm == self._transferee and pr.match == self._log.last_index():
-                self._send(TimeoutNow(self._term, self._id, frm))
-        self._mark(frm, _SEND)
-
-    def _on_reject(self, frm: str, pr: Progress, msg: AppendEntriesReply) -> None:
-        """A follower's log does not match at the rejected prev index: back up (section 5.3)."""
-        rejected = msg.match_index
-        state = pr.state
-        if msg.ctx and rejected == pr.match and msg.conflict_index <= pr.match and state is not _SNAPSHOT:
-            # A heartbeat anchored at the follower's match index was refused: within one term a
-            # follower never drops what it acknowledged, so its disk was wiped or lost. Start over
-            # from what it says it holds (a snapshot if that is compacted here).
-            self._logger.warning("%s: %s no longer holds index %d it acknowledged (data lost?); "
-                                 "resending from %d", self._id, frm, pr.match, msg.conflict_index)
-            pr.match = max(0, msg.conflict_index - 1)
-            pr.become_probe()
-            pr.probe_sent = False
-            self._mark(frm, _GAP)
-            return
-        if state is _REPLICATE:
-            if rejected <= pr.match:
-                return  # stale
-        elif state is _PROBE:
-            if rejected != pr.next - 1:
-                return  # stale: not the probe in flight
-        else:
-            return
-        if rejected > self._log.last_index():
-            return
-        nxt = max(min(self._next_from_hint(pr, rejected, msg.conflict_index, msg.conflict_term),
-                      rejected), pr.match + 1)
-        if state is _REPLICATE:
-            pr.become_probe()
-        pr.next = nxt
-        pr.probe_sent = False
-        self._mark(frm, _SEND)
-
-    def _next_from_hint(self, pr: Progress, rejected: int, conflict_index: int, conflict_term: int) -> int:
-        """Returns: where to probe next: after our last entry of the follower's conflicting term,
-        or at its conflict index when we hold no entry of that term (section 5.3)."""
-        if conflict_term == 0:
-            return conflict_index
-        log = self._log
-        lo = max(pr.match, log.first_index() - 1)
-        hi = min(rejected, log.last_index())
-        if lo > hi or log.term(lo) > conflict_term:
-            return conflict_index
-        while lo < hi:  # the last index in [lo, hi] whose term is <= conflict_term
-            mid = (lo + hi + 1) // 2
-            if log.term(mid) <= conflict_term:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo + 1 if log.term(lo) == conflict_term else conflict_index
-
-    def _on_commit(self) -> None:
-        """The leader's commit index moved: tell followers; release reads waiting for a commit."""
-        self._mark_all(_COMMIT)
-        if self._pending_reads and self._committed_in_term():
-            pending = self._pending_reads
-            self._pending_reads = []
-            for ctx in pending:
-                self._start_read(ctx)
-
-    # -- leader output --------------------------------------------------------------------------
-
-    def _mark(self, peer: str, why: int) -> None:
-        """Note that `peer` must be looked at when the outbox is flushed."""
-        self._dirty[peer] = self._dirty.get(peer, 0) | why
-
-    def _mark_all(self, why: int) -> None:
-        """Note that every peer must be looked at when the outbox is flushed."""
-        dirty = self._dirty
-        for p in self._peers:
-            dirty[p] = dirty.get(p, 0) | why
-
-    def _flush(self) -> None:
-        """Send what marked peers need: as few, as full batches as the limits allow.
-
-        Batching per flush (not per proposal) is what turns many proposals of one loop turn into
-        one AppendEntries per follower.
-        """
-        dirty = self._dirty
-        self._dirty = {}
-        if self._role is not _LEADER:
-            return
-        for peer, why in dirty.items():
-            pr = self._prs[peer]
-            sent = False
-            while self._send_append(peer, pr, False):
-                sent = True
-            if sent:
-                continue
-            if why & _GAP:
-                self._send_append(peer, pr, True)
-            elif why & _COMMIT and min(self._log.committed, pr.match) > pr.sent_commit:
-                self._send(self._empty_append(peer, pr, 0))
-
-    def _send_append(self, peer: str, pr: Progress, allow_empty: bool) -> bool:
-        """Send `peer` the next batch from its next index (or a snapshot if that is compacted).
-
-        With `allow_empty`, an empty AppendEntries at ``next - 1`` goes out when there is nothing new:
-        it is acknowledged if the follower holds everything sent, refused if a batch was lost.
-
-        Returns:
-            whether a batch with entries was sent (so another may follow).
-        """
-        if pr.is_paused():
-            return False
-        log = self._log
-        last = log.last_index()
-        nxt = pr.next
-        if nxt > last and not allow_empty:
-            return False
-        try:
-            prev_term = log.term(nxt - 1)
-            if nxt <= last:
-                cfg = self._cfg
-                entries = log.entries(nxt, min(last + 1, nxt + cfg.max_batch_entries), cfg.max_batch_bytes)
-            else:
-                entries = []
-        except Compacted:
-            self._send_snapshot(peer, pr)
-            return False
-        except LogRangeError as exc:
-            raise InvariantError(f"{self._id}: next index {nxt} of {peer} is beyond the log: {exc}") from exc
-        commit = log.committed
-        self._send(AppendEntries(self._term, self._id, peer, nxt - 1, prev_term, tuple(entries), commit, 0))
-        reach = min(commit, nxt - 1 + len(entries))
-        pr.sent_commit = max(pr.sent_commit, reach)
-        if entries:
-            pr.sent_entries(entries[-1].index)
-            return True
-        if pr.state is _PROBE:
-            pr.probe_sent = True
-        return False
-
-    def _send_snapshot(self, peer: str, pr: Progress) -> None:
-        """Send the storage's snapshot to a follower that needs compacted entries."""
-        meta, data = self._storage.snapshot()
-        if meta.index == 0:
-            raise InvariantError(f"{self._id}: the log is compacted but the storage has no snapshot")
-        pr.become_snapshot(meta.index)
-        self._send(InstallSnapshot(self._term, self._id, peer, meta, data))
-        self._logger.info("%s sent snapshot %d/%d to %s at term %d", self._id, meta.term, meta.index,
-                          peer, self._term)
-
-    def _empty_append(self, peer: str, pr: Progress, ctx: int) -> AppendEntries:
-        """Returns: a heartbeat for `peer`: no entries, anchored at its match index (which it holds,
-        so it is never refused), carrying the commit index and heartbeat round `ctx`."""
-        prev = pr.match
-        try:
-            prev_term = self._log.term(prev)
-        except LogRangeError:
-            prev, prev_term = 0, 0  # compacted: the follower answers with its own commit index
-        commit = self._log.committed
-        pr.sent_commit = max(pr.sent_commit, min(commit, prev))
-        return AppendEntries(self._term, self._id, peer, prev, prev_term, (), commit, ctx)
-
-    def _bcast_heartbeat(self) -> None:
-        """Start a new heartbeat round: every follower gets a heartbeat carrying the round number."""
-        self._round += 1
-        self._round_unsent = True
-        for p in self._peers:
-            self._send(self._empty_append(p, self._prs[p], self._round))
-
-    def _start_read(self, ctx: bytes) -> None:
-        """Queue a read at the current commit index behind a heartbeat round not yet sent."""
-        if not self._peers:
-            self._read_states.append(ReadState(self._log.committed, ctx))
-            return
-        if not self._round_unsent:
-            self._bcast_heartbeat()
-        self._read_queue.append((self._round, self._log.committed, ctx))
-
-    def _release_reads(self) -> None:
-        """Answer the reads whose heartbeat round a majority (this leader included) has echoed."""
-        rounds = {p: pr.acked_round for p, pr in self._prs.items()}
-        rounds[self._id] = self._round
-        acked = committed_index(rounds, self._voters)
-        queue = self._read_queue
-        while queue and queue[0][0] <= acked:
-            _, index, ctx = queue.popleft()
-            self._read_states.append(ReadState(index, ctx))
-
     def __repr__(self) -> str:
         return (f"Raft({self._id}, {self._role.value}, term={self._term}, leader={self._leader_id}, "
                 f"{self._log!r})")
-
-
-def _entries_follow(msg: AppendEntries) -> bool:
-    """Returns: whether the entries are numbered from ``prev_index + 1`` with terms that never
-    decrease from ``prev_term`` and never exceed the message's term."""
-    index = msg.prev_index
-    term = msg.prev_term
-    top = msg.term
-    if term > top:
-        return False
-    for e in msg.entries:
-        index += 1
-        if e.index != index or e.term < term or e.term > top:
-            return False
-        term = e.term
-    return True
