@@ -35,21 +35,19 @@ from wiber.broker import AppliedEntry, BrokerSettings, PubOp, encode_entry
 from wiber.broker.entry import EntryOp
 from wiber.clock import Clock, SyncedClock, SystemClock
 from wiber.config import Config, NodeConfig
-from wiber.errors import InvariantError, StorageError, Unavailable, WireError
+from wiber.errors import StorageError, Unavailable, WireError
 from wiber.raft import (
     EntryKind,
     InstallSnapshot,
-    MalformedMessage,
     ProposalDropped,
     Raft,
     RaftConfig,
     Ready,
     Role,
-    decode_message,
     encode_message,
 )
 from wiber.node import timesync
-from wiber.node.auth import NodeSecurity, claimed_sender
+from wiber.node.auth import NodeSecurity
 from wiber.node.checkpoints import Checkpoints
 from wiber.node.answers import Answers
 from wiber.node.clients import ClientHandlers
@@ -58,6 +56,7 @@ from wiber.node.consumers import ParkedFetches
 from wiber.node.fanout import FanOut
 from wiber.node.heap import HeapTrimmer
 from wiber.node.notices import CommitNotices
+from wiber.node.peers import PeerIntake
 from wiber.node.metrics import MetricsHttp
 from wiber.node.metrics.families import NodeMetrics
 from wiber.node.raftclock import RaftClock, ms_to_ticks
@@ -69,7 +68,6 @@ from wiber.raft.messages import Entry, Message, SnapshotMeta
 from wiber.raft.wire import MAX_FRAME_BYTES
 from wiber.storage import CorruptLog, DurableStorage, StorageFailure
 from wiber.storage.fs import OS, FileSystem
-from wiber.storage.transfer import is_transfer_frame
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +75,6 @@ log = logging.getLogger(__name__)
 PUB_HEARTBEAT_S = 0.25
 #: At most this many frames are drained from one socket per turn, so no socket starves the others.
 DRAIN_LIMIT = 10_000
-#: Peer frames whose failure is logged with its traceback; after these, every 1,000th is.
-LOGGED_FRAME_FAILURES = 20
 #: How long a stopping leader waits for its leadership transfer before it exits anyway.
 TRANSFER_GRACE_S = 0.6
 #: A follower measures its clock offset to the leader this often (docs/design.md section 5).
@@ -193,6 +189,7 @@ class Node:
         self.fanout = FanOut(self.transport.publish, self._pack)
         self.clients = ClientHandlers(self)
         self.answers = Answers(self, self._pack)
+        self.peers = PeerIntake(self)
         self.metrics = NodeMetrics(self)
         self.metrics_http: MetricsHttp | None = None
         try:
@@ -296,7 +293,7 @@ class Node:
             took = self._heap.took
             for user, frames in self.transport.recv_peers(DRAIN_LIMIT):
                 took(sum(map(len, frames)))
-                self._on_peer_frames(frames, user)
+                self.peers.on_frames(frames, user)
         if clients_ready:
             # One deadline for every request of the turn: they arrived together.
             self._turn_deadline = self.clock.monotonic() + self._request_timeout_s
@@ -344,91 +341,6 @@ class Node:
             reply = answer(request)
             if reply is not None:
                 self.transport.send_zap(reply)
-
-    def _on_peer_frames(self, frames: list[bytes], user: str | None = None) -> None:
-        """Step each Raft message of one peer frame; anything malformed from the network is dropped.
-
-        With security `user` is the node that authenticated the connection: a frame claiming
-        another sender is dropped and counted (so a node's key cannot speak for another node)."""
-        if self._storage_failure is not None:
-            return  # a node that cannot persist must not vote or acknowledge: it stays out of Raft
-        for frame in frames:
-            try:
-                self._on_peer_frame(frame, user)
-            except (StorageError, InvariantError):
-                raise  # the node's own disk or a broken invariant: stopping is the safe answer
-            except Exception:  # noqa: BLE001 - no frame from the network may end the loop
-                # A bug that input reached: the frame is dropped, counted, and its traceback logged
-                # (the fuzzer and the suite fail on it); the node goes on serving.
-                failed = self.transport.stats.peer_frames_failed = self.transport.stats.peer_frames_failed + 1
-                if failed <= LOGGED_FRAME_FAILURES or failed % 1000 == 0:  # a repeated frame must not flood the log
-                    log.error("node %s dropped a peer frame (%d bytes) whose handling failed (%d so far)", self.id,
-                              len(frame), failed, exc_info=True)
-            if self._cannot_persist():
-                return  # a staged snapshot chunk failed on our disk: nothing more from Raft
-
-    def _cannot_persist(self) -> bool:
-        """Returns: whether the node's storage failed (it then stays out of Raft)."""
-        return self._storage_failure is not None
-
-    def _on_peer_frame(self, frame: bytes, user: str | None) -> None:
-        """Handle one frame of a peer message: clock sync, snapshot transfer or a Raft message."""
-        if timesync.is_timesync(frame):
-            self._on_timesync(frame, user)
-            return
-        if is_transfer_frame(frame):
-            if user is not None:
-                claimed = claimed_sender(frame)
-                if claimed != user:
-                    self._forged(user, str(claimed), "snapshot transfer frame")
-                    return
-            try:
-                self._send_frames(self.shipping.on_frame(frame, self.raft.leader_id, self.raft.term))
-            except OSError as exc:  # our disk refused a staged chunk: ours to fix, never the peer's
-                self._on_storage_failure(StorageFailure(f"staging a snapshot from the leader failed: {exc}"))
-                return
-            self._step_completed_snapshot()
-            return
-        try:
-            msg = decode_message(frame, self._peer_frame_limit)
-        except MalformedMessage as exc:
-            log.warning("node %s dropped a malformed peer message: %s", self.id, exc)
-            return
-        if user is not None and msg.frm != user:
-            self._forged(user, msg.frm, type(msg).__name__)
-            return
-        if msg.to != self.id or msg.frm not in self._peer_contact:
-            log.debug("node %s dropped a message %s -> %s", self.id, msg.frm, msg.to)
-            return
-        if isinstance(msg, InstallSnapshot):  # snapshots arrive as files (shipping), never as one message
-            log.warning("node %s dropped an InstallSnapshot message from %s: snapshots are streamed as files",
-                        self.id, msg.frm)
-            return
-        self._peer_contact[msg.frm] = self.clock.monotonic()
-        self.raft.step(msg)
-
-    def _forged(self, user: str, claimed: str, what: str) -> None:
-        assert self.security is not None
-        self.security.forged(self.id, user, claimed, what)
-
-    def _on_timesync(self, frame: bytes, user: str | None = None) -> None:
-        """Answer a follower's clock probe, or take a sample from the leader's answer."""
-        received = self.clock.wall()
-        try:
-            sender, t1, t2, t3 = timesync.parse(frame)
-        except ValueError as exc:
-            log.debug("node %s dropped a bad clock-sync frame: %s", self.id, exc)
-            return
-        if user is not None and sender != user:
-            self._forged(user, sender, "clock-sync frame")
-            return
-        if sender not in self._peer_contact:
-            return
-        if t2 is None or t3 is None:
-            now = self.synced.now()
-            self._outbox.setdefault(sender, []).append(timesync.reply(self.id, t1, now, now))
-        elif sender == self.raft.leader_id and self.raft.role is not Role.LEADER:
-            self.synced.estimator.add(t1, t2, t3, received)
 
     def _queue(self, messages: list[Message]) -> None:
         for msg in messages:
