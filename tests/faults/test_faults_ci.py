@@ -49,7 +49,7 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> CampaignResult:
     seed = int(os.environ.get("WIBER_FAULTS_SEED", "7"))
     spec = CampaignSpec(
         nodes=3, seed=seed, schedule=SCHEDULE, netns=os.environ.get("WIBER_FAULTS_NO_NETNS", "") in ("", "0"),
-        hold_s=(2.0, 3.0), quiet_s=(1.0, 1.5), tail_s=3.0,
+        hold_s=(1.5, 2.2), quiet_s=(0.8, 1.2), tail_s=3.0,
         healthy_timeout_s=15.0, settings=SETTINGS,
         workload=WorkloadSpec(publishers=3, pipelined=1, readers=2, topics=("t0", "t1", "t2"),
                               subscribed=("t0", "t1"), pace_s=0.02, max_seconds=280.0, seed=seed),

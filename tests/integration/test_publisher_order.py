@@ -357,8 +357,8 @@ def test_a_starved_publisher_keeps_the_order_across_leader_changes(
                 cluster.signal(old, signal.SIGCONT)
             stop.wait(0.5)
 
-    # The publisher runs 1 ms in every 31: its bursts reach a node over many of the node's loop turns.
-    threads = [threading.Thread(target=pause_resume, args=(worker.pid, stop, 0.001, 0.030), daemon=True),
+    # The publisher runs 2 ms in every 22: its bursts reach a node over many of the node's loop turns.
+    threads = [threading.Thread(target=pause_resume, args=(worker.pid, stop, 0.002, 0.020), daemon=True),
                threading.Thread(target=change_leaders, daemon=True)]
     for thread in threads:
         thread.start()

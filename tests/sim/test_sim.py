@@ -1,6 +1,6 @@
 """Seeded whole-cluster simulations of the Raft core (docs/design.md section 6.2).
 
-* `test_seed[sN]`: `WIBER_SIM_SEEDS` seeds (default 500; even seeds run 3 nodes, odd seeds 5) of
+* `test_seed[sN]`: `WIBER_SIM_SEEDS` seeds (default 300; even seeds run 3 nodes, odd seeds 5) of
   `WIBER_SIM_STEPS` steps (default `SIM_STEPS`, a median of about 1,200 ticks) of random faults
   and workload (`chaos.SIM`), safety checked after every step, then liveness after healing. The
   seeds start at a new offset every run (`chaos.seed_offset`, printed in pytest's header; set
@@ -24,7 +24,7 @@ from .chaos import SIM, SIM_STEPS, cluster_for, env_int, failure_line, replay_co
 from .mutations import MUTATIONS, mutated
 from .replay import main as replay_main
 
-SEEDS = env_int("WIBER_SIM_SEEDS", 500)
+SEEDS = env_int("WIBER_SIM_SEEDS", 300)
 STEPS = env_int("WIBER_SIM_STEPS", SIM_STEPS)
 WIRE_SEEDS = 12
 OFFSET = seed_offset()

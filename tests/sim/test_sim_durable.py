@@ -2,8 +2,8 @@
 crashing at file operations of its writes (``Cluster(storage="durable")``, `tests/sim/durable.py`;
 the runs and the storage mutants live in `tests/sim/on_disk.py`).
 
-* `test_seed_on_disk[sN]`: `WIBER_SIM_DURABLE_SEEDS` seeds (default `SEEDS`) with the same faults
-  and workload as `test_sim.py`, safety checked after every step, liveness after healing, but every
+* `test_seed_on_disk[sN]`: `WIBER_SIM_DURABLE_SEEDS` seeds (default `SEEDS`), from the per-run seed
+  offset of `test_sim.py` (past its own seeds), with the same faults and workload as `test_sim.py`, safety checked after every step, liveness after healing, but every
   crash a power loss (what was not fsynced is gone) and every restart `DurableStorage`'s recovery.
   A failure is one line ending with the command that replays the seed (``python -m tests.sim.replay
   --durable``).
@@ -23,13 +23,16 @@ from collections import Counter
 import pytest
 
 
-from .chaos import DEFAULT_STEPS, env_int, failure_line, replay_command
+from .chaos import DEFAULT_STEPS, env_int, failure_line, replay_command, seed_offset
 from .durable import APPEND, COMPACTION, HARD_STATE, SNAPSHOT_INSTALL
 from .invariants import InvariantViolation
 from .on_disk import STORAGE_MUTANTS, cluster_on_disk, run_on_disk, storage_mutated
 from .replay import main as replay_main
 
-SEEDS = env_int("WIBER_SIM_DURABLE_SEEDS", 500)
+#: Each run draws new seeds (the offset), so runs add up; `make faults` adds long ones.
+SEEDS = env_int("WIBER_SIM_DURABLE_SEEDS", 300)
+#: Past `test_sim.py`'s seeds, so that one run does not spend both on the same ones.
+OFFSET = seed_offset() + 10_000
 STEPS = env_int("WIBER_SIM_STEPS", DEFAULT_STEPS)
 
 
@@ -41,7 +44,7 @@ def run_on_disk_or_fail(seed: int, storage_mutant: str | None = None) -> None:
         pytest.fail(failure_line(seed, STEPS, exc, durable=True, storage_mutant=storage_mutant), pytrace=False)
 
 
-@pytest.mark.parametrize("seed", range(SEEDS), ids=lambda s: f"s{s}")
+@pytest.mark.parametrize("seed", range(OFFSET, OFFSET + SEEDS), ids=lambda s: f"s{s}")
 def test_seed_on_disk(seed: int) -> None:
     """Safety after every step and liveness after healing, for one seed on durable storage."""
     run_on_disk_or_fail(seed)
