@@ -490,7 +490,7 @@ class Node:
                 continue
             self.applied_index = entry.index
             self.checkpoints.applied_bytes += len(entry.data)
-            if entry.kind is EntryKind.NOOP:
+            if entry.kind is not EntryKind.NORMAL:  # a leader's NOOP, or a membership change (the core's)
                 self.broker.apply_noop(entry.index)
                 applied = _NOTHING_APPLIED
             else:

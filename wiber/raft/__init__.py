@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from wiber.raft.config import RaftConfig
 from wiber.raft.core import ProposalDropped, Raft, Role
+from wiber.raft.membership import ChangeKind, ConfChange, Membership, MembershipError
 from wiber.raft.messages import (
     AppendEntries,
     AppendEntriesReply,
@@ -36,6 +37,10 @@ from wiber.raft.storage import Compacted, EntryUnavailable, LogRangeError, LogSt
 from wiber.raft.wire import MalformedMessage, decode_message, encode_message
 
 __all__ = [
+    "ChangeKind",
+    "ConfChange",
+    "Membership",
+    "MembershipError",
     "AppendEntries",
     "AppendEntriesReply",
     "Compacted",

@@ -16,7 +16,16 @@ class RaftConfig:
 
     Fields:
         id: this node's id.
-        peers: the other voters' ids (the node's own id may be listed too; it is ignored).
+        peers: the other voters' ids (the node's own id may be listed too; it is ignored): the
+            membership as of the snapshot in storage (or of a new cluster); CONFIG entries in the
+            log after it change it (`wiber.raft.membership`).
+        learners: the learners of that membership (they receive the log but do not vote).
+        empty_listen_ticks: how long a node that started with an empty log (and not `join`) listens
+            before it grants a vote: a live leader's heartbeats show it within an election timeout
+            whether the cluster has a history its disk lacks (wiber/raft/reconfig.py). None means
+            `election_ticks`; 0 turns the wait off (hand-driven tests that tick one node only).
+        join: this node joins an existing cluster with an empty log: it knows no membership until
+            the leader's log or snapshot tells it, so it never campaigns or votes before.
         election_ticks: the election timeout; each follower draws its own from
             ``[election_ticks, 2 * election_ticks)``. CheckQuorum and the leader lease use it as is.
         heartbeat_ticks: a leader sends heartbeats this often; must be below election_ticks.
@@ -34,6 +43,7 @@ class RaftConfig:
 
     id: str
     peers: tuple[str, ...]
+    learners: tuple[str, ...] = ()
     election_ticks: int = 30
     heartbeat_ticks: int = 5
     max_inflight: int = 64
@@ -41,6 +51,8 @@ class RaftConfig:
     max_batch_entries: int = 10_000
     pre_vote: bool = True
     check_quorum: bool = True
+    join: bool = False
+    empty_listen_ticks: int | None = None
     logger: logging.Logger | None = None
 
     def validate(self) -> None:
@@ -57,6 +69,12 @@ class RaftConfig:
             raise ValueError(f"RaftConfig.peers must be a tuple of node id strings, got {self.peers!r}")
         if len(set(self.peers)) != len(self.peers):
             raise ValueError(f"RaftConfig.peers lists an id twice: {self.peers!r}")
+        if not isinstance(self.learners, tuple) or not all(isinstance(p, str) and p and len(p) <= 255
+                                                           for p in self.learners):
+            raise ValueError(f"RaftConfig.learners must be a tuple of node id strings, got {self.learners!r}")
+        both = set(self.learners) & set(self.voters)
+        if both:
+            raise ValueError(f"RaftConfig.learners and the voters share ids: {sorted(both)}")
         for name in ("election_ticks", "heartbeat_ticks", "max_inflight", "max_batch_bytes",
                      "max_batch_entries"):
             value = getattr(self, name)
@@ -69,7 +87,11 @@ class RaftConfig:
             raise ValueError(
                 f"RaftConfig.heartbeat_ticks ({self.heartbeat_ticks}) must be below election_ticks "
                 f"({self.election_ticks}); use an election timeout of about 10 heartbeats")
-        for name in ("pre_vote", "check_quorum"):
+        if self.empty_listen_ticks is not None and (type(self.empty_listen_ticks) is not int
+                                                    or self.empty_listen_ticks < 0):
+            raise ValueError(f"RaftConfig.empty_listen_ticks must be None or an integer >= 0, "
+                             f"got {self.empty_listen_ticks!r}")
+        for name in ("pre_vote", "check_quorum", "join"):
             if type(getattr(self, name)) is not bool:
                 raise ValueError(f"RaftConfig.{name} must be True or False")
         if self.logger is not None and not isinstance(self.logger, logging.Logger):

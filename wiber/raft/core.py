@@ -60,6 +60,7 @@ from wiber.errors import InvariantError, WiberError
 from wiber.raft.config import RaftConfig
 from wiber.raft.election import _Election
 from wiber.raft.log import RaftLog
+from wiber.raft.membership import ConfChange, Membership
 from wiber.raft.messages import (
     AppendEntries,
     Entry,
@@ -73,6 +74,7 @@ from wiber.raft.messages import (
     describe,
 )
 from wiber.raft.reads import _Reads
+from wiber.raft.reconfig import _Reconfig
 from wiber.raft.ready import Ready
 from wiber.raft.replication import _Replication
 from wiber.raft.snapshots import _Snapshots
@@ -97,7 +99,7 @@ class ProposalDropped(WiberError):
         super().__init__(f"proposal dropped: {reason} (leader: {leader_id or 'unknown'})")
 
 
-class Raft(_Election, _Replication, _Reads, _Snapshots):
+class Raft(_Election, _Replication, _Reads, _Snapshots, _Reconfig):
     """One node's Raft state machine (see the module docstring for the rules, the contract and the
     mixins it is made of)."""
 
@@ -111,10 +113,6 @@ class Raft(_Election, _Replication, _Reads, _Snapshots):
         config.validate()
         self._cfg = config
         self._id = config.id
-        self._peers = tuple(sorted(set(config.peers) - {config.id}))
-        self._peer_set = frozenset(self._peers)
-        self._voters = config.voters
-        self._quorum = len(self._voters) // 2 + 1
         self._storage = storage
         self._rng = rng
         self._logger = config.logger if config.logger is not None else _module_log
@@ -149,6 +147,15 @@ class Raft(_Election, _Replication, _Reads, _Snapshots):
         self._self_match = 0
         self._read_queue = deque()
         self._reset()  # the election and leader state: timers (the timeout drawn), votes, progress, reads
+        base = Membership(frozenset(), frozenset()) if config.join else Membership.of(config.voters,
+                                                                                       config.learners)
+        self._init_membership(base, snap.index)
+        self._fresh = (not config.join and snap.index == 0 and self._log.last_index() == 0
+                       and hard_state.term == 0)
+        self._history_seen = False
+        self._listened = 0
+        listen = config.empty_listen_ticks
+        self._listen_ticks = config.election_ticks if listen is None else listen
         self._logger.info("%s started as follower at term %d (commit %d, last index %d)",
                           self._id, self._term, self._log.committed, self._log.last_index())
 
@@ -221,6 +228,8 @@ class Raft(_Election, _Replication, _Reads, _Snapshots):
     def tick(self) -> None:
         """Advance time by one tick: election timeout, heartbeats, CheckQuorum, transfer timeout."""
         self._check_idle("tick")
+        if self._fresh:
+            self._listened += 1
         if self._role is _LEADER:
             self._tick_leader()
         else:
@@ -235,12 +244,16 @@ class Raft(_Election, _Replication, _Reads, _Snapshots):
         self._check_idle("step")
         frm = msg.frm
         debug = self._logger.isEnabledFor(logging.DEBUG)
-        if msg.to != self._id or frm not in self._peer_set:
+        if msg.to != self._id or frm not in self._known:
             if debug:
                 self._logger.debug("%s dropped %s: not addressed to it from a peer", self._id, describe(msg))
             return
         if debug:
             self._logger.debug("%s got %s", self._id, describe(msg))
+        if isinstance(msg, RequestVote) and self._ignores_vote_request(msg):
+            if debug:
+                self._logger.debug("%s ignored %s: not a voter here", self._id, describe(msg))
+            return
         term = msg.term
         if term > self._term:
             if isinstance(msg, RequestVote):
@@ -339,7 +352,7 @@ class Raft(_Election, _Replication, _Reads, _Snapshots):
                     target = p
         elif target == self._id:
             return
-        elif target not in self._peer_set:
+        elif target not in self._voter_set:
             raise ValueError(f"cannot transfer leadership to {target!r}: not a voter of this cluster")
         if target == self._transferee:
             return
@@ -353,6 +366,25 @@ class Raft(_Election, _Replication, _Reads, _Snapshots):
             self._send(TimeoutNow(self._term, self._id, target))
         else:
             self._mark(target, _SEND)
+
+    @property
+    def membership(self) -> Membership:
+        """The membership this node follows: the newest in its log, committed or not."""
+        return self._membership
+
+    def propose_change(self, change: ConfChange) -> int:
+        """Start a single-server membership change (thesis 4.1): add a learner, promote one (the
+        leader also promotes learners by itself once they caught up), or remove a member. A leader
+        that removes itself hands leadership over once the change commits.
+
+        Returns:
+            the index of the CONFIG entry; the change is done when that index is committed.
+        Raises:
+            MembershipError: not the leader, a change is still in progress, the leader has not yet
+                committed an entry of its term, or the change does not fit (the message says which).
+        """
+        self._check_idle("propose_change")
+        return self._propose_change(change)
 
     # -- outputs --------------------------------------------------------------------------------
 
@@ -467,6 +499,11 @@ class Raft(_Election, _Replication, _Reads, _Snapshots):
                 self._transferee = None
         if self._election_elapsed >= cfg.election_ticks:
             self._election_elapsed = 0
+            if self._id not in self._voter_set and self._conf_index() <= self._log.committed:
+                self._logger.info("%s stepped down at term %d: it left the cluster, and no voter caught up "
+                                  "for a handover", self._id, self._term)
+                self._become_follower(self._term, None)
+                return
             if cfg.check_quorum and not self._check_quorum():
                 return
         for p, pr in self._prs.items():

@@ -70,11 +70,12 @@ class _Election(_State):
         """Take office: fresh progress for every peer (probing), and a NOOP entry for this term."""
         self._role = _LEADER
         self._leader_id = self._id
+        self._fresh = False  # its log now holds an entry of its term (reconfig.py's rule for empty nodes)
         self._reset()
         log = self._log
         last = log.last_index()
         cap = self._cfg.max_inflight
-        self._prs = {p: Progress(0, last + 1, cap) for p in self._peers}
+        self._prs = {p: Progress(0, last + 1, cap) for p in self._replicas}
         self._self_match = log.stable_last_index()
         log.append([Entry(last + 1, self._term, EntryKind.NOOP, b"")])
         self._mark_all(_SEND)
@@ -120,7 +121,8 @@ class _Election(_State):
         self._election_elapsed += 1
         if self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
-            self._campaign(pre=self._cfg.pre_vote, force=False)
+            if self._id in self._voter_set:  # learners, joining and removed nodes never campaign
+                self._campaign(pre=self._cfg.pre_vote, force=False)
 
     def _in_lease(self) -> bool:
         """Returns: whether this node heard from a live leader within the minimum election timeout."""
@@ -134,7 +136,8 @@ class _Election(_State):
         Returns:
             whether this node is still leader (each follower's activity is then cleared for the next).
         """
-        active = 1 + sum(1 for pr in self._prs.values() if pr.recent_active)
+        prs = self._prs
+        active = (self._id in self._voter_set) + sum(1 for p in self._peers if prs[p].recent_active)
         if active < self._quorum:
             self._logger.info("%s stepped down at term %d: heard from %d of %d voters "
                               "in an election timeout", self._id, self._term, active,
@@ -166,6 +169,9 @@ class _Election(_State):
         """Figure 2 (RequestVote receiver): grant if not voted for another in this term (and no
         leader is known) and the candidate's log is at least as up-to-date; a pre-vote for a later
         term is granted on the log check alone and records nothing."""
+        if self._refuses_votes(msg):
+            self._send(RequestVoteReply(self._term, self._id, msg.frm, False, msg.pre_vote))
+            return
         can_vote = (self._voted_for == msg.frm
                     or (self._voted_for is None and self._leader_id is None)
                     or (msg.pre_vote and msg.term > self._term))

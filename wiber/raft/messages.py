@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Union
 
+from wiber.raft.membership import Membership
+
 __all__ = [
     "ENTRY_OVERHEAD",
     "MAX_ENTRIES_PER_MESSAGE",
@@ -56,10 +58,13 @@ __all__ = [
 
 
 class EntryKind(IntEnum):
-    """What an entry carries: an application command, or the leader's empty start-of-term entry."""
+    """What an entry carries: an application command, the leader's empty start-of-term entry, or a
+    new cluster membership."""
 
     NORMAL = 0
     NOOP = 1
+    CONFIG = 2
+    """A membership change: the data is the whole new membership (`wiber.raft.membership`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +188,8 @@ class InstallSnapshot:
     to: str
     meta: SnapshotMeta
     data: bytes
+    membership: Membership | None = None
+    """The membership as of `meta.index` (None: the receiver keeps the one its log says)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,11 +35,13 @@ class _Replication(_State):
             self._election_elapsed = 0
             self._leader_id = msg.frm
             self._handle_append(msg)
+            if self._fresh:
+                self._note_history(msg)
         elif isinstance(msg, InstallSnapshot):
             self._election_elapsed = 0
             self._leader_id = msg.frm
             self._handle_snapshot(msg)
-        elif isinstance(msg, TimeoutNow) and msg.frm == self._leader_id:
+        elif isinstance(msg, TimeoutNow) and msg.frm == self._leader_id and self._id in self._voter_set:
             self._logger.info("%s got TimeoutNow from %s at term %d: campaigning", self._id,
                               msg.frm, self._term)
             self._campaign(pre=False, force=True)
@@ -60,6 +62,7 @@ class _Replication(_State):
             last_new = msg.prev_index + len(entries)
             if entries:
                 log.maybe_append(entries)
+                self._conf_after_append(entries)
             log.commit_to(min(msg.commit, last_new))
             self._send(AppendEntriesReply(self._term, self._id, msg.frm, True, last_new, 0, 0, msg.ctx))
         else:
@@ -99,7 +102,9 @@ class _Replication(_State):
     def _handle_append_reply(self, msg: AppendEntriesReply) -> None:
         """Leaders: advance or back up a follower's progress; count a heartbeat round's echo."""
         frm = msg.frm
-        pr = self._prs[frm]
+        pr = self._prs.get(frm)
+        if pr is None:
+            return  # no longer a member
         pr.recent_active = True
         ctx = msg.ctx
         if ctx and pr.acked_round < ctx <= self._round:
@@ -141,6 +146,10 @@ class _Replication(_State):
             if frm == self._transferee and pr.match == self._log.last_index():
                 self._send(TimeoutNow(self._term, self._id, frm))
         self._mark(frm, _SEND)
+        if frm not in self._voter_set:
+            self._maybe_promote(frm, pr)
+        if self._id not in self._voter_set:
+            self._leave_if_removed()
 
     def _on_reject(self, frm: str, pr: Progress, msg: AppendEntriesReply) -> None:
         """A follower's log does not match at the rejected prev index: back up (section 5.3)."""
@@ -215,6 +224,10 @@ class _Replication(_State):
     def _on_commit(self) -> None:
         """The leader's commit index moved: tell followers; release reads waiting for a commit."""
         self._mark_all(_COMMIT)
+        if self._id not in self._voter_set:
+            self._leave_if_removed()
+            if self._role is not _LEADER:
+                return
         if self._pending_reads and self._committed_in_term():
             pending = self._pending_reads
             self._pending_reads = []
@@ -300,7 +313,7 @@ class _Replication(_State):
         """Start a new heartbeat round: every follower gets a heartbeat carrying the round number."""
         self._round += 1
         self._round_unsent = True
-        for p in self._peers:
+        for p in self._replicas:
             self._send(self._empty_append(p, self._prs[p], self._round))
 
 

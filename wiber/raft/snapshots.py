@@ -30,13 +30,16 @@ class _Snapshots(_State):
             log.commit_to(meta.index)
         else:
             log.restore(meta, msg.data)
+            self._conf_restore(meta.index, msg.membership)
             self._logger.info("%s restored snapshot %d/%d from %s at term %d", self._id, meta.term,
                               meta.index, msg.frm, self._term)
         self._send(InstallSnapshotReply(self._term, self._id, msg.frm, meta.index))
 
     def _handle_snapshot_reply(self, msg: InstallSnapshotReply) -> None:
         """Leaders: the follower holds our log up to the snapshot it installed (or its commit index)."""
-        pr = self._prs[msg.frm]
+        pr = self._prs.get(msg.frm)
+        if pr is None:
+            return  # no longer a member
         pr.recent_active = True
         if msg.match_index > self._log.last_index():
             self._logger.warning("%s dropped %s: beyond its last index", self._id, describe(msg))
@@ -49,6 +52,6 @@ class _Snapshots(_State):
         if meta.index == 0:
             raise InvariantError(f"{self._id}: the log is compacted but the storage has no snapshot")
         pr.become_snapshot(meta.index)
-        self._send(InstallSnapshot(self._term, self._id, peer, meta, data))
+        self._send(InstallSnapshot(self._term, self._id, peer, meta, data, self.membership_at(meta.index)))
         self._logger.info("%s sent snapshot %d/%d to %s at term %d", self._id, meta.term, meta.index,
                           peer, self._term)

@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING
 
 from wiber.raft.config import RaftConfig
 from wiber.raft.log import RaftLog
+from wiber.raft.membership import Membership
 from wiber.raft.messages import (
+    AppendEntries,
     AppendEntriesReply,
+    Entry,
     HardState,
     InstallSnapshot,
     InstallSnapshotReply,
     Message,
     ReadState,
+    RequestVote,
     RequestVoteReply,
 )
 from wiber.raft.progress import Progress, ProgressState
@@ -66,9 +70,20 @@ class _State:
     _cfg: RaftConfig
     _id: str
     _peers: tuple[str, ...]  # the other voters, sorted
-    _peer_set: frozenset[str]
-    _voters: tuple[str, ...]  # every voter, this node included
+    _replicas: tuple[str, ...]  # the other members (voters and learners), sorted: who gets the log
+    _known: frozenset[str]  # whose messages are taken: the configured peers and every member
+    _voters: tuple[str, ...]  # every voter, this node included if it is one
+    _voter_set: frozenset[str]
     _quorum: int
+    # Membership (reconfig.py): the base (a snapshot's, or the configured one) and the CONFIG
+    # entries after it, (index, term, membership); the newest is followed.
+    _membership: Membership
+    _conf_base: tuple[int, Membership]
+    _conf_log: list[tuple[int, int, Membership]]
+    _fresh: bool  # started with an empty log, not joining: votes only once caught up
+    _history_seen: bool  # ... and a leader showed that the cluster has history
+    _listened: int  # ... ticks since it started (it votes only after `_listen_ticks` of them)
+    _listen_ticks: int
     _storage: LogStorage
     _rng: random.Random
     _logger: logging.Logger
@@ -111,6 +126,19 @@ class _State:
         def _handle_snapshot(self, msg: InstallSnapshot) -> None: ...
         def _handle_snapshot_reply(self, msg: InstallSnapshotReply) -> None: ...
         def _send_snapshot(self, peer: str, pr: Progress) -> None: ...
+        def _become_follower(self, term: int, leader: str | None) -> None: ...
+        def _maybe_commit(self) -> bool: ...
+        def _on_commit(self) -> None: ...
+        def _set_membership(self, membership: Membership) -> None: ...
+        def _conf_after_append(self, entries: tuple[Entry, ...] | list[Entry]) -> None: ...
+        def _conf_restore(self, index: int, membership: Membership | None) -> None: ...
+        def _conf_index(self) -> int: ...
+        def membership_at(self, index: int) -> Membership: ...
+        def _maybe_promote(self, peer: str, pr: Progress) -> None: ...
+        def _leave_if_removed(self) -> None: ...
+        def _ignores_vote_request(self, msg: RequestVote) -> bool: ...
+        def _refuses_votes(self, msg: RequestVote) -> bool: ...
+        def _note_history(self, msg: AppendEntries) -> None: ...
 
     # -- outbox ---------------------------------------------------------------------------------
 
@@ -140,7 +168,7 @@ class _State:
     def _mark_all(self, why: int) -> None:
         """Note that every peer must be looked at when the outbox is flushed."""
         dirty = self._dirty
-        for p in self._peers:
+        for p in self._replicas:
             dirty[p] = dirty.get(p, 0) | why
 
     # -- per-term state -------------------------------------------------------------------------

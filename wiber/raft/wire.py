@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from wiber.raft.membership import decode_membership
 from wiber.raft.messages import (
     MAX_ENTRIES_PER_MESSAGE,
     MAX_NUMBER,
@@ -56,7 +57,8 @@ _TIMEOUT_NOW = 5
 _INSTALL_SNAPSHOT = 6
 _INSTALL_SNAPSHOT_REPLY = 7
 
-_KINDS = (EntryKind.NORMAL, EntryKind.NOOP)
+_KINDS = (EntryKind.NORMAL, EntryKind.NOOP, EntryKind.CONFIG)
+_CONFIG = int(EntryKind.CONFIG)
 
 
 class MalformedMessage(ValueError):
@@ -94,6 +96,8 @@ def encode_message(msg: Message) -> bytes:
         body = [_TIMEOUT_NOW, msg.term, msg.frm, msg.to]
     elif isinstance(msg, InstallSnapshot):
         body = [_INSTALL_SNAPSHOT, msg.term, msg.frm, msg.to, msg.meta.index, msg.meta.term, msg.data]
+        if msg.membership is not None:
+            body.append(msg.membership.encode())
     elif isinstance(msg, InstallSnapshotReply):
         body = [_INSTALL_SNAPSHOT_REPLY, msg.term, msg.frm, msg.to, msg.match_index]
     else:
@@ -183,7 +187,7 @@ def _build(obj: Any) -> Message:
     tag = obj[0]
     if type(tag) is not int or tag not in _ARITY:
         raise MalformedMessage("unknown message type")
-    if len(obj) != _ARITY[tag]:
+    if len(obj) != _ARITY[tag] and not (tag == _INSTALL_SNAPSHOT and len(obj) == 8):  # (+ membership)
         raise MalformedMessage(f"message type {tag} needs {_ARITY[tag]} fields, got {len(obj)}")
     term = _int(obj[1], "term")
     frm = _id(obj[2], "frm")
@@ -205,10 +209,15 @@ def _build(obj: Any) -> Message:
             e_term, e_kind, e_data = flat[k], flat[k + 1], flat[k + 2]
             if type(e_term) is not int or not 0 <= e_term <= MAX_NUMBER:
                 raise MalformedMessage("entry term must be an integer from 0 to 2**63 - 1")
-            if type(e_kind) is not int or not 0 <= e_kind < 2:
-                raise MalformedMessage("entry kind must be 0 or 1")
+            if type(e_kind) is not int or not 0 <= e_kind < len(kinds):
+                raise MalformedMessage("entry kind must be 0 (normal), 1 (noop) or 2 (config)")
             if type(e_data) is not bytes:
                 raise MalformedMessage("entry data must be bytes")
+            if e_kind == _CONFIG:
+                try:
+                    decode_membership(e_data)
+                except ValueError as exc:
+                    raise MalformedMessage(f"a CONFIG entry's data: {exc}") from None
             index += 1
             entries.append(Entry(index, e_term, kinds[e_kind], e_data))
         return AppendEntries(term, frm, to, prev_index, prev_term, tuple(entries),
@@ -226,5 +235,11 @@ def _build(obj: Any) -> Message:
         return TimeoutNow(term, frm, to)
     if tag == _INSTALL_SNAPSHOT:
         meta = SnapshotMeta(_int(obj[4], "snapshot index"), _int(obj[5], "snapshot term"))
-        return InstallSnapshot(term, frm, to, meta, _bytes(obj[6], "snapshot data"))
+        membership = None
+        if len(obj) > 7:
+            try:
+                membership = decode_membership(_bytes(obj[7], "snapshot membership"))
+            except ValueError as exc:
+                raise MalformedMessage(f"snapshot membership: {exc}") from None
+        return InstallSnapshot(term, frm, to, meta, _bytes(obj[6], "snapshot data"), membership)
     return InstallSnapshotReply(term, frm, to, _int(obj[4], "match_index"))

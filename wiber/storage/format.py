@@ -25,7 +25,7 @@ the file name, and each next record's index is one more::
     4       4     crc      u32   crc32 of the payload
     8       8     index    u64  -+
     16      8     term     u64   |  payload
-    24      1     kind     u8    |  (EntryKind: 0 NORMAL, 1 NOOP)
+    24      1     kind     u8    |  (EntryKind: 0 NORMAL, 1 NOOP, 2 CONFIG)
     25      n     data           -+ (n = length - 17)
 
 A record is valid when its header is complete, ``17 <= length``, the payload is complete, the crc

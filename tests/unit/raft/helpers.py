@@ -47,6 +47,9 @@ class Node:
                  seed: int = 0, **settings: Any) -> None:
         settings.setdefault("election_ticks", 10)
         settings.setdefault("heartbeat_ticks", 1)
+        # These tests tick one node to make it campaign; the others, "fresh" with empty logs, would
+        # wait an election timeout before voting (tests/unit/raft/test_reconfig.py tests that wait).
+        settings.setdefault("empty_listen_ticks", 0)
         self.config = RaftConfig(node_id, tuple(i for i in ids if i != node_id), **settings)
         self.storage = storage if storage is not None else MemoryStorage()
         self.seed = seed

@@ -24,6 +24,7 @@ from wiber.raft.messages import (
     TimeoutNow,
 )
 from wiber.raft import wire
+from wiber.raft.membership import Membership
 from wiber.raft.wire import MAX_FRAME_BYTES, MalformedMessage, decode_message, encode_message
 
 ids = st.text(min_size=1, max_size=12)
@@ -31,12 +32,22 @@ nat = st.integers(0, 2**63 - 1)
 small = st.integers(0, 10_000)
 
 
+memberships = st.builds(Membership.of, st.sets(ids, min_size=1, max_size=5), st.sets(ids, max_size=3)).filter(
+    lambda m: not m.voters & m.learners)
+
+
+def memberships_data(draw: st.DrawFn) -> bytes:
+    """Returns: a CONFIG entry's data (a valid membership: the decoder refuses anything else)."""
+    return draw(memberships).encode()
+
+
 @st.composite
 def append_entries(draw: st.DrawFn) -> AppendEntries:
     prev = draw(small)
     terms = draw(st.lists(small, max_size=20))
-    entries = tuple(Entry(prev + 1 + k, t, draw(st.sampled_from(EntryKind)), draw(st.binary(max_size=30)))
-                    for k, t in enumerate(terms))
+    entries = tuple(Entry(prev + 1 + k, t, kind, memberships_data(draw) if kind is EntryKind.CONFIG
+                          else draw(st.binary(max_size=30)))
+                    for k, t in enumerate(terms) for kind in (draw(st.sampled_from(EntryKind)),))
     return AppendEntries(draw(nat), draw(ids), draw(ids), prev, draw(nat), entries, draw(nat), draw(nat))
 
 
@@ -46,7 +57,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
     append_entries(),
     st.builds(AppendEntriesReply, nat, ids, ids, st.booleans(), nat, nat, nat, nat),
     st.builds(TimeoutNow, nat, ids, ids),
-    st.builds(InstallSnapshot, nat, ids, ids, st.builds(SnapshotMeta, nat, nat), st.binary(max_size=100)),
+    st.builds(InstallSnapshot, nat, ids, ids, st.builds(SnapshotMeta, nat, nat), st.binary(max_size=100),
+              st.none() | memberships),
     st.builds(InstallSnapshotReply, nat, ids, ids, nat),
 )
 
@@ -124,7 +136,9 @@ def test_well_formed_msgpack_of_the_wrong_shape_is_malformed(tag: int, fields: l
     [3, 1, "n1", "n2", 0, 0, [], 0, True],  # bool where an int is expected
     [3, 1, "n1", "n2", -1, 0, [], 0, 0],  # negative index
     [3, 1, "n1", "n2", 0, 0, [1, 0], 0, 0],  # entries not in triples
-    [3, 1, "n1", "n2", 0, 0, [1, 2, b""], 0, 0],  # unknown entry kind
+    [3, 1, "n1", "n2", 0, 0, [1, 3, b""], 0, 0],  # unknown entry kind
+    [3, 1, "n1", "n2", 0, 0, [1, 2, b""], 0, 0],  # a CONFIG entry that is not a membership
+    [6, 1, "n1", "n2", 1, 1, b"", b"\x90"],  # a snapshot's membership that is not one
     [3, 1, "n1", "n2", 0, 0, [1, 0, "text"], 0, 0],  # str where bytes are expected
     [4, 1, "n1", "n2", 1, 0, 0, 0, 0],  # int where a bool is expected
     [1, 1, "n1", "", 0, 0, False, False],  # empty id
