@@ -166,6 +166,7 @@ class ClusterHarness:
                 self.keys[name] = (public, secret)
             doc["security"] = {"keys_dir": "keys", "clients": clients}  # relative to the config file
         self.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        self._doc = doc
         self.config: Config = load_config(str(self.config_path))
         self.nodes = {n.id: NodeProcess(n.id, root / f"{n.id}.log") for n in self.config.nodes}
         self._clients: list[Client] = []
@@ -174,8 +175,17 @@ class ClusterHarness:
 
     # ------------------------------------------------------------ processes
 
-    def start(self, node_id: str | None = None, env: dict[str, str] | None = None) -> None:
-        """Start one node, or every node that is not running."""
+    def grow(self, node_id: str) -> None:
+        """Add node `node_id` (free ports) to the YAML file, as an operator does before `cluster add`;
+        running nodes read the file again when the node becomes a member. It is not started."""
+        self._doc["nodes"].append({"id": node_id, "host": "127.0.0.1", "port": free_port(),
+                                   "raft_port": free_port(), "pub_port": free_port(), "metrics_port": free_port()})
+        self.config_path.write_text(yaml.safe_dump(self._doc, sort_keys=False))
+        self.config = load_config(str(self.config_path))
+        self.nodes[node_id] = NodeProcess(node_id, self.root / f"{node_id}.log")
+
+    def start(self, node_id: str | None = None, env: dict[str, str] | None = None, join: bool = False) -> None:
+        """Start one node (`join`: with --join), or every node that is not running."""
         ids = [node_id] if node_id else [i for i, p in self.nodes.items() if not p.running()]
         for nid in ids:
             node = self.nodes[nid]
@@ -184,7 +194,7 @@ class ClusterHarness:
             with open(node.log_path, "ab") as logf:
                 node.proc = subprocess.Popen(
                     [sys.executable, "-m", "wiber", "node", "--config", str(self.config_path),
-                     "--id", nid, "--log-level", "info"],
+                     "--id", nid, "--log-level", "info", *(["--join"] if join else [])],
                     stdout=logf, stderr=subprocess.STDOUT, env=proc_env, cwd=str(REPO),
                 )
 

@@ -515,6 +515,7 @@ _PUBLISH_TOPIC = FieldSpec("topic", _check_publish_topic, required=True)
 
 _GROUP = FieldSpec("group", _string(1, GROUP_NAME_MAX_CHARS), required=True)
 _MEMBER = FieldSpec("member", _string(1, GROUP_NAME_MAX_CHARS), required=True)
+_NODE = FieldSpec("node", _string(1, 255), required=True)
 
 _SESSION_AND_TIME = (
     FieldSpec("client_id", _string(1, CLIENT_ID_MAX_CHARS), requires=("seq",)),
@@ -556,6 +557,9 @@ _OP_FIELDS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
         ),
         "ACK": (_GROUP, _MEMBER, FieldSpec("refs", _check_refs, required=True)),
         "NAK": (_GROUP, _MEMBER, FieldSpec("refs", _check_refs, required=True)),
+        "MEMBERS": (),
+        "MEMBER_ADD": (_NODE,),
+        "MEMBER_REMOVE": (_NODE,),
     }
 )
 

@@ -12,7 +12,8 @@ from tests.fuzz import mutate, values
 from tests.fuzz.sample import CLIENT, Context, Sample
 
 OPS: Final = ("PING", "PUB", "PUB_BATCH", "HISTORY", "SUB", "TOPICS", "STATUS",
-               "GROUP_CREATE", "GROUP_DELETE", "GROUPS", "FETCH", "ACK", "NAK")
+               "GROUP_CREATE", "GROUP_DELETE", "GROUPS", "FETCH", "ACK", "NAK",
+               "MEMBERS", "MEMBER_ADD", "MEMBER_REMOVE")
 """Every op of the contract (wiber/protocol.py's table); a unit test keeps the two equal."""
 
 TOPICS: Final = ("fuzz", "fuzz.a", "fuzz.b.c", "orders.eu", "é.topic", "x" * 255)
@@ -87,6 +88,8 @@ def valid_request(rng: random.Random, ctx: Context) -> dict[str, Any]:
             req["consistency"] = rng.choice(("local", "linearizable"))
     elif op == "SUB":
         req["topic"] = topic
+    elif op in ("MEMBER_ADD", "MEMBER_REMOVE"):
+        req["node"] = "n9"  # in no config: refused, so the fuzzed cluster keeps its voters
     elif op in ("GROUP_CREATE", "GROUP_DELETE", "FETCH", "ACK", "NAK"):
         req["group"] = rng.choice(GROUPS)
         if op == "GROUP_CREATE":

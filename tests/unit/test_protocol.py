@@ -79,7 +79,8 @@ def peak_allocation(action: Callable[[], object]) -> int:
 
 def test_ops_and_constants_match_the_contract() -> None:
     consumer_ops = {"GROUP_CREATE", "GROUP_DELETE", "FETCH", "ACK", "NAK"}
-    assert OPS == {"PING", "PUB", "PUB_BATCH", "HISTORY", "SUB", "TOPICS", "STATUS", "GROUPS", *consumer_ops}
+    assert OPS == {"PING", "PUB", "PUB_BATCH", "HISTORY", "SUB", "TOPICS", "STATUS", "GROUPS", *consumer_ops,
+                   "MEMBERS", "MEMBER_ADD", "MEMBER_REMOVE"}
     assert WRITE_OPS == {"PUB", "PUB_BATCH", *consumer_ops} and WRITE_OPS <= OPS
     assert protocol.CONSUMER_OPS == consumer_ops
     assert MAX_BATCH_MESSAGES == 10_000
@@ -314,6 +315,9 @@ GOOD: list[tuple[str, dict[str, Any], dict[str, Any], Limits]] = [
         {"op": "NAK", "group": "g", "member": "m", "refs": [("t", 2**63 - 1)]},
         LIMITS,
     ),
+    ("members", {"op": "MEMBERS"}, {"op": "MEMBERS"}, LIMITS),
+    ("member add", {"op": "MEMBER_ADD", "node": "n4"}, {"op": "MEMBER_ADD", "node": "n4"}, LIMITS),
+    ("member remove", {"op": "MEMBER_REMOVE", "node": "n1"}, {"op": "MEMBER_REMOVE", "node": "n1"}, LIMITS),
 ]
 
 
@@ -461,8 +465,8 @@ BAD: list[tuple[str, Any, type[WireError], str]] = [
         "op unknown",
         {"op": "DELETE"},
         UnknownOp,
-        "known ops: ACK, FETCH, GROUPS, GROUP_CREATE, GROUP_DELETE, HISTORY, NAK, PING, PUB, PUB_BATCH, STATUS, SUB, "
-        "TOPICS",
+        "known ops: ACK, FETCH, GROUPS, GROUP_CREATE, GROUP_DELETE, HISTORY, MEMBERS, MEMBER_ADD, MEMBER_REMOVE, NAK, "
+        "PING, PUB, PUB_BATCH, STATUS, SUB, TOPICS",
     ),
     ("op empty", {"op": ""}, UnknownOp, "unknown op ''"),
     ("op PONG is a reply", {"op": "PONG"}, UnknownOp, "unknown op 'PONG'"),

@@ -14,7 +14,8 @@ Rows:
 * group:   ``(name, msgpack [pattern, ack_wait_ms, from_start, created_at, [[topic, next_offset,
   [[offset, member, delivery_count, deadline], ...]], ...]])`` (`ConsumerGroups.row`), or ``(name, None)``
   for a group deleted
-* counters: ``msgpack [applied_index, last_lamport, last_ts, late_count, [evicted client_id, ...]]``
+* counters: ``msgpack [applied_index, last_lamport, last_ts, late_count, [evicted client_id, ...],
+  membership]`` (membership: the newest CONFIG entry's data, or nil; older checkpoints have 5 items)
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def take_delta(broker: Broker) -> BrokerDelta:
     ]
     consumer_groups.dirty.clear()
     counters = msgpack.packb(
-        [broker.applied_index, broker.last_lamport, broker.last_ts, broker.late_count, list(table.evicted)],
+        [broker.applied_index, broker.last_lamport, broker.last_ts, broker.late_count, list(table.evicted),
+         broker.membership],
         use_bin_type=True,
     )
     return BrokerDelta(broker.applied_index, counters, topics, sessions, groups)
@@ -85,10 +87,13 @@ def rebuild(
     Raises: SnapshotError naming the first bad row (the node refuses to start on it).
     """
     try:
-        applied_index, last_lamport, last_ts, late_count, evicted = _unpack_array(
-            counters, 5, "[applied_index, lamport, ts, late, evicted]")
+        fields = _unpack_array(counters, (5, 6), "[applied_index, lamport, ts, late, evicted, membership]")
     except ValueError as exc:
         raise SnapshotError(f"bad checkpoint counters: {exc}") from None
+    applied_index, last_lamport, last_ts, late_count, evicted = fields[:5]
+    membership = fields[5] if len(fields) > 5 else None  # (checkpoints from before membership change)
+    if membership is not None and type(membership) is not bytes:
+        raise SnapshotError("bad checkpoint counters: the membership is not bytes")
     if not all(type(v) is int and 0 <= v <= INT63_MAX for v in (applied_index, last_lamport, late_count)):
         raise SnapshotError("bad checkpoint counters: negative or non-integer count")
     if type(last_ts) is not float or ts_problem(last_ts) is not None or type(evicted) is not tuple:
@@ -98,6 +103,7 @@ def rebuild(
     broker._last_lamport = last_lamport
     broker._last_ts = last_ts
     broker._late_count = late_count
+    broker.membership = membership
     for expected, (topic_id, name, first, end, nbytes, age_key) in enumerate(topics):
         if topic_id != expected or topic_problem(name) is not None or not 0 <= first <= end or nbytes < 0:
             raise SnapshotError(f"bad checkpoint topic row {topic_id}: {name!r:.60} {first}..{end}")
@@ -136,12 +142,13 @@ def _unpack_session(row: bytes) -> tuple[Any, Any, Any]:
     return floor, last_index, answers
 
 
-def _unpack_array(data: bytes, size: int, shape: str) -> tuple[Any, ...]:
-    """Returns: the msgpack array of `size` items `data` holds. Raises: ValueError naming `shape`."""
+def _unpack_array(data: bytes, size: int | tuple[int, ...], shape: str) -> tuple[Any, ...]:
+    """Returns: the msgpack array of `size` items (one of the sizes) `data` holds. Raises: ValueError
+    naming `shape`."""
     try:
         fields = msgpack.unpackb(data, raw=False, use_list=False)
     except Exception as exc:  # msgpack raises many types; each means the same here
         raise ValueError(f"not msgpack ({type(exc).__name__})") from None
-    if type(fields) is not tuple or len(fields) != size:
+    if type(fields) is not tuple or len(fields) not in (size if isinstance(size, tuple) else (size,)):
         raise ValueError(f"not {shape}")
     return fields

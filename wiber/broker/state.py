@@ -197,6 +197,8 @@ class Broker:
         self._age_heaps: dict[float, list[tuple[float, str]]] = {}
         """Per max_age_s value: min-heap of (ts, topic), ts at or below the topic's oldest kept ts."""
         self._applied_index = 0
+        self.membership: bytes | None = None
+        """The newest membership applied (a CONFIG entry's data), None before any."""
         self._last_lamport = 0
         self._last_ts = 0.0
         self._late_count = 0
@@ -327,6 +329,16 @@ class Broker:
         }
 
     # ------------------------------------------------------------------------------ applying
+
+    def apply_config(self, index: int, membership: bytes) -> None:
+        """Apply a Raft membership change (a CONFIG entry): kept, as the entry's data, for the
+        checkpoint, so that a restart knows the membership as of it (`wiber.raft.membership`).
+
+        Raises: InvariantError: `index` is not above `applied_index`.
+        """
+        self._check_index(index)
+        self._applied_index = index
+        self.membership = membership
 
     def apply_noop(self, index: int) -> None:
         """Apply a Raft no-op entry (a new leader's first entry): only `applied_index` moves.

@@ -40,7 +40,7 @@ import textwrap
 from collections.abc import Iterator, Sequence
 
 import wiber
-from wiber.cli import bench, consume, info, keygen, node, pub, read
+from wiber.cli import bench, cluster, consume, info, keygen, node, pub, read
 from wiber.cli.common import UsageError, fail
 from wiber.cli.logs import add_logging_args, setup_logging
 from wiber.cli.info import format_status_table
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wiber {wiber.__version__}")
     add_logging_args(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (node, info, pub, read, consume, bench, keygen):
+    for group in (node, info, cluster, pub, read, consume, bench, keygen):
         group.register(sub)
     for _, p in walk_parsers(parser):
         p.formatter_class = ExampleFormatter

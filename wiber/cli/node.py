@@ -56,12 +56,13 @@ def register(sub: Subcommands) -> None:
         description="Run one node of the config in the foreground until SIGTERM or SIGINT; log lines go to "
                     "stderr at --log-level in --log-format.",
         epilog="examples:\n  wiber node --config conf/cluster.yaml --id n1\n"
-               "  wiber node --config conf/cluster.yaml --id n2 --log-level info --log-format json\n\n"
+               "  wiber node --config conf/cluster.yaml --id n2 --log-level info --log-format json\n"
+               "  wiber node --config conf/cluster.yaml --id n4 --join    # then: wiber cluster add n4\n\n"
                "exit status: 0 stopped by a signal; 2 bad config, or a port or the data directory "
                "unusable.",
     )
     _add_node_args(p, with_logging=False)  # --log-level and --log-format are `wiber`'s global options
-    p.set_defaults(func=lambda a: run_node(a.config, a.node_id, a.log_level, a.log_format))
+    p.set_defaults(func=lambda a: run_node(a.config, a.node_id, a.log_level, a.log_format, a.join))
 
 
 def _node_parser() -> argparse.ArgumentParser:
@@ -78,11 +79,16 @@ def _node_parser() -> argparse.ArgumentParser:
 def _add_node_args(p: argparse.ArgumentParser, with_logging: bool) -> None:
     p.add_argument("--config", required=True, help="cluster YAML file (see conf/cluster.yaml)")
     p.add_argument("--id", required=True, dest="node_id", help="this node's id in the config, e.g. n1")
+    p.add_argument("--join", action="store_true",
+                   help="join a running cluster with an empty data directory: a new node, or one whose disk "
+                        "was replaced after `wiber cluster remove`; it waits for `wiber cluster add ID` and "
+                        "never seeds a cluster of its own (ignored once the node has data)")
     if with_logging:
         add_logging_args(p, top=True)
 
 
-def run_node(config_path: str, node_id: str, log_level: str = DEFAULT_LEVEL, log_format: str = DEFAULT_FORMAT) -> int:
+def run_node(config_path: str, node_id: str, log_level: str = DEFAULT_LEVEL, log_format: str = DEFAULT_FORMAT,
+             join: bool = False) -> int:
     """Run one node until a signal stops it. Returns: the process exit status."""
     setup_logging(log_level, log_format)
     from wiber.node import Node  # imported here: `wiber --help` stays fast
@@ -91,7 +97,7 @@ def run_node(config_path: str, node_id: str, log_level: str = DEFAULT_LEVEL, log
         config = load_config(config_path)
         config.node(node_id)
         clock = SystemClock(skew_from_env())
-        node = Node(config, node_id, clock=clock)
+        node = Node(config, node_id, clock=clock, join=join)
     except (ConfigError, NodeStartError, ValueError) as exc:
         return fail(str(exc), 2)
     node.install_signal_handlers()
@@ -107,7 +113,7 @@ def run_node(config_path: str, node_id: str, log_level: str = DEFAULT_LEVEL, log
 def node_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `wiber-node`."""
     args = _node_parser().parse_args(argv)
-    return run_node(args.config, args.node_id, args.log_level, args.log_format)
+    return run_node(args.config, args.node_id, args.log_level, args.log_format, args.join)
 
 
 def _node_argv(config_path: str, node_id: str, log_level: str, log_format: str) -> list[str]:

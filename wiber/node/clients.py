@@ -21,6 +21,7 @@ from wiber.broker import pub_op_from_request
 from wiber.broker.consumers import ConsumerResult, FetchOp, FetchResult
 from wiber.errors import BadRequest, Forbidden, NotLeader, StorageError, Unavailable, UnknownGroup, WireError
 from wiber.node.backlog import ReplyBacklog
+from wiber.node.members import MembershipOps
 from wiber.node.metrics.families import RESULT_OK
 from wiber.node.consumers import consumer_op_from_request, group_pattern, result_fields
 from wiber.node.transport import ClientRequest
@@ -63,6 +64,7 @@ class ClientHandlers:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.backlog = ReplyBacklog(node.config.cluster.max_reply_bytes)
+        self.members = MembershipOps(self)
         self.handlers: dict[str, Handler] = {
             "PING": self.on_ping,
             "STATUS": self.on_status,
@@ -77,6 +79,9 @@ class ClientHandlers:
             "ACK": self.on_consumer_write,
             "NAK": self.on_consumer_write,
             "GROUPS": self.on_groups,
+            "MEMBERS": self.members.on_members,
+            "MEMBER_ADD": self.members.on_change,
+            "MEMBER_REMOVE": self.members.on_change,
         }
 
     def on_client_request(self, request: ClientRequest) -> None:
@@ -144,7 +149,11 @@ class ClientHandlers:
         leader = self.node.raft.leader_id
         if leader is None or leader == self.node.id:
             return NotLeader(f"node {self.node.id} is not the leader and no leader is known yet; retry shortly")
-        addr = self.node.config.node(leader).client_addr
+        peer = self.node.node_config(leader)
+        if peer is None:  # a member the config file does not list (docs/operations.md, "Membership")
+            return NotLeader(f"node {self.node.id} is not the leader; the leader is {leader}, whose address is "
+                             f"not in {self.node.config.path}", leader, None)
+        addr = peer.client_addr
         return NotLeader(f"node {self.node.id} is not the leader; the leader is {leader} at {addr}", leader, addr)
 
     def on_write(self, msg: dict[str, Any], request: ClientRequest, req_id: Any) -> None:
@@ -319,6 +328,7 @@ class ClientHandlers:
             "checkpoint": self.node.checkpoints.status(),
             "storage": {"ok": self.node._storage_failure is None, "error": self.node._storage_failure},
             "peers": peers,
+            "membership": self.members.describe(),
             "clock": {
                 "offset_ms": round(self.node.synced.estimator.offset * 1000, 3),
                 "error_ms": round(self.node.synced.estimator.error * 1000, 3),

@@ -55,6 +55,7 @@ from wiber.node.connections import raise_open_files_limit
 from wiber.node.consumers import ParkedFetches
 from wiber.node.fanout import FanOut
 from wiber.node.heap import HeapTrimmer
+from wiber.node.members import MemberPeers
 from wiber.node.notices import CommitNotices
 from wiber.node.peers import PeerIntake
 from wiber.node.metrics import MetricsHttp
@@ -100,9 +101,11 @@ class Node:
         ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
         rng: random.Random | None = None,
         log_fs: FileSystem | None = None,
+        join: bool = False,
     ) -> None:
         """Bind the sockets and open the data directory. `log_fs` is where the Raft log's files live
-        (the real file system unless a test passes its crash-consistent one)."""
+        (the real file system unless a test passes its crash-consistent one). `join`: an empty node
+        joins an existing cluster (`wiber node --join`) instead of seeding a new one from the YAML."""
         self.config = config
         self.me: NodeConfig = config.node(node_id)
         self.id = node_id
@@ -146,9 +149,13 @@ class Node:
         except BaseException:
             self.transport.close()  # a refused data directory must not leave sockets bound
             raise
+        self.member_peers = MemberPeers(self)
+        voters, learners = self.member_peers.at_start()
         raft_config = RaftConfig(
             id=node_id,
-            peers=tuple(self.peer_ids),
+            peers=voters,
+            learners=learners,
+            join=join and self.storage.last_index() == 0 and self.broker.membership is None,
             election_ticks=ms_to_ticks(config.cluster.election_timeout_ms),
             heartbeat_ticks=ms_to_ticks(config.cluster.heartbeat_ms),
             logger=logging.getLogger("wiber.raft"),
@@ -200,6 +207,10 @@ class Node:
         log.info("node %s listening client=%s raft=%s pub=%s metrics=%s", self.id, self.me.client_addr,
                  self.me.raft_addr, self.me.pub_addr,
                  "off" if self.metrics_http is None else f"http://{self.me.host}:{self.metrics_http.port}/metrics")
+
+    def node_config(self, node_id: str) -> NodeConfig | None:
+        """Returns: `node_id`'s host and ports, the config file read again if needed (`MemberPeers`)."""
+        return self.member_peers.node_config(node_id)
 
     @property
     def storage_failure(self) -> str | None:
@@ -305,6 +316,8 @@ class Node:
             self._turn_writes.extend(self._reorder.release(self.synced.now()))
         self._propose_turn()
         self._process_ready()
+        if self.raft.membership is not self.member_peers.seen:
+            self.member_peers.connect()
         self._flush_outbox()  # clock-sync frames of a turn without Raft traffic
         self._expire_waiters(self.clock.monotonic())
         if len(self.fetches):
@@ -346,7 +359,7 @@ class Node:
         for msg in messages:
             if isinstance(msg, InstallSnapshot):  # streamed as files, never sent whole (wiber.node.shipping)
                 self._send_frames(self.shipping.snapshot_needed(msg.to, self.storage.last_snapshot_index,
-                                                                self.raft.term))
+                                                                self.raft.term, self.raft.membership_at))
                 continue
             self._outbox.setdefault(msg.to, []).append(encode_message(msg))
 
@@ -464,7 +477,7 @@ class Node:
                     self.metrics.snapshot_seconds.observe(checkpoints.seconds_last)
                     if job.export_dir is not None and self.raft.role is Role.LEADER:
                         self._send_frames(self.shipping.export_ready(self.storage.last_snapshot_index,
-                                                                     self.raft.term))
+                                                                     self.raft.term, self.raft.membership_at))
                         self._flush_outbox()
             elif checkpoints.due(self.applied_index):
                 checkpoints.start(self.broker)
@@ -490,7 +503,10 @@ class Node:
                 continue
             self.applied_index = entry.index
             self.checkpoints.applied_bytes += len(entry.data)
-            if entry.kind is not EntryKind.NORMAL:  # a leader's NOOP, or a membership change (the core's)
+            if entry.kind is EntryKind.CONFIG:  # the core follows it already; the checkpoint keeps it
+                self.broker.apply_config(entry.index, entry.data)
+                applied = _NOTHING_APPLIED
+            elif entry.kind is EntryKind.NOOP:
                 self.broker.apply_noop(entry.index)
                 applied = _NOTHING_APPLIED
             else:

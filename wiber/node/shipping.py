@@ -37,6 +37,7 @@ from typing import Final
 import msgpack
 
 from wiber.node.checkpoints import Checkpoints, descriptor
+from wiber.raft.membership import Membership, decode_membership
 from wiber.raft.messages import InstallSnapshot, SnapshotMeta
 from wiber.storage.fs import OS, FileSystem
 from wiber.storage.transfer import (
@@ -108,10 +109,16 @@ class Shipping:
         self.received_bytes = 0
         self.refused = 0
 
+    def add_peer(self, peer: str) -> None:
+        """Take transfer frames from `peer` too (a member added while this node runs)."""
+        self._peers.add(peer)
+
     # ------------------------------------------------------------------------ leader side
 
-    def snapshot_needed(self, peer: str, last_snapshot_index: int, leader_term: int) -> Outgoing:
-        """The core wants `peer` to get a snapshot. Returns: frames to send (a manifest, or none yet)."""
+    def snapshot_needed(self, peer: str, last_snapshot_index: int, leader_term: int,
+                        membership_at: Callable[[int], Membership]) -> Outgoing:
+        """The core wants `peer` to get a snapshot. Returns: frames to send (a manifest, or none yet).
+        The manifest carries the leader's term and the membership as of the snapshot's index."""
         export = self._checkpoints.export
         if export is None or export.record.applied_index < last_snapshot_index or not export.exported:
             self._waiting.add(peer)
@@ -123,7 +130,7 @@ class Shipping:
             if sender is not None:
                 sender.close()
             assert export.export_dir is not None
-            meta = msgpack.packb(leader_term)
+            meta = msgpack.packb([leader_term, membership_at(index).encode()], use_bin_type=True)
             manifest = Manifest(index, export.record.applied_term, meta,
                                 tuple(FileInfo(name, size, crc) for name, size, crc in export.exported))
             sender = Sender(self._fs, self._id, self._ids.getrandbits(64), manifest, export.export_dir)
@@ -143,12 +150,13 @@ class Shipping:
         now = self._now()
         return any(now - self._asked.get(peer, 0.0) < HOLD_S for peer in self._senders)
 
-    def export_ready(self, last_snapshot_index: int, leader_term: int) -> Outgoing:
+    def export_ready(self, last_snapshot_index: int, leader_term: int,
+                     membership_at: Callable[[int], Membership]) -> Outgoing:
         """A checkpoint laid out for followers was taken in: start the transfers that waited for it."""
         waiting, self._waiting = self._waiting, set()
         out: Outgoing = []
         for peer in sorted(waiting):
-            out.extend(self.snapshot_needed(peer, last_snapshot_index, leader_term))
+            out.extend(self.snapshot_needed(peer, last_snapshot_index, leader_term, membership_at))
         return out
 
     def stop_sending(self) -> None:
@@ -212,7 +220,7 @@ class Shipping:
             self.refused += 1
             return []
         if isinstance(decoded, ManifestFrame):
-            term = _leader_term(decoded.manifest)
+            term = _leader_term(decoded.manifest)[0]
             if term is None or term != leader_term:  # the leader of the current term only
                 self.refused += 1
                 return []
@@ -246,7 +254,9 @@ class Shipping:
                 self.discard_staged()
                 return None
             self._checked = manifest
-        return InstallSnapshot(self._manifest_term, receiver.peer, self._id, meta, descriptor(manifest.index))
+        membership = _leader_term(manifest)[1]
+        return InstallSnapshot(self._manifest_term, receiver.peer, self._id, meta, descriptor(manifest.index),
+                               membership)
 
     def install(self, target_dir: str) -> None:
         """Switch the complete staged files in as `target_dir`'s (atomically) and start afresh."""
@@ -307,13 +317,21 @@ def _free_bytes(path: str) -> int | None:
         return None
 
 
-def _leader_term(manifest: Manifest) -> int | None:
-    """Returns: the leader's term a manifest's meta carries, or None when it carries none (peer input)."""
+def _leader_term(manifest: Manifest) -> tuple[int | None, Membership | None]:
+    """Returns: the leader's term a manifest's meta carries and the membership as of the snapshot, each
+    None when it carries none that is valid (peer input; a bare term from a node before membership)."""
     try:
-        term = msgpack.unpackb(manifest.meta)
+        meta = msgpack.unpackb(manifest.meta)
     except Exception:  # msgpack raises many types; each means a bad meta
-        return None
-    return term if type(term) is int and 0 <= term < 2**63 else None
+        return None, None
+    membership = None
+    if type(meta) is list and len(meta) == 2 and type(meta[1]) is bytes:
+        meta, data = meta
+        try:
+            membership = decode_membership(data)
+        except ValueError:
+            return None, None
+    return (meta if type(meta) is int and 0 <= meta < 2**63 else None), membership
 
 
 def _remove_dir(fs: FileSystem, path: str) -> None:

@@ -148,21 +148,9 @@ class Transport:
             _bind(self.pub, me.host, me.pub_port, "pub", me.id)
 
             self.peers: dict[str, zmq.Socket[bytes]] = {}
+            self._ctx = ctx
             for peer in peers:
-                dealer = self._socket(ctx, zmq.DEALER)
-                # IMMEDIATE: queue nothing for a peer that is down, so it is not flooded on reconnect.
-                dealer.setsockopt(zmq.IMMEDIATE, 1)
-                dealer.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
-                dealer.setsockopt(zmq.RECONNECT_IVL, 50)
-                dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
-                dealer.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
-                dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
-                if keys is not None:
-                    dealer.setsockopt(zmq.CURVE_SERVERKEY, keys.nodes[peer.id])
-                    dealer.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
-                    dealer.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
-                dealer.connect(peer.raft_addr)
-                self.peers[peer.id] = dealer
+                self.add_peer(peer)
         except BaseException:
             self.close()
             raise
@@ -342,6 +330,26 @@ class Transport:
             zmqcalls.send(self.pub, body, zmqcalls.NOBLOCK)
         except zmq.Again:
             self.stats.pub_dropped += 1
+
+    def add_peer(self, peer: NodeConfig) -> None:
+        """Connect a DEALER to `peer`'s raft port (at start, and for a member added later).
+
+        Raises: KeyError: with security, no public key of `peer` was loaded."""
+        keys = self._keys
+        dealer = self._socket(self._ctx, zmq.DEALER)
+        # IMMEDIATE: queue nothing for a peer that is down, so it is not flooded on reconnect.
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer.setsockopt(zmq.SNDHWM, PEER_SNDHWM)
+        dealer.setsockopt(zmq.RECONNECT_IVL, 50)
+        dealer.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        dealer.setsockopt(zmq.HEARTBEAT_IVL, ZMQ_HEARTBEAT_IVL_MS)
+        dealer.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMQ_HEARTBEAT_TIMEOUT_MS)
+        if keys is not None:
+            dealer.setsockopt(zmq.CURVE_SERVERKEY, keys.nodes[peer.id])
+            dealer.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+            dealer.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+        dealer.connect(peer.raft_addr)
+        self.peers[peer.id] = dealer
 
     def close(self) -> None:
         """Close every socket with linger 0 (nothing pending may hold up context termination)."""

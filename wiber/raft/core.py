@@ -372,6 +372,12 @@ class Raft(_Election, _Replication, _Reads, _Snapshots, _Reconfig):
         """The membership this node follows: the newest in its log, committed or not."""
         return self._membership
 
+    @property
+    def membership_index(self) -> int:
+        """The log index of the CONFIG entry `membership` comes from (its base's: a snapshot, or 0);
+        the membership is committed once `commit_index` reaches it."""
+        return self._conf_index()
+
     def propose_change(self, change: ConfChange) -> int:
         """Start a single-server membership change (thesis 4.1): add a learner, promote one (the
         leader also promotes learners by itself once they caught up), or remove a member. A leader

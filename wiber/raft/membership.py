@@ -16,11 +16,16 @@ from enum import Enum
 
 import msgpack
 
-__all__ = ["ChangeKind", "ConfChange", "Membership", "MembershipError", "decode_membership"]
+__all__ = ["ChangeBlocked", "ChangeKind", "ConfChange", "Membership", "MembershipError", "decode_membership"]
 
 
 class MembershipError(ValueError):
     """A membership change that cannot be made; the message says why and what to do."""
+
+
+class ChangeBlocked(MembershipError):
+    """A change that fits, but not now: a change in progress, a leader new to its term, a transfer.
+    Retrying shortly is right."""
 
 
 class ChangeKind(Enum):

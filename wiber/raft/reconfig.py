@@ -22,7 +22,7 @@ removed itself handing over, and the rule that keeps a node whose disk was empti
 from __future__ import annotations
 
 from wiber.errors import InvariantError
-from wiber.raft.membership import ChangeKind, ConfChange, Membership, MembershipError, decode_membership
+from wiber.raft.membership import ChangeBlocked, ChangeKind, ConfChange, Membership, decode_membership
 
 __all__: list[str] = []  # the mixin is private to `Raft`
 from wiber.raft.messages import AppendEntries, Entry, EntryKind, RequestVote, TimeoutNow
@@ -129,11 +129,12 @@ class _Reconfig(_State):
         """Append the CONFIG entry of `change` to the leader's log. Returns: its index.
 
         Raises:
-            MembershipError: the change does not fit, or cannot be made now (the message says why).
+            ChangeBlocked: the change cannot be made now (the message says why; retry shortly).
+            MembershipError: the change does not fit the membership.
         """
         blocked = self._change_blocked()
         if blocked is not None:
-            raise MembershipError(f"cannot {change.kind.value} {change.node} now: {blocked}")
+            raise ChangeBlocked(f"cannot {change.kind.value} {change.node} now: {blocked}")
         membership = self._membership.apply(change)
         log = self._log
         index = log.last_index() + 1
