@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import msgpack
 import zmq
 
-from tests.conftest import HARNESS_CLIENT, ClusterHarness
+from tests.conftest import HARNESS_CLIENT, ClusterHarness, wait_for
 from tests.fuzz import health
 from tests.fuzz.generators import BYZANTINE, CLIENT, RAFT, Selection, generate, parse_selection, plan
 from tests.fuzz.sample import Context, Sample
@@ -348,6 +348,17 @@ class NotStarted(RuntimeError):
     """The cluster did not come up before the fuzzing (the message holds the nodes' log tails)."""
 
 
+def settled(harness: ClusterHarness, timeout: float = 15.0) -> None:
+    """Wait until every node has applied an entry of an elected leader: the fuzzer aims at a running
+    cluster. (Before that a node's log is empty, and a forged append claiming history makes an empty
+    node refuse to vote until it has caught up, docs/operations.md "Recovery": forged at the very start
+    of a cluster without security, it keeps every node from voting until they are restarted.)"""
+    for nid in harness.nodes:
+        client = harness.client([nid])
+        wait_for(lambda c=client, a=harness.addr(nid): c.request_to(a, "STATUS")["applied_index"] >= 1, timeout,
+                 f"{nid} to apply its first leader's entry")
+
+
 class Fuzzer:
     """One run: the cluster, the sockets, the journals, the watcher and the findings."""
 
@@ -425,6 +436,7 @@ class Fuzzer:
         try:
             try:
                 self.harness.wait_up()
+                settled(self.harness)
             except AssertionError as exc:
                 raise NotStarted(f"the cluster did not start: {exc}\n{self.harness.log_tails()}") from None
             self.wires = Wires(self.harness)
@@ -508,6 +520,7 @@ def replay(journal: Path, out_dir: Path, settle_s: float = 1.0) -> int:
     wires: Wires | None = None
     try:
         harness.wait_up()
+        settled(harness)
         wires = Wires(harness)
         for sent in samples:
             wires.send(sent)

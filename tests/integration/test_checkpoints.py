@@ -136,6 +136,10 @@ def test_a_wiped_follower_streams_a_snapshot_over_64_mib(cluster_factory: Callab
     assert "streams the checkpoint" in leader_log and f"to {victim}" in leader_log
     segments = list((Path(cluster.config.node_data_dir(victim)) / "topics").glob("seg-*.dat"))
     assert sum(p.stat().st_size for p in segments) > 64 << 20
+    # Started empty without --join into a cluster with history: it said so, and what to do.
+    victim_log = cluster.nodes[victim].log_path.read_text()
+    assert "started with an empty log, but the cluster has history" in victim_log
+    assert f"wiber cluster remove {victim}" in victim_log and "caught up with leader" in victim_log
 
 
 def test_a_transfer_cut_by_the_leaders_death_finishes_from_the_next_leader(

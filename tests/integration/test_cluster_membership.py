@@ -175,3 +175,23 @@ def test_the_leader_removed_a_new_leader_within_a_second(cluster_factory: Callab
     took = time.monotonic() - started
     print(f"leader {leader} removed: {new} leads after {took:.3f} s")
     assert new != leader and took < 1.0, f"{new} leads {took:.2f} s after the removal"
+
+
+def test_the_membership_survives_kill_9_of_every_node(cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """After 3 -> 4 voters and checkpoints past the change (its entry compacted away), every node killed
+    and started again without --join knows the four from its checkpoint, and elects among them."""
+    cluster = cluster_factory(3, snapshot_every=5)
+    wait_for(lambda: agreed_leader(cluster), 10, "a leader")
+    cluster.grow("n4")
+    cluster.start("n4", join=True)
+    ok(cluster, "cluster", "add", "n4", "--wait", "60")
+    client = cluster.client()
+    for k in range(40):  # several checkpoints after the change
+        client.publish("t", b"%d" % k)
+    for node in cluster.nodes:
+        cluster.kill(node)
+    cluster.start()
+    leader, _ = wait_for(lambda: agreed_leader(cluster), 15, "a leader after the restart")
+    for node in cluster.nodes:
+        assert members(cluster, node)["voters"] == ["n1", "n2", "n3", "n4"], node
+    assert stored(cluster.client([leader]), "t") == [b"%d" % k for k in range(40)]

@@ -93,10 +93,13 @@ def test_every_node_exposes_the_families_and_they_track_what_happened(
         assert value(families, "wiber_consumer_lag", group="billing") == 150
         assert value(families, "wiber_loop_turn_seconds", "wiber_loop_turn_seconds_count") > 0
         assert value(families, "wiber_raft_term") >= 1
+        assert value(families, "wiber_raft_members", role="voter") == 3
+        assert value(families, "wiber_raft_members", role="learner") == 0
         assert healthz(cluster, node_id)[0] == 200
     assert sum(value(f, "wiber_raft_leader") for f in scraped.values()) == 1
     assert value(scraped[leader], "wiber_raft_leader") == 1
     on_leader = scraped[leader]
+    assert value(on_leader, "wiber_raft_member_lag_entries", member=leader, role="voter") == 0
     assert value(on_leader, "wiber_requests", "wiber_requests_total", op="PUB", result="ok") >= 200
     assert value(on_leader, "wiber_fsync_seconds", "wiber_fsync_seconds_count") > 0
 

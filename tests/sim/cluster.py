@@ -31,6 +31,7 @@ The state machine is a chain hash of the applied entries; its snapshot is ``b"in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -39,6 +40,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from wiber.raft import (
+    ConfChange,
+    Membership,
+    MembershipError,
     Message,
     ProposalDropped,
     Raft,
@@ -47,6 +51,7 @@ from wiber.raft import (
     Role,
     describe,
 )
+from wiber.raft.membership import decode_membership
 from wiber.raft.storage import MemoryStorage
 from wiber.storage.durable import DurableStorage
 
@@ -87,9 +92,13 @@ class Cluster:
                  max_inflight: int = 4, max_batch_entries: int = 8, max_batch_bytes: int = 1 << 20,
                  pre_vote: bool = True, check_quorum: bool = True, wire: bool = False,
                  logger: logging.Logger | None = None,
-                 storage: Literal["memory", "durable"] = "memory") -> None:
-        """`storage="durable"`: each node runs `DurableStorage` on its own `CrashFS` (module docstring)."""
+                 storage: Literal["memory", "durable"] = "memory", voters: list[str] | None = None) -> None:
+        """`storage="durable"`: each node runs `DurableStorage` on its own `CrashFS` (module docstring).
+        `voters`: the nodes that seed the cluster (default all); the others start empty with `join`,
+        for membership changes (`change`, `wipe`), and snapshots then carry the membership."""
         self.ids = list(ids)
+        self.seeds = list(voters) if voters is not None else list(ids)
+        self.reconfig = voters is not None
         self.seed = seed
         self.rng = random.Random(seed)
         self.net = SimNetwork(ids, random.Random(self.rng.getrandbits(64)), wire=wire)
@@ -101,10 +110,13 @@ class Cluster:
             logger.setLevel(logging.WARNING)
         self.logger = logger
         self.configs = {
-            i: RaftConfig(i, tuple(x for x in ids if x != i), election_ticks=election_ticks,
+            i: RaftConfig(i, tuple(x for x in (self.seeds if i in self.seeds else ids) if x != i),
+                          election_ticks=election_ticks,
                           heartbeat_ticks=heartbeat_ticks, max_inflight=max_inflight,
                           max_batch_entries=max_batch_entries, max_batch_bytes=max_batch_bytes,
-                          pre_vote=pre_vote, check_quorum=check_quorum, logger=self.logger)
+                          pre_vote=pre_vote, check_quorum=check_quorum, join=i not in self.seeds,
+                          others=tuple(x for x in ids if x != i) if voters is not None else (),
+                          logger=self.logger)
             for i in ids
         }
         self.nodes: dict[str, SimNode] = {}
@@ -146,9 +158,14 @@ class Cluster:
     def _start(self, node: SimNode) -> None:
         """(Re)build the node's core from its storage and its state machine from the snapshot."""
         rng = random.Random(self.rng.getrandbits(64))
-        node.core = Raft(self.configs[node.id], node.storage, rng)
         meta, data = node.storage.snapshot()
-        node.state = _decode_state(data) if meta.index else (0, 0)
+        node.state, membership = _decode_state(data) if meta.index else ((0, 0), None)
+        config = self.configs[node.id]
+        if membership is not None:  # as a node takes it from its checkpoint
+            config = dataclasses.replace(config, peers=tuple(sorted(membership.voters)),
+                                         learners=tuple(sorted(membership.learners)), join=False,
+                                         member=node.id in membership.members)
+        node.core = Raft(config, node.storage, rng)
         node.read_floors = {}
         node.crash_mid_ready = False
 
@@ -307,7 +324,7 @@ class Cluster:
                 meta, data = rd.snapshot
                 checker.persisted_snapshot(node.id, meta)
                 self.stats["snapshots installed"] += 1
-                node.state = _decode_state(data)
+                node.state = _decode_state(data)[0]
                 checker.restored(node.id, node.state)
             elif stage == APPEND:
                 checker.persisted_entries(node.id, rd.entries, node.storage.last_index(), is_leader)
@@ -399,7 +416,7 @@ class Cluster:
             return False
         try:
             node.core.transfer_leadership(target)
-        except ProposalDropped:
+        except (ProposalDropped, ValueError):  # not the leader, or the target is not a voter (any more)
             return False
         self._process(node)
         return True
@@ -412,7 +429,8 @@ class Cluster:
         index, _ = node.state
         if index <= node.storage.first_index() - 1:
             return False
-        data = _encode_state(node.state)
+        membership = node.core.membership_at(index) if self.reconfig else None
+        data = _encode_state(node.state, membership if membership is not None and membership.voters else None)
         if node.disk is None:
             node.storage.compact(index, data)
         elif not self._compact_on_disk(node, node.disk, index, data):
@@ -420,6 +438,34 @@ class Cluster:
         self.stats["compactions"] += 1
         self._event(f"compact {node_id} to {index}")
         return True
+
+    def change(self, node_id: str, change: ConfChange) -> bool:
+        """Ask a node (the leader) for a membership change. Returns: whether it accepted."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return False
+        try:
+            node.core.propose_change(change)
+        except (MembershipError, ProposalDropped):
+            return False
+        self.stats[f"membership {change.kind.value}"] += 1
+        self._event(f"{change.kind.value} {change.node}")
+        self._process(node)
+        return True
+
+    def wipe(self, node_id: str, *, join: bool, down_for: int) -> None:
+        """A node loses its disk: crashed, its storage replaced by an empty one, started again after
+        `down_for` ticks, with `join` (the documented replacement) or without (the rule for empty
+        nodes must then keep it from voting twice)."""
+        node = self.nodes[node_id]
+        self.crash(node_id, down_for)
+        node.storage = MemoryStorage()
+        node.state = (0, 0)
+        self.checker.add_node(node_id)
+        peers = tuple(x for x in (self.ids if join else self.seeds) if x != node_id)
+        self.configs[node_id] = dataclasses.replace(self.configs[node_id], peers=peers, learners=(), join=join)
+        self.stats["wipes with join" if join else "wipes without join"] += 1
+        self._event(f"wipe {node_id}{' (join)' if join else ''}")
 
     def _compact_on_disk(self, node: SimNode, disk: SimDisk, index: int, data: bytes) -> bool:
         """Compact as a node's checkpoint does; with `disk_crash_rate`, crash at one of its file
@@ -458,14 +504,17 @@ class Cluster:
         return "; ".join(lines)
 
 
-def _encode_state(state: tuple[int, int]) -> bytes:
+def _encode_state(state: tuple[int, int], membership: Membership | None = None) -> bytes:
     """Returns: the snapshot of a state machine, ``b"index:hash"`` (fixed-width hash: transcripts
-    print snapshot sizes, which must not depend on the process's hash salt)."""
-    return f"{state[0]}:{state[1]:016x}".encode()
+    print snapshot sizes, which must not depend on the process's hash salt), then ``b"|"`` and the
+    membership at its index when the cluster changes membership (a node's checkpoint keeps it)."""
+    data = f"{state[0]}:{state[1]:016x}".encode()
+    return data if membership is None else data + b"|" + membership.encode()
 
 
-def _decode_state(data: bytes) -> tuple[int, int]:
-    """Returns: the state machine a snapshot holds."""
-    index, h = data.decode().split(":")
-    return int(index), int(h, 16)
+def _decode_state(data: bytes) -> tuple[tuple[int, int], Membership | None]:
+    """Returns: the state machine a snapshot holds, and the membership when it carries one."""
+    head, _, tail = data.partition(b"|")
+    index, h = head.decode().split(":")
+    return (int(index), int(h, 16)), decode_membership(tail) if tail else None
 

@@ -150,11 +150,13 @@ class Node:
             self.transport.close()  # a refused data directory must not leave sockets bound
             raise
         self.member_peers = MemberPeers(self)
-        voters, learners = self.member_peers.at_start()
+        voters, learners, member = self.member_peers.at_start()
         raft_config = RaftConfig(
             id=node_id,
             peers=voters,
             learners=learners,
+            member=member,
+            others=tuple(n.id for n in config.nodes if n.id != node_id),
             join=join and self.storage.last_index() == 0 and self.broker.membership is None,
             election_ticks=ms_to_ticks(config.cluster.election_timeout_ms),
             heartbeat_ticks=ms_to_ticks(config.cluster.heartbeat_ms),

@@ -120,13 +120,14 @@ class MemberPeers:
             node.shipping.add_peer(member)
             log.info("node %s connected to %s, a new member, at %s", node.id, member, peer.raft_addr)
 
-    def at_start(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def at_start(self) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
         """Returns: the voters and learners as of the checkpoint (the core takes CONFIG entries after it
         from the log); the YAML's nodes seed a new cluster (docs/operations.md, "Membership"). A joining
         node's core ignores them as a membership (it learns its own from the leader) but takes messages
-        from them."""
+        from them. The flag: whether this node is a member (one removed before the checkpoint is not)."""
         data = self.node.broker.membership
         if data is not None:
             membership = decode_membership(data)
-            return tuple(sorted(membership.voters)), tuple(sorted(membership.learners))
-        return tuple(n.id for n in self.node.config.nodes), ()
+            return (tuple(sorted(membership.voters)), tuple(sorted(membership.learners)),
+                    self.node.id in membership.members)
+        return tuple(n.id for n in self.node.config.nodes), (), True

@@ -130,7 +130,9 @@ class Shipping:
             if sender is not None:
                 sender.close()
             assert export.export_dir is not None
-            meta = msgpack.packb([leader_term, membership_at(index).encode()], use_bin_type=True)
+            membership = membership_at(index)  # (none known there when this node joined after it)
+            meta = msgpack.packb([leader_term, membership.encode()] if membership.voters else leader_term,
+                                 use_bin_type=True)
             manifest = Manifest(index, export.record.applied_term, meta,
                                 tuple(FileInfo(name, size, crc) for name, size, crc in export.exported))
             sender = Sender(self._fs, self._id, self._ids.getrandbits(64), manifest, export.export_dir)

@@ -19,7 +19,13 @@ class RaftConfig:
         peers: the other voters' ids (the node's own id may be listed too; it is ignored): the
             membership as of the snapshot in storage (or of a new cluster); CONFIG entries in the
             log after it change it (`wiber.raft.membership`).
-        learners: the learners of that membership (they receive the log but do not vote).
+        learners: the learners of that membership (they receive the log but do not vote); this node
+            is a learner when listed here.
+        others: more nodes whose messages are taken though they are not members here (the node's
+            config file: a member added later, or a leader of a newer membership than the one a
+            restarted node knows).
+        member: whether this node belongs to that membership (as a voter unless it is a learner);
+            False for a node removed before the snapshot it starts from.
         empty_listen_ticks: how long a node that started with an empty log (and not `join`) listens
             before it grants a vote: a live leader's heartbeats show it within an election timeout
             whether the cluster has a history its disk lacks (wiber/raft/reconfig.py). None means
@@ -44,6 +50,8 @@ class RaftConfig:
     id: str
     peers: tuple[str, ...]
     learners: tuple[str, ...] = ()
+    member: bool = True
+    others: tuple[str, ...] = ()
     election_ticks: int = 30
     heartbeat_ticks: int = 5
     max_inflight: int = 64
@@ -72,7 +80,7 @@ class RaftConfig:
         if not isinstance(self.learners, tuple) or not all(isinstance(p, str) and p and len(p) <= 255
                                                            for p in self.learners):
             raise ValueError(f"RaftConfig.learners must be a tuple of node id strings, got {self.learners!r}")
-        both = set(self.learners) & set(self.voters)
+        both = set(self.learners) & set(self.peers)
         if both:
             raise ValueError(f"RaftConfig.learners and the voters share ids: {sorted(both)}")
         for name in ("election_ticks", "heartbeat_ticks", "max_inflight", "max_batch_bytes",
@@ -91,7 +99,7 @@ class RaftConfig:
                                                     or self.empty_listen_ticks < 0):
             raise ValueError(f"RaftConfig.empty_listen_ticks must be None or an integer >= 0, "
                              f"got {self.empty_listen_ticks!r}")
-        for name in ("pre_vote", "check_quorum", "join"):
+        for name in ("pre_vote", "check_quorum", "join", "member"):
             if type(getattr(self, name)) is not bool:
                 raise ValueError(f"RaftConfig.{name} must be True or False")
         if self.logger is not None and not isinstance(self.logger, logging.Logger):

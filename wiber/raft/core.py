@@ -147,8 +147,11 @@ class Raft(_Election, _Replication, _Reads, _Snapshots, _Reconfig):
         self._self_match = 0
         self._read_queue = deque()
         self._reset()  # the election and leader state: timers (the timeout drawn), votes, progress, reads
-        base = Membership(frozenset(), frozenset()) if config.join else Membership.of(config.voters,
-                                                                                       config.learners)
+        base = Membership(frozenset(), frozenset())
+        if not config.join:
+            me_voting = config.member and config.id not in config.learners
+            base = Membership.of(set(config.peers) - {config.id} | ({config.id} if me_voting else set()),
+                                 config.learners)
         self._init_membership(base, snap.index)
         self._fresh = (not config.join and snap.index == 0 and self._log.last_index() == 0
                        and hard_state.term == 0)
@@ -250,10 +253,6 @@ class Raft(_Election, _Replication, _Reads, _Snapshots, _Reconfig):
             return
         if debug:
             self._logger.debug("%s got %s", self._id, describe(msg))
-        if isinstance(msg, RequestVote) and self._ignores_vote_request(msg):
-            if debug:
-                self._logger.debug("%s ignored %s: not a voter here", self._id, describe(msg))
-            return
         term = msg.term
         if term > self._term:
             if isinstance(msg, RequestVote):

@@ -8,8 +8,9 @@ removed itself handing over, and the rule that keeps a node whose disk was empti
   2015 fix: a change proposed before could be lost while a change of an earlier term commits).
 * Learners receive the log but neither vote nor count toward a commit; the leader promotes one
   once its match index is within one batch of the leader's log (thesis 4.2.1).
-* Only voters campaign, and vote requests of nodes that are not voters in this node's membership
-  are ignored before their term is looked at: a removed node cannot inflate terms or win votes.
+* Only voters campaign. Vote requests are judged as always, whatever the candidate's place in this
+  node's membership (thesis 4.2.3: it may know a newer one); a removed node that does not know it
+  cannot disturb a cluster with a live leader: PreVote and the lease keep its terms out.
 * A leader that removed itself keeps leading until the change commits (it no longer counts itself),
   then hands leadership to the most up-to-date voter with TimeoutNow and steps down (thesis 4.2.2).
 * A node that started with an empty log and no `join` cannot tell a new cluster from one whose
@@ -70,7 +71,7 @@ class _Reconfig(_State):
         self._quorum = len(self._voters) // 2 + 1
         self._peers = tuple(p for p in self._voters if p != me)
         self._replicas = tuple(sorted(membership.members - {me}))
-        self._known = frozenset(self._cfg.peers) | membership.members - {me}
+        self._known = frozenset(self._cfg.peers) | frozenset(self._cfg.others) | membership.members - {me}
         if self._role is not _LEADER:
             return
         cap = self._cfg.max_inflight
@@ -172,17 +173,16 @@ class _Reconfig(_State):
 
     # -- the node's own eligibility -------------------------------------------------------------
 
-    def _ignores_vote_request(self, msg: RequestVote) -> bool:
-        """Returns: whether `msg` comes from a node that is not a voter here (ignored, term and all)."""
-        return msg.frm not in self._voter_set
-
     def _refuses_votes(self, msg: RequestVote) -> bool:
-        """Returns: whether this node must refuse `msg` whatever its log: it is not a voter, or it
-        started empty and the cluster has (or may have) history its disk does not hold: a leader
-        showed it, the candidate's log is not empty, or the node has not yet listened for one
-        election timeout (a live leader's heartbeats would have shown its history by then)."""
-        if self._id not in self._voter_set:
-            return True
+        """Returns: whether this node must refuse `msg` whatever its log: it started empty and the
+        cluster has (or may have) history its disk does not hold: a leader showed it, the candidate's
+        log is not empty, or the node has not yet listened for one election timeout (a live leader's
+        heartbeats would have shown its history by then).
+
+        Vote requests are not judged by membership: a candidate may hold a newer one than this node
+        (thesis 4.2.3; refusing deadlocked the simulation), and a removed node that does not know it is
+        kept out by PreVote and the lease instead (a node that heard a leader within the minimum
+        election timeout ignores it, term and all)."""
         return self._fresh and (self._history_seen or msg.last_log_index > 0
                                 or (not msg.pre_vote and self._listened < self._listen_ticks))
 

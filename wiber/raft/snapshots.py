@@ -52,6 +52,8 @@ class _Snapshots(_State):
         if meta.index == 0:
             raise InvariantError(f"{self._id}: the log is compacted but the storage has no snapshot")
         pr.become_snapshot(meta.index)
-        self._send(InstallSnapshot(self._term, self._id, peer, meta, data, self.membership_at(meta.index)))
+        membership = self.membership_at(meta.index)  # none known there: a node that joined after it
+        self._send(InstallSnapshot(self._term, self._id, peer, meta, data,
+                                   membership if membership.voters else None))
         self._logger.info("%s sent snapshot %d/%d to %s at term %d", self._id, meta.term, meta.index,
                           peer, self._term)

@@ -109,6 +109,10 @@ class NodeMetrics:
                          fn=self._group_pending))
         r.register(Gauge("wiber_consumer_lag", "Messages of a consumer group's topics not yet delivered to it.",
                          ("group",), fn=self._group_lag))
+        r.register(Gauge("wiber_raft_members", "Members of the cluster as this node follows them, by role.",
+                         ("role",), fn=self._members))
+        r.register(Gauge("wiber_raft_member_lag_entries", "On the leader: log entries each member lacks.",
+                         ("member", "role"), fn=self._member_lag))
 
     def _gauge(self, name: str, help: str, read: Callable[[], float]) -> None:
         self.registry.register(Gauge(name, help, fn=lambda: float(read())))
@@ -128,6 +132,18 @@ class NodeMetrics:
             lag = sum(max(0, topic(topic_id).end - cursor) for topic_id, cursor in group.cursors.items())
             out.append(((name,), float(lag)))
         return out
+
+    def _members(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        membership = self.node.raft.membership
+        return [(("voter",), float(len(membership.voters))), (("learner",), float(len(membership.learners)))]
+
+    def _member_lag(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        raft = self.node.raft
+        if raft.role is not Role.LEADER:
+            return []
+        membership, last = raft.membership, raft.last_index
+        return [((peer, membership.role_of(peer)), float(max(0, last - raft.match_index(peer))))
+                for peer in sorted(membership.members)]
 
     def _count(self, counter: Counter, key: tuple[str, ...], total: float) -> None:
         """Bring `counter{key}` up to `total`, a running count the node keeps itself."""
