@@ -1,6 +1,6 @@
 """Seeded whole-cluster simulations of the Raft core (docs/design.md section 6.2).
 
-* `test_seed[sN]`: `WIBER_SIM_SEEDS` seeds (default 300; even seeds run 3 nodes, odd seeds 5) of
+* `test_seed[sN]`: `WIBER_SIM_SEEDS` seeds (default 200; even seeds run 3 nodes, odd seeds 5) of
   `WIBER_SIM_STEPS` steps (default `SIM_STEPS`, a median of about 1,200 ticks) of random faults
   and workload (`chaos.SIM`), safety checked after every step, then liveness after healing. The
   seeds start at a new offset every run (`chaos.seed_offset`, printed in pytest's header; set
@@ -35,7 +35,7 @@ from .chaos import (
 from .mutations import MUTATIONS, mutated
 from .replay import main as replay_main
 
-SEEDS = env_int("WIBER_SIM_SEEDS", 300)
+SEEDS = env_int("WIBER_SIM_SEEDS", 200)
 STEPS = env_int("WIBER_SIM_STEPS", SIM_STEPS)
 WIRE_SEEDS = 12
 OFFSET = seed_offset()
@@ -132,7 +132,7 @@ def test_the_replay_command_runs_and_searches_many_seeds(capsys: pytest.CaptureF
     assert f"  {replay_command(0, 2000, mutation='leader_drops_uncommitted')}\n" in out
 
 
-MEMBERSHIP_SEEDS = env_int("WIBER_SIM_MEMBERSHIP_SEEDS", 60)
+MEMBERSHIP_SEEDS = env_int("WIBER_SIM_MEMBERSHIP_SEEDS", 40)
 
 
 @pytest.mark.parametrize("seed", range(OFFSET + 50_000, OFFSET + 50_000 + MEMBERSHIP_SEEDS), ids=lambda s: f"s{s}")

@@ -30,7 +30,7 @@ from .on_disk import STORAGE_MUTANTS, cluster_on_disk, run_on_disk, storage_muta
 from .replay import main as replay_main
 
 #: Each run draws new seeds (the offset), so runs add up; `make faults` adds long ones.
-SEEDS = env_int("WIBER_SIM_DURABLE_SEEDS", 300)
+SEEDS = env_int("WIBER_SIM_DURABLE_SEEDS", 200)
 #: Past `test_sim.py`'s seeds, so that one run does not spend both on the same ones.
 OFFSET = seed_offset() + 10_000
 STEPS = env_int("WIBER_SIM_STEPS", DEFAULT_STEPS)
