@@ -185,6 +185,9 @@ def test_an_admitted_client_works_within_its_patterns_and_is_forbidden_outside(
         {"op": "HISTORY", "topic": "secret", "consistency": "linearizable"},
         {"op": "SUB", "topic": "secret"},
         {"op": "STATUS"},                                         # admin only
+        {"op": "MEMBERS"},                                        # membership: admin only
+        {"op": "MEMBER_ADD", "node": "n9"},
+        {"op": "MEMBER_REMOVE", "node": "n1"},
     ]
     for request in refused:
         reply = _ask(app, {**request, "id": 7})
