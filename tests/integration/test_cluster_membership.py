@@ -195,3 +195,23 @@ def test_the_membership_survives_kill_9_of_every_node(cluster_factory: Callable[
     for node in cluster.nodes:
         assert members(cluster, node)["voters"] == ["n1", "n2", "n3", "n4"], node
     assert stored(cluster.client([leader]), "t") == [b"%d" % k for k in range(40)]
+
+
+def test_a_restart_reads_the_membership_from_its_data_not_from_a_grown_yaml(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """The YAML's nodes seed a brand-new cluster only: its first checkpoint keeps the seed, so a node
+    restarted after an operator added n4 to the file (before `cluster add`) still counts three voters."""
+    cluster = cluster_factory(3, snapshot_every=5)
+    leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
+    client = cluster.client()
+    for k in range(20):  # past a checkpoint on every node
+        client.publish("t", b"%d" % k)
+    follower = next(n for n in cluster.nodes if n != leader)
+    status = cluster.client([follower])
+    wait_for(lambda: status.request_to(cluster.addr(follower), "STATUS")["checkpoint"]["index"] > 0, 10,
+             f"{follower}'s first checkpoint")
+    cluster.grow("n4")  # in the file, not a member
+    cluster.kill(follower)
+    cluster.start(follower)
+    wait_for(lambda: members(cluster, follower)["commit_index"] >= 20, 10, f"{follower} back")
+    assert members(cluster, follower)["voters"] == ["n1", "n2", "n3"]

@@ -150,7 +150,7 @@ class Node:
             self.transport.close()  # a refused data directory must not leave sockets bound
             raise
         self.member_peers = MemberPeers(self)
-        voters, learners, member = self.member_peers.at_start()
+        voters, learners, member = self.member_peers.at_start(join)
         raft_config = RaftConfig(
             id=node_id,
             peers=voters,

@@ -120,14 +120,20 @@ class MemberPeers:
             node.shipping.add_peer(member)
             log.info("node %s connected to %s, a new member, at %s", node.id, member, peer.raft_addr)
 
-    def at_start(self) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    def at_start(self, join: bool) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
         """Returns: the voters and learners as of the checkpoint (the core takes CONFIG entries after it
         from the log); the YAML's nodes seed a new cluster (docs/operations.md, "Membership"). A joining
         node's core ignores them as a membership (it learns its own from the leader) but takes messages
         from them. The flag: whether this node is a member (one removed before the checkpoint is not)."""
-        data = self.node.broker.membership
+        node = self.node
+        data = node.broker.membership
         if data is not None:
             membership = decode_membership(data)
             return (tuple(sorted(membership.voters)), tuple(sorted(membership.learners)),
-                    self.node.id in membership.members)
-        return tuple(n.id for n in self.node.config.nodes), (), True
+                    node.id in membership.members)
+        seed = tuple(n.id for n in node.config.nodes)
+        if not join and node.storage.last_index() == 0 and node.storage.last_snapshot_index == 0:
+            # A brand-new cluster: its first checkpoint keeps the seed, so that a restart reads the
+            # membership from the data, not from a YAML an operator may have grown meanwhile.
+            node.broker.membership = Membership.of(seed).encode()
+        return seed, (), True
