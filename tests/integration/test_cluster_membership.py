@@ -108,7 +108,8 @@ def test_three_to_five_to_three_voters_under_load(cluster_factory: Callable[...,
         leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader of five")
         assert members(cluster, leader)["voters"] == ["n1", "n2", "n3", "n4", "n5"]
         lines, _ = ok(cluster, "cluster", "list")
-        assert [line.split()[:2] for line in lines[1:]] == [[n, "voter"] for n in ("n1", "n2", "n3", "n4", "n5")]
+        five = ("n1", "n2", "n3", "n4", "n5")
+        assert [line.split()[:2] for line in lines[1:]] == [[n, "voter"] for n in five]
         assert json.loads(ok(cluster, "cluster", "list", "--json")[0][0])["leader"] == leader
         # Shrink back to three, the leader among the removed: it hands over first.
         gone = [leader, next(n for n in ("n1", "n2", "n3") if n != leader)]
@@ -142,7 +143,8 @@ def test_a_disk_replaced_under_load_loses_nothing(cluster_factory: Callable[...,
     load.check(cluster, list(cluster.nodes), "disk replaced")
 
 
-def test_a_removed_node_back_with_its_old_data_cannot_disturb(cluster_factory: Callable[..., ClusterHarness]) -> None:
+def test_a_removed_node_back_with_its_old_data_cannot_disturb(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
     cluster = cluster_factory(3)
     leader, term = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
     removed = next(n for n in cluster.nodes if n != leader)
@@ -163,7 +165,8 @@ def test_a_removed_node_back_with_its_old_data_cannot_disturb(cluster_factory: C
     assert members(cluster, leader)["voters"] == sorted(rest)
 
 
-def test_the_leader_removed_a_new_leader_within_a_second(cluster_factory: Callable[..., ClusterHarness]) -> None:
+def test_the_leader_removed_a_new_leader_within_a_second(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
     cluster = cluster_factory(3)
     leader, _ = wait_for(lambda: agreed_leader(cluster), 10, "a leader")
     rest = [n for n in cluster.nodes if n != leader]

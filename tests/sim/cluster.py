@@ -463,7 +463,8 @@ class Cluster:
         node.state = (0, 0)
         self.checker.add_node(node_id)
         peers = tuple(x for x in (self.ids if join else self.seeds) if x != node_id)
-        self.configs[node_id] = dataclasses.replace(self.configs[node_id], peers=peers, learners=(), join=join)
+        self.configs[node_id] = dataclasses.replace(self.configs[node_id], peers=peers, learners=(),
+                                                    join=join)
         self.stats["wipes with join" if join else "wipes without join"] += 1
         self._event(f"wipe {node_id}{' (join)' if join else ''}")
 

@@ -135,7 +135,10 @@ def test_the_replay_command_runs_and_searches_many_seeds(capsys: pytest.CaptureF
 MEMBERSHIP_SEEDS = env_int("WIBER_SIM_MEMBERSHIP_SEEDS", 40)
 
 
-@pytest.mark.parametrize("seed", range(OFFSET + 50_000, OFFSET + 50_000 + MEMBERSHIP_SEEDS), ids=lambda s: f"s{s}")
+MEMBERSHIP_OFFSET = OFFSET + 50_000  # past the other seeds of the run
+
+
+@pytest.mark.parametrize("seed", range(MEMBERSHIP_OFFSET, MEMBERSHIP_OFFSET + MEMBERSHIP_SEEDS), ids=lambda s: f"s{s}")
 def test_seed_with_membership_changes(seed: int) -> None:
     """Five nodes, three voters at first; random adds (as learners, promoted by the leader), removes and
     disks replaced the documented way (removed, wiped, started with join, added again), under the same

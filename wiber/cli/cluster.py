@@ -13,10 +13,18 @@ import sys
 import time
 from typing import Any
 
-from wiber.cli.common import Subcommands, addresses, client_args, fail, float_at_least, key_options, open_client
+from wiber.cli.common import (
+    Subcommands,
+    addresses,
+    client_args,
+    fail,
+    float_at_least,
+    key_options,
+    open_client,
+)
 from wiber.client import Client, Timeouts
 from wiber.config import load_config
-from wiber.errors import ClientError, WireError
+from wiber.errors import BadRequest, ClientError, WireError
 
 #: How often a change in progress is looked at.
 POLL_S = 0.2
@@ -34,7 +42,8 @@ def register(sub: Subcommands) -> None:
                     "on every node, start it with `wiber node --join`, then `wiber cluster add ID`. Shrink: "
                     "`wiber cluster remove ID`, then stop the node. Replace a lost disk: remove, wipe, start "
                     "with --join, add. See docs/operations.md, \"Membership\".",
-        epilog="examples:\n  wiber cluster list\n  wiber cluster add n4 --wait 300\n  wiber cluster remove n2\n\n"
+        epilog="examples:\n  wiber cluster list\n  wiber cluster add n4 --wait 300\n"
+               "  wiber cluster remove n2\n\n"
                + EXIT_HELP,
     )
     csub = p.add_subparsers(dest="cluster_command", required=True, metavar="SUBCOMMAND")
@@ -54,7 +63,8 @@ def register(sub: Subcommands) -> None:
                          if name == "add" else
                          "Remove node ID (a voter or a learner). A leader removing itself hands leadership "
                          "over first. Waits until the change is committed; then stop the node."),
-            epilog=f"examples:\n  wiber cluster {name} n4\n  wiber cluster {name} n4 --wait 30\n\n" + EXIT_HELP,
+            epilog=f"examples:\n  wiber cluster {name} n4\n  wiber cluster {name} n4 --wait 30\n\n"
+                   + EXIT_HELP,
         )
         q.add_argument("node", metavar="ID", help="the node's id in the config")
         q.add_argument("--wait", type=float_at_least(0.0, strict=True), default=120.0, metavar="S",
@@ -94,7 +104,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         mark = " (leader)" if node == members.get("leader") else ""
         print(f"{node:<12} {role:<8} {lag.get(node, '-'):>10}{mark}")
     if not args.addr:
-        others = [n.id for n in load_config(args.config).nodes if n.id not in members["voters"] + members["learners"]]
+        listed = members["voters"] + members["learners"]
+        others = [n.id for n in load_config(args.config).nodes if n.id not in listed]
         for node in others:
             print(f"{node:<12} {'-':<8} {'-':>10} (in the config, not a member)")
     committed = members["commit_index"] >= members["membership_index"]
@@ -105,31 +116,43 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_add(args: argparse.Namespace) -> int:
     if not args.addr and args.node not in {n.id for n in load_config(args.config).nodes}:
-        return fail(f"{args.node} is not in {args.config}: add it to the nodes (host and ports) on every node's "
-                    f"config first, start it with `wiber node --config CFG --id {args.node} --join`, then add it", 2)
-    return _change(args, "MEMBER_ADD", lambda m: args.node in m["voters"])
+        return fail(f"{args.node} is not in {args.config}: add it to the nodes (host and ports) on every "
+                    f"node's config first, start it with `wiber node --config CFG --id {args.node} --join`, "
+                    f"then add it", 2)
+    return _change(args, "MEMBER_ADD", lambda m: args.node in m["voters"],
+                   lambda m: args.node in m["voters"] + m["learners"])
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    return _change(args, "MEMBER_REMOVE", lambda m: args.node not in m["voters"] + m["learners"])
+    def gone(members: dict[str, Any]) -> bool:
+        return args.node not in members["voters"] + members["learners"]
+
+    return _change(args, "MEMBER_REMOVE", gone, gone)
 
 
-def _change(args: argparse.Namespace, op: str, done: Any) -> int:
+def _change(args: argparse.Namespace, op: str, done: Any, started: Any) -> int:
+    """Send `op` unless the leader's membership shows it `started` already (a second run after a
+    --wait that ran out, a reply lost and retried), then wait until it is `done` and committed."""
     nodes = addresses(args)
     deadline = time.monotonic() + args.wait
     with open_client(args) as client:
         members = leader_members(client, nodes, args.timeout)
-        if not done(members):
+        if not started(members):
             with Client(nodes, Timeouts(per_try_s=args.timeout, total_s=max(args.wait, args.timeout)),
                         **key_options(args)) as changer:
-                changer.request(op, node=args.node)  # retried at the leader, and while it says UNAVAILABLE
+                try:  # retried at the leader, and while it says UNAVAILABLE
+                    changer.request(op, node=args.node)
+                except BadRequest:
+                    if not started(leader_members(client, nodes, args.timeout)):
+                        raise  # refused for its own reason, not because a lost reply's retry found it made
         shown = ""
         while True:
             members = leader_members(client, nodes, args.timeout)
             if done(members) and members["commit_index"] >= members["membership_index"]:
                 break
             lag = members.get("lag", {}).get(args.node)
-            line = (f"{args.node}: learner, {lag} entries behind the leader" if args.node in members["learners"]
+            learning = args.node in members["learners"]
+            line = (f"{args.node}: learner, {lag} entries behind the leader" if learning
                     else f"{args.node}: waiting for the change to commit")
             if line != shown and sys.stderr.isatty():
                 print(f"\r{line}   ", end="", file=sys.stderr, flush=True)

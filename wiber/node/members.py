@@ -56,8 +56,8 @@ class MembershipOps:
             raise self.clients.not_leader()
         adding = msg["op"] == "MEMBER_ADD"
         if adding and node.node_config(target) is None:
-            raise BadRequest(f"{target} is not in {node.id}'s config file: add it to the YAML's nodes (host and "
-                             f"ports) on every node first, start it with --join, then add it")
+            raise BadRequest(f"{target} is not in {node.id}'s config file: add it to the YAML's nodes "
+                             f"(host and ports) on every node first, start it with --join, then add it")
         kind = ChangeKind.ADD_LEARNER if adding else ChangeKind.REMOVE
         try:
             index = raft.propose_change(ConfChange(kind, target))
@@ -106,7 +106,8 @@ class MemberPeers:
         for member in sorted(membership.members - {node.id} - set(node.transport.peers)):
             peer = self.node_config(member)
             if peer is None:
-                log.error("node %s: %s is a member, but not in %s: add its host and ports to the file", node.id,
+                log.error("node %s: %s is a member, but not in %s: add its host and ports to the file",
+                          node.id,
                           member, node.config.path)
                 continue
             try:

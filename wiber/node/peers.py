@@ -51,8 +51,9 @@ class PeerIntake:
                 # A bug that input reached: the frame is dropped, counted, and its traceback logged
                 # (the fuzzer and the suite fail on it); the node goes on serving.
                 failed = stats.peer_frames_failed = stats.peer_frames_failed + 1
-                if failed <= LOGGED_FRAME_FAILURES or failed % 1000 == 0:  # a repeated frame must not flood the log
-                    log.error("node %s dropped a peer frame (%d bytes) whose handling failed (%d so far)", node.id,
+                if failed <= LOGGED_FRAME_FAILURES or failed % 1000 == 0:  # a repeated frame: not every time
+                    log.error("node %s dropped a peer frame (%d bytes) whose handling failed (%d so far)",
+                              node.id,
                               len(frame), failed, exc_info=True)
             if self._stopped():
                 return  # a staged snapshot chunk failed on our disk: nothing more from Raft

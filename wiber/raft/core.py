@@ -153,9 +153,10 @@ class Raft(_Election, _Replication, _Reads, _Snapshots, _Reconfig):
             base = Membership.of(set(config.peers) - {config.id} | ({config.id} if me_voting else set()),
                                  config.learners)
         self._init_membership(base, snap.index)
-        self._fresh = (not config.join and snap.index == 0 and self._log.last_index() == 0
-                       and hard_state.term == 0)
-        self._history_seen = False
+        # An empty node: a new cluster's, one joining (`join`), or one whose disk was lost. Joining, it
+        # knows the cluster has history: no vote before it holds an entry of its leader's term.
+        self._fresh = snap.index == 0 and self._log.last_index() == 0 and hard_state.term == 0
+        self._history_seen = config.join and self._fresh
         self._listened = 0
         listen = config.empty_listen_ticks
         self._listen_ticks = config.election_ticks if listen is None else listen

@@ -119,7 +119,8 @@ class _Reconfig(_State):
         if self._role is not _LEADER:
             return "not the leader"
         if self._conf_index() > self._log.committed:
-            return f"the membership change at index {self._conf_index()} is not committed yet; one change at a time"
+            return (f"the membership change at index {self._conf_index()} is not committed yet; "
+                    f"one change at a time")
         if not self._committed_in_term():
             return "the leader has not committed an entry of its own term yet (a change must wait for it)"
         if self._transferee is not None:
@@ -143,7 +144,8 @@ class _Reconfig(_State):
         self._conf_log.append((index, self._term, membership))
         self._set_membership(membership)
         self._mark_all(_SEND)
-        self._logger.info("%s proposed %s %s at index %d: %s", self._id, change.kind.value, change.node, index,
+        self._logger.info("%s proposed %s %s at index %d: %s", self._id, change.kind.value, change.node,
+                          index,
                           membership.describe())
         if self._maybe_commit():  # fewer voters may make a majority at once
             self._on_commit()
@@ -158,31 +160,39 @@ class _Reconfig(_State):
 
     def _leave_if_removed(self) -> None:
         """A leader whose own removal committed hands over to the most up-to-date voter and steps down."""
-        if self._id in self._voter_set or self._conf_index() > self._log.committed or self._role is not _LEADER:
+        if (self._id in self._voter_set or self._conf_index() > self._log.committed
+                or self._role is not _LEADER):
             return
         if not self._peers:
             raise InvariantError(f"{self._id}: a membership without voters committed")
         target = max(self._peers, key=lambda p: (self._prs[p].match, p))
         last = self._log.last_index()
         if self._prs[target].match < last:
-            self._mark(target, _SEND)  # looked at again at its next acknowledgement
+            self._transferee = target  # no more proposals; TimeoutNow once it caught up (`_on_success`)
+            self._mark(target, _SEND)
             return
         self._send(TimeoutNow(self._term, self._id, target))
-        self._logger.info("%s left the cluster at term %d: handed leadership to %s", self._id, self._term, target)
+        self._logger.info("%s left the cluster at term %d: handed leadership to %s", self._id, self._term,
+                          target)
         self._become_follower(self._term, None)
 
     # -- the node's own eligibility -------------------------------------------------------------
 
     def _refuses_votes(self, msg: RequestVote) -> bool:
-        """Returns: whether this node must refuse `msg` whatever its log: it started empty and the
-        cluster has (or may have) history its disk does not hold: a leader showed it, the candidate's
-        log is not empty, or the node has not yet listened for one election timeout (a live leader's
-        heartbeats would have shown its history by then).
+        """Returns: whether this node must refuse `msg` whatever its log: it is a learner, or it joined
+        and knows no membership yet (wiped and joined again, it must not help a removed node's stale
+        configuration to a majority, which the simulation found), or it
+        started empty and the cluster has (or may have) history its disk does not hold: a leader
+        showed it, the candidate's log is not empty, or the node has not yet listened for one election
+        timeout (a live leader's heartbeats would have shown its history by then).
 
-        Vote requests are not judged by membership: a candidate may hold a newer one than this node
-        (thesis 4.2.3; refusing deadlocked the simulation), and a removed node that does not know it is
-        kept out by PreVote and the lease instead (a node that heard a leader within the minimum
+        The candidate is not judged by membership: it may hold a newer one than this node (thesis
+        4.2.3; refusing non-voters deadlocked the simulation), and a removed node that does not know it
+        is kept out by PreVote and the lease instead (a node that heard a leader within the minimum
         election timeout ignores it, term and all)."""
+        if not self._voter_set or self._id in self._membership.learners:
+            return True  # (a voter that does not know it yet, or a removed one, judges by the log: refusing
+            # them too deadlocked the simulation when the only others were a voter behind and a leaver)
         return self._fresh and (self._history_seen or msg.last_log_index > 0
                                 or (not msg.pre_vote and self._listened < self._listen_ticks))
 
@@ -199,9 +209,9 @@ class _Reconfig(_State):
         if not self._history_seen and (msg.prev_index > 0 or msg.commit > 0):
             self._history_seen = True
             self._logger.warning(
-                "%s started with an empty log, but the cluster has history (leader %s at term %d, commit %d): "
-                "it votes only once it has caught up. If its data was lost or replaced, it may have voted in "
-                "a term it no longer remembers: take it out and let it join again (wiber cluster remove %s; "
-                "start it with --join; wiber cluster add %s)", self._id, msg.frm, self._term, msg.commit,
+                "%s started with an empty log, but the cluster has history (leader %s at term %d, "
+                "commit %d): it votes only once it has caught up. If its data was lost or replaced, it may "
+                "have voted in a term it no longer remembers: take it out and let it join again (wiber "
+                "cluster remove %s; start it with --join; wiber cluster add %s)", self._id, msg.frm, self._term, msg.commit,
                 self._id, self._id)
 

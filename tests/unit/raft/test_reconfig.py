@@ -262,7 +262,7 @@ def _double_vote_scenario(rule: bool) -> tuple[Net, list[str]]:
     n1.raft.propose([b"X"])
     net.deliver_all()
     assert n1.raft.commit_index == 2  # committed with n3's acknowledgement
-    wiped = Node("n3", IDS3, MemoryStorage(), seed=7, empty_listen_ticks=None)  # the same node, its disk empty
+    wiped = Node("n3", IDS3, MemoryStorage(), seed=7, empty_listen_ticks=None)  # the same node, disk empty
     if not rule:
         wiped.raft._refuses_votes = lambda msg: False  # type: ignore[method-assign]
     net.nodes["n3"] = wiped
@@ -306,3 +306,15 @@ def test_a_joining_node_takes_the_leaders_log_from_scratch_config_entries_includ
     net.tick_all(3)
     appended = [m for m in net.log if isinstance(m, AppendEntries) and m.to == "n4" and m.entries]
     assert appended and n4.raft.membership.voters == {"n1", "n2", "n3", "n4"}
+
+
+def test_a_joining_node_grants_no_vote_before_it_caught_up_with_its_leader() -> None:
+    """Started with --join (a new node, or a replaced disk) it knows no membership and may be an old
+    id: no vote, pre-vote or real, until its log holds an entry of its leader's term."""
+    net = elected()
+    n4 = joiner(net, "n4")
+    for pre in (True, False):
+        replies = n4.step(RequestVote(5, "n2", "n4", 9, 4, pre, False))
+        assert [m.granted for m in of_type(replies, RequestVoteReply)] == [False], pre
+    assert n4.raft.voted_for is None
+
