@@ -11,11 +11,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import zmq
+
 from tests.conftest import ClusterHarness, wait_for
 from tests.integration.test_cli import ok
 from tests.integration.test_election import agreed_leader
 from wiber.client import Client
 from wiber.errors import WiberError
+from wiber.node import Node
+from wiber.raft import AppendEntries, encode_message
 
 
 class Load:
@@ -218,3 +222,28 @@ def test_a_restart_reads_the_membership_from_its_data_not_from_a_grown_yaml(
     cluster.start(follower)
     wait_for(lambda: members(cluster, follower)["commit_index"] >= 20, 10, f"{follower} back")
     assert members(cluster, follower)["voters"] == ["n1", "n2", "n3"]
+
+
+def test_a_node_cut_off_while_a_member_was_added_takes_that_members_messages(
+        cluster_factory: Callable[..., ClusterHarness]) -> None:
+    """n1 missed the change that added n4, and n4 leads by now: n1 finds n4 in its config file when n4's
+    first append arrives, connects to it and follows it (it dropped n4's frames until restarted)."""
+    cluster = cluster_factory(3, start=False)
+    node = Node(cluster.config, "n1")
+    ctx = zmq.Context()
+    try:
+        cluster.grow("n4")  # the operator's step 1; n1 is not told anything else
+        sender = ctx.socket(zmq.DEALER)
+        sender.setsockopt(zmq.LINGER, 0)
+        sender.connect(node.me.raft_addr)
+        append = AppendEntries(7, "n4", "n1", 0, 0, (), 0, 0)
+        deadline = time.monotonic() + 10
+        while node.raft.leader_id != "n4":
+            assert time.monotonic() < deadline, "n1 never took n4's append"
+            sender.send(encode_message(append))
+            for _ in range(20):
+                node.run_once()
+        assert "n4" in node.transport.peers and node.raft.term == 7
+    finally:
+        node.close()
+        ctx.destroy(linger=0)

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wiber.node.loop")
 
+#: An unknown sender makes a node read its config file again at most this often (per id).
+LEARN_EVERY_S = 1.0
+#: At most this many unknown ids are looked up within one `LEARN_EVERY_S`.
+LEARN_IDS_MAX = 16
+
 
 class MembershipOps:
     """Handlers of MEMBERS, MEMBER_ADD and MEMBER_REMOVE for one node."""
@@ -76,6 +81,7 @@ class MemberPeers:
         self.node = node
         self.seen: Membership | None = None
         """The membership `connect` last looked at."""
+        self._next_look: dict[str, float] = {}
 
     def node_config(self, node_id: str) -> NodeConfig | None:
         """Returns: `node_id`'s host and ports from the config, read again from its file when the id is
@@ -99,27 +105,54 @@ class MemberPeers:
                 return found
         return None
 
+    def learn(self, node_id: str) -> bool:
+        """A Raft message came from `node_id`, a node this one has no connection to: if the config file
+        lists it now (a member added while this node was cut off, which may lead by now), connect to
+        it and take its messages. The file is read at most once a second per unknown id.
+
+        Returns: whether the node is known now."""
+        node = self.node
+        now = node.clock.monotonic()
+        if now < self._next_look.get(node_id, 0.0) or node_id == node.id:
+            return False
+        if len(self._next_look) >= LEARN_IDS_MAX:  # forged ids must not grow it (or read the file) for ever
+            self._next_look = {i: t for i, t in self._next_look.items() if t > now}
+            if len(self._next_look) >= LEARN_IDS_MAX:
+                return False
+        self._next_look[node_id] = now + LEARN_EVERY_S
+        if not self._connect(node_id, quiet=True):
+            return False
+        node.raft.add_known(node_id)
+        return True
+
     def connect(self) -> None:
         """The membership changed: connect to members this node has no connection to yet."""
         node = self.node
         membership = self.seen = node.raft.membership
         for member in sorted(membership.members - {node.id} - set(node.transport.peers)):
-            peer = self.node_config(member)
-            if peer is None:
-                log.error("node %s: %s is a member, but not in %s: add its host and ports to the file",
-                          node.id,
-                          member, node.config.path)
-                continue
-            try:
-                node.transport.add_peer(peer)
-            except KeyError:
-                log.error("node %s: %s is a member, but its public key is not in keys_dir: copy %s.key there "
-                          "and restart this node", node.id, member, member)
-                continue
-            node.peer_ids.append(member)
-            node._peer_contact[member] = None
-            node.shipping.add_peer(member)
-            log.info("node %s connected to %s, a new member, at %s", node.id, member, peer.raft_addr)
+            self._connect(member)
+
+    def _connect(self, member: str, quiet: bool = False) -> bool:
+        """Connect to `member` from the config file (read again if needed); `quiet`: a sender nobody
+        vouched for, not a member, so its absence from the file is no error. Returns: whether it worked."""
+        node = self.node
+        peer = self.node_config(member)
+        if peer is None:
+            (log.debug if quiet else log.error)(
+                "node %s: %s is a member, but not in %s: add its host and ports to the file", node.id, member,
+                node.config.path)
+            return False
+        try:
+            node.transport.add_peer(peer)
+        except KeyError:
+            log.error("node %s: %s is a member, but its public key is not in keys_dir: copy %s.key there "
+                      "and restart this node", node.id, member, member)
+            return False
+        node.peer_ids.append(member)
+        node._peer_contact[member] = None
+        node.shipping.add_peer(member)
+        log.info("node %s connected to %s, a new member, at %s", node.id, member, peer.raft_addr)
+        return True
 
     def at_start(self, join: bool) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
         """Returns: the voters and learners as of the checkpoint (the core takes CONFIG entries after it

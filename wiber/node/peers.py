@@ -89,6 +89,8 @@ class PeerIntake:
         if user is not None and msg.frm != user:
             self._forged(user, msg.frm, type(msg).__name__)
             return
+        if msg.to == node.id and msg.frm not in node._peer_contact:
+            node.member_peers.learn(msg.frm)  # a member added while this node could not hear of it?
         if msg.to != node.id or msg.frm not in node._peer_contact:
             log.debug("node %s dropped a message %s -> %s", node.id, msg.frm, msg.to)
             return

@@ -152,6 +152,7 @@ class Raft(_Election, _Replication, _Reads, _Snapshots, _Reconfig):
             me_voting = config.member and config.id not in config.learners
             base = Membership.of(set(config.peers) - {config.id} | ({config.id} if me_voting else set()),
                                  config.learners)
+        self._extra_known = set()
         self._init_membership(base, snap.index)
         # An empty node: a new cluster's, one joining (`join`), or one whose disk was lost. Joining, it
         # knows the cluster has history: no vote before it holds an entry of its leader's term.

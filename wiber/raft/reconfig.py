@@ -49,6 +49,12 @@ class _Reconfig(_State):
             lo = chunk[-1].index + 1
         self._set_membership(self._conf_log[-1][2] if self._conf_log else base)
 
+    def add_known(self, node_id: str) -> None:
+        """Take messages from `node_id` too: a node the application found in its config file after the
+        start (a member added while this node could not hear of it, now leading)."""
+        self._extra_known.add(node_id)
+        self._known = self._known | {node_id}
+
     def membership_at(self, index: int) -> Membership:
         """Returns: the membership in force at log index `index` (what a snapshot there must carry)."""
         found = self._conf_base[1]
@@ -71,7 +77,8 @@ class _Reconfig(_State):
         self._quorum = len(self._voters) // 2 + 1
         self._peers = tuple(p for p in self._voters if p != me)
         self._replicas = tuple(sorted(membership.members - {me}))
-        self._known = frozenset(self._cfg.peers) | frozenset(self._cfg.others) | membership.members - {me}
+        self._known = (frozenset(self._cfg.peers) | frozenset(self._cfg.others) | self._extra_known
+                       | membership.members) - {me}
         if self._role is not _LEADER:
             return
         cap = self._cfg.max_inflight

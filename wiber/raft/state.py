@@ -72,6 +72,7 @@ class _State:
     _peers: tuple[str, ...]  # the other voters, sorted
     _replicas: tuple[str, ...]  # the other members (voters and learners), sorted: who gets the log
     _known: frozenset[str]  # whose messages are taken: the configured peers and every member
+    _extra_known: set[str]  # ... and the nodes `add_known` named
     _voters: tuple[str, ...]  # every voter, this node included if it is one
     _voter_set: frozenset[str]
     _quorum: int
