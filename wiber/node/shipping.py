@@ -100,6 +100,8 @@ class Shipping:
         self._leader_heard = monotonic()
         """When the follower's transfer last heard from its leader (or the node started)."""
         self._manifest_term = 0
+        self._manifest_membership: Membership | None = None
+        """The membership the last accepted manifest carried (None: a leader that knew none there)."""
         self._checked: Manifest | None = None
         """The manifest of the complete staged snapshot that passed `Checkpoints.check_staged`."""
         self.handed_over = False
@@ -222,14 +224,14 @@ class Shipping:
             self.refused += 1
             return []
         if isinstance(decoded, ManifestFrame):
-            term = _leader_term(decoded.manifest)[0]
+            term, membership = _manifest_meta(decoded.manifest)
             if term is None or term != leader_term:  # the leader of the current term only
                 self.refused += 1
                 return []
             if not self._room_for(decoded.manifest):
                 self.refused += 1
                 return [(sender_id, Abort(self._id, decoded.transfer_id, "no room on the follower's disk").encode())]
-            self._manifest_term = term
+            self._manifest_term, self._manifest_membership = term, membership
         self._heard = self._leader_heard = self._now()
         if isinstance(decoded, Data):
             self.received_bytes += len(decoded.data)
@@ -256,9 +258,8 @@ class Shipping:
                 self.discard_staged()
                 return None
             self._checked = manifest
-        membership = _leader_term(manifest)[1]
         return InstallSnapshot(self._manifest_term, receiver.peer, self._id, meta, descriptor(manifest.index),
-                               membership)
+                               self._manifest_membership)
 
     def install(self, target_dir: str) -> None:
         """Switch the complete staged files in as `target_dir`'s (atomically) and start afresh."""
@@ -319,7 +320,7 @@ def _free_bytes(path: str) -> int | None:
         return None
 
 
-def _leader_term(manifest: Manifest) -> tuple[int | None, Membership | None]:
+def _manifest_meta(manifest: Manifest) -> tuple[int | None, Membership | None]:
     """Returns: the leader's term a manifest's meta carries and the membership as of the snapshot, each
     None when it carries none that is valid (peer input; a bare term from a node before membership)."""
     try:

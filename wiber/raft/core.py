@@ -150,7 +150,7 @@ class Raft(_Election, _Replication, _Reads, _Snapshots, _Reconfig):
         base = Membership(frozenset(), frozenset())
         if not config.join:
             me_voting = config.member and config.id not in config.learners
-            base = Membership.of(set(config.peers) - {config.id} | ({config.id} if me_voting else set()),
+            base = Membership.of(config.voters if me_voting else set(config.peers) - {config.id},
                                  config.learners)
         self._extra_known = set()
         self._init_membership(base, snap.index)

@@ -171,6 +171,23 @@ class Net:
         return [i for i, n in self.nodes.items() if n.raft.role is Role.LEADER]
 
 
+IDS3 = ["n1", "n2", "n3"]
+
+
+def role(r: Raft) -> Role:
+    """Returns: the role of `r` (a call, so the type checker does not pin it across steps)."""
+    return r.role
+
+
+def elected(ids: list[str] = IDS3, leader: str = "n1", **settings: Any) -> Net:
+    """Returns: a healed network whose `leader` won the first election and committed its NOOP."""
+    net = Net(ids, **settings)
+    net.campaign(leader)
+    assert net.leaders() == [leader]
+    assert net.raft(leader).commit_index == 1
+    return net
+
+
 def of_type(msgs: Iterable[Message], cls: type) -> list[Any]:
     """Returns: the messages of class `cls`."""
     return [m for m in msgs if type(m) is cls]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
 
 import pytest
 
@@ -34,29 +33,14 @@ from wiber.raft import (
 )
 from wiber.raft.progress import ProgressState
 
-from .helpers import Net, Node, appends, entries, of_type, storage_with
+from .helpers import IDS3, Net, Node, appends, elected, entries, of_type, role, storage_with
 
-IDS3 = ["n1", "n2", "n3"]
 IDS5 = ["n1", "n2", "n3", "n4", "n5"]
-
-
-def role(r: Raft) -> Role:
-    """Returns: the role of `r` (a call, so the type checker does not pin it across steps)."""
-    return r.role
 
 
 def transferee(r: Raft) -> str | None:
     """Returns: the transfer target of `r` (a call, for the same reason as `role`)."""
     return r.lead_transferee
-
-
-def elected(ids: list[str] = IDS3, leader: str = "n1", **settings: Any) -> Net:
-    """Returns: a healed network whose `leader` won the first election and committed its NOOP."""
-    net = Net(ids, **settings)
-    net.campaign(leader)
-    assert net.leaders() == [leader]
-    assert net.raft(leader).commit_index == 1
-    return net
 
 
 def ae(term: int, prev_index: int, prev_term: int, ents: list[Entry], commit: int, frm: str = "n1",

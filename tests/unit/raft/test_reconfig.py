@@ -23,21 +23,7 @@ from wiber.raft import (
     TimeoutNow,
 )
 
-from .helpers import Net, Node, of_type
-
-IDS3 = ["n1", "n2", "n3"]
-
-
-def role(r: Raft) -> Role:
-    """Returns: the role of `r` (a call, so the type checker does not pin it across steps)."""
-    return r.role
-
-
-def elected(ids: list[str] = IDS3, leader: str = "n1", **settings: Any) -> Net:
-    net = Net(ids, **settings)
-    net.campaign(leader)
-    assert net.leaders() == [leader] and net.raft(leader).commit_index == 1
-    return net
+from .helpers import IDS3, Net, Node, elected, of_type, role
 
 
 def joiner(net: Net, node_id: str, **settings: Any) -> Node:
