@@ -64,7 +64,7 @@ from wiber.node.raftclock import RaftClock, ms_to_ticks
 from wiber.node.reorder import ReorderBuffer
 from wiber.node.shipping import Outgoing, Shipping
 from wiber.node.transport import Transport
-from wiber.node.waiting import PendingReads, PendingWrites, Waiter
+from wiber.node.waiting import PendingReads, PendingWrites, Waiter, by_entry_size
 from wiber.raft.messages import Entry, Message, SnapshotMeta
 from wiber.raft.wire import MAX_FRAME_BYTES
 from wiber.storage import CorruptLog, DurableStorage, StorageFailure
@@ -84,8 +84,6 @@ CLOCK_PROBE_S = 0.1
 #: fits a peer frame (`wiber.raft.wire.MAX_FRAME_BYTES`, 64 MiB), whatever the turn gathered.
 MAX_ENTRY_BYTES = 16 << 20
 
-#: What a consumer op costs in an entry besides its refs (names, numbers, headers), for `_by_size`.
-_CONSUMER_OP_BYTES = 600
 #: What applying a Raft no-op gives: nothing to fan out or answer.
 _NOTHING_APPLIED = AppliedEntry([], [])
 
@@ -575,7 +573,7 @@ class Node:
         if self._turn_writes:
             waiters, self._turn_writes = self._turn_writes, []
             ts = self.synced.now()
-            groups = _by_size(waiters)
+            groups = by_entry_size(waiters, MAX_ENTRY_BYTES)
             datas = [encode_entry(ts, [w.request for w in group]) for group in groups]
             try:
                 first, _ = self.raft.propose(datas)
@@ -596,24 +594,3 @@ class Node:
                 self._fail(reads, self.clients.not_leader())
             else:
                 self._reads.start(ctx, reads)
-
-
-def _by_size(waiters: list[Waiter[Any]]) -> list[list[Waiter[Any]]]:
-    """Returns: `waiters` in order, cut into groups whose messages hold at most `MAX_ENTRY_BYTES` (a
-    group of one may hold more: a single request is bounded by the protocol's batch limit). A consumer
-    op counts by its refs (an ACK of 1,000 refs of 255-byte topics holds about 260 KB)."""
-    groups: list[list[Waiter[Any]]] = [[]]
-    size = 0
-    for waiter in waiters:
-        op = waiter.request
-        if type(op) is PubOp:
-            messages = op.messages
-            cost = len(messages[0]) if len(messages) == 1 else sum(map(len, messages))
-        else:
-            cost = _CONSUMER_OP_BYTES + sum(len(ref[0]) + 10 for ref in getattr(op, "refs", ()))
-        if size + cost > MAX_ENTRY_BYTES and groups[-1]:
-            groups.append([])
-            size = 0
-        groups[-1].append(waiter)
-        size += cost
-    return groups

@@ -20,6 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from wiber.broker import PubOp
+
 T = TypeVar("T")
 
 
@@ -141,3 +143,28 @@ class PendingReads(Generic[T]):
         self._rounds.clear()
         self._ready.clear()
         return out
+
+
+#: What a consumer op costs in an entry besides its refs (names, numbers, headers), for `by_entry_size`.
+_CONSUMER_OP_BYTES = 600
+
+
+def by_entry_size(waiters: list[Waiter[Any]], max_bytes: int) -> list[list[Waiter[Any]]]:
+    """Returns: `waiters` in order, cut into groups whose messages hold at most `max_bytes` (a
+    group of one may hold more: a single request is bounded by the protocol's batch limit). A consumer
+    op counts by its refs (an ACK of 1,000 refs of 255-byte topics holds about 260 KB)."""
+    groups: list[list[Waiter[Any]]] = [[]]
+    size = 0
+    for waiter in waiters:
+        op = waiter.request
+        if type(op) is PubOp:
+            messages = op.messages
+            cost = len(messages[0]) if len(messages) == 1 else sum(map(len, messages))
+        else:
+            cost = _CONSUMER_OP_BYTES + sum(len(ref[0]) + 10 for ref in getattr(op, "refs", ()))
+        if size + cost > max_bytes and groups[-1]:
+            groups.append([])
+            size = 0
+        groups[-1].append(waiter)
+        size += cost
+    return groups
