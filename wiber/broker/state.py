@@ -336,8 +336,7 @@ class Broker:
 
         Raises: InvariantError: `index` is not above `applied_index`.
         """
-        self._check_index(index)
-        self._applied_index = index
+        self.apply_noop(index)  # nothing else of the broker moves
         self.membership = membership
 
     def apply_noop(self, index: int) -> None:
